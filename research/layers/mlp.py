@@ -1,0 +1,53 @@
+"""Feed-forward blocks: ReLU, GELU (two matrices) and SwiGLU (three), by `model.activation`."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.errors import ConfigError
+
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'swiglu': jax.nn.silu}
+GATED = {'swiglu'}
+
+
+def check_activation(name: str) -> None:
+  if name not in ACTIVATIONS:
+    raise ConfigError('model.activation', name, f'choose one of {sorted(ACTIVATIONS)}')
+
+
+class MLP(nn.Module):
+  d_ff: int
+  activation: str = 'gelu'
+  use_bias: bool = False
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: jnp.dtype = jnp.float32
+
+  def _dense(self, name, shape, axes, std):
+    return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(std), axes),
+                      shape, jnp.float32).astype(self.dtype)
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    check_activation(self.activation)
+    d = x_BTD.shape[-1]
+    act = ACTIVATIONS[self.activation]
+    w_in_DF = self._dense('w_in', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
+    h_BTF = jnp.einsum('btd,df->btf', x_BTD, w_in_DF)
+    if self.use_bias:
+      h_BTF += self.param('b_in', nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
+                          (self.d_ff,), jnp.float32).astype(self.dtype)
+    if self.activation in GATED:
+      w_gate_DF = self._dense('w_gate', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
+      h_BTF = act(jnp.einsum('btd,df->btf', x_BTD, w_gate_DF)) * h_BTF
+    else:
+      h_BTF = act(h_BTF)
+    h_BTF = nn.with_logical_constraint(h_BTF, ('batch', 'length', 'mlp'))
+    w_out_FD = self._dense('w_out', (self.d_ff, d), ('mlp', 'embed'), self.out_init_std)
+    y_BTD = jnp.einsum('btf,fd->btd', h_BTF, w_out_FD)
+    if self.use_bias:
+      y_BTD += self.param('b_out', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                          (d,), jnp.float32).astype(self.dtype)
+    return y_BTD

@@ -1,0 +1,29 @@
+"""Train a model: python -m research.train --config=configs/decoder/shakespeare.py --workdir=DIR.
+
+Any config field can be overridden (--config.train.steps=200). Rerunning with the same workdir
+resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+from absl import flags
+
+from research import cli
+from research.training import trainer
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'where checkpoints, logs and the tokenizer go')
+
+
+def main(config, argv):
+  del argv
+  if not _WORKDIR.value:
+    from research.errors import UserError  # pylint: disable=g-import-not-at-top
+    raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
+  final = trainer.train(config, _WORKDIR.value)
+  print(json.dumps(final, sort_keys=True))
+
+
+if __name__ == '__main__':
+  cli.run_with_config(main)

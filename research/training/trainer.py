@@ -1,0 +1,313 @@
+"""The trainer: sharded state, jitted train and eval steps, and the loop around them.
+
+`train(config, workdir)` is the whole job (research.train is a thin command around it):
+state is initialised directly sharded from logical-axis rules, batches are a pure function of
+(seed, step), and the loop evaluates, logs, checkpoints, and stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from research import config_lib, models, objectives
+from research.errors import ConfigError
+from research.parallel import mesh as mesh_lib
+from research.training import checkpointing, flops as flops_lib, optimizers
+from research.training.metrics import MetricsWriter
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training (or evaluation) run needs, built once from a config."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: nn.Module  # training mode (dropout on)
+  eval_model: nn.Module
+  objective: objectives.Objective
+  tx: optax.GradientTransformation
+  state_shardings: Any
+  batch_shardings: dict
+
+  @contextlib.contextmanager
+  def context(self):
+    """Mesh and logical rules, needed while tracing anything that names logical axes."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+
+def _init_state(model, tx, batch: int, seq_len: int, rng) -> TrainState:
+  tokens_BT = jnp.zeros((batch, seq_len), jnp.int32)
+  params = model.init({'params': rng}, tokens_BT)['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+BATCH_KEYS = ('inputs', 'targets', 'weights', 'segment_ids', 'positions')
+
+
+def build_run(config, *, devices=None) -> Run:
+  """Validates the config against the devices and builds model, optimizer and shardings."""
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  rules = mesh_lib.rules_of(config.mesh)
+  divisor = mesh_lib.batch_divisor(mesh, rules)
+  micro = config.train.batch_size // config.train.micro_batches
+  if micro % divisor:
+    raise ConfigError('train.batch_size', config.train.batch_size,
+                      f'each of the {config.train.micro_batches} micro-batches ({micro} '
+                      f'sequences) must divide over the {divisor} batch shards of the mesh')
+  if config.train.batch_size % jax.process_count():
+    raise ConfigError('train.batch_size', config.train.batch_size,
+                      f'must divide over {jax.process_count()} processes')
+  model = models.build_model(config, deterministic=False)
+  eval_model = models.build_model(config)
+  tx = optimizers.make_optimizer(config.train)
+  run = Run(config=config, mesh=mesh, rules=rules, model=model, eval_model=eval_model,
+            objective=objectives.get_objective(config.objective.name), tx=tx,
+            state_shardings=None, batch_shardings={})
+  with run.context():
+    abstract = jax.eval_shape(
+        functools.partial(_init_state, model, tx, divisor, config.data.seq_len),
+        jax.random.key(0))
+    run.state_shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
+  run.batch_shardings = {k: mesh_lib.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+  return run
+
+
+def init_state(run: Run, seed: int) -> TrainState:
+  """Parameters and optimizer state, created directly in their shards (never whole on a host)."""
+  divisor = mesh_lib.batch_divisor(run.mesh, run.rules)
+  init = functools.partial(_init_state, run.model, run.tx, divisor, run.config.data.seq_len)
+  with run.context():
+    return jax.jit(lambda rng: nn.meta.unbox(init(rng)),
+                   out_shardings=run.state_shardings)(jax.random.key(seed))
+
+
+def abstract_state(run: Run):
+  """ShapeDtypeStructs with the current mesh's shardings: the target of a restore."""
+  divisor = mesh_lib.batch_divisor(run.mesh, run.rules)
+  init = functools.partial(_init_state, run.model, run.tx, divisor, run.config.data.seq_len)
+  with run.context():
+    shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init(rng)), jax.random.key(0))
+  return checkpointing.abstract_like(shapes, run.state_shardings)
+
+
+def _split_micro(x, m: int):
+  """[B, ...] -> [M, B/M, ...] taking every M-th row, so each shard feeds every micro-batch."""
+  return x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+
+
+def make_train_step(run: Run) -> Callable:
+  """jit(state, batch) -> (state, metrics): summed gradients over micro-batches, one update."""
+  model, objective, tx = run.model, run.objective, run.tx
+  m = run.config.train.micro_batches
+  schedule = optimizers.make_schedule(run.config.train)
+  base_rng = jax.random.key(run.config.seed + 1)
+
+  def grads_of(params, batch, rng):
+    grad_fn = jax.grad(lambda p: objective.loss_fn(model, p, batch, rngs={'dropout': rng}),
+                       has_aux=True)
+    return grad_fn(params)
+
+  def step_fn(state: TrainState, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    if m == 1:
+      grads, aux = grads_of(state.params, batch, rng)
+    else:
+      micro = jax.tree.map(lambda x: _split_micro(x, m), batch)
+
+      def body(acc, i):
+        mb = jax.tree.map(lambda x: x[i], micro)
+        g, a = grads_of(state.params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, acc, (g, a)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+          grads_of, state.params, jax.tree.map(lambda x: x[0], micro), rng))
+      (grads, aux), _ = jax.lax.scan(body, zeros, jnp.arange(m))
+    weight_sum = jnp.maximum(aux['weight_sum'], 1.0)
+    grads = jax.tree.map(lambda g: g / weight_sum, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': aux['loss_sum'] / weight_sum, 'accuracy': aux['correct'] / weight_sum,
+               'grad_norm': optax.global_norm(grads), 'lr': schedule(state.step),
+               'target_tokens': aux['weight_sum']}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  with run.context():
+    return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_shardings),
+                   out_shardings=(run.state_shardings, None), donate_argnums=(0,))
+
+
+def make_eval_step(run: Run) -> Callable:
+  """jit(params, batch) -> summed loss, weights and correct predictions."""
+  model, objective = run.eval_model, run.objective
+
+  def eval_fn(params, batch):
+    return objective.loss_fn(model, params, batch)[1]
+
+  with run.context():
+    return jax.jit(eval_fn, in_shardings=(run.state_shardings.params, run.batch_shardings))
+
+
+def device_batch(run: Run, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded over the mesh's batch axes."""
+  return {k: jax.make_array_from_process_local_data(run.batch_shardings[k], v)
+          for k, v in host_batch.items()}
+
+
+def host_train_batch(run: Run, dataset, step: int) -> dict[str, np.ndarray]:
+  c = run.config
+  window = dataset.train_batch(c.seed, step, c.train.batch_size, c.data.seq_len,
+                               jax.process_index(), jax.process_count())
+  return run.objective.make_batch(window, eos_id=dataset.tokenizer.eos_id)
+
+
+def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None):
+  """Validation loss, perplexity and accuracy over `num_batches` (0/None: the whole split)."""
+  c = run.config
+  eval_step = eval_step or make_eval_step(run)
+  available = dataset.num_eval_batches(c.train.batch_size, c.data.seq_len)
+  n = min(num_batches or available, available)
+  totals = None
+  for i in range(n):
+    window = dataset.eval_batch(i, c.train.batch_size, c.data.seq_len, jax.process_index(),
+                                jax.process_count())
+    batch = run.objective.make_batch(window, eos_id=dataset.tokenizer.eos_id)
+    out = eval_step(params, device_batch(run, batch))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  loss = float(totals['loss_sum'] / totals['weight_sum'])
+  return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
+          'eval/accuracy': float(totals['correct'] / totals['weight_sum']),
+          'eval/tokens': float(totals['weight_sum'])}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+  return step % every == 0 or step == last
+
+
+def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
+          devices=None) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns final metrics.
+
+  `hooks` are called as hook(step, state, metrics) after every step (metrics only on log steps,
+  else None): experiments observe the run through them without forking the loop.
+  """
+  if dataset is None:
+    from research.data import pipeline  # pylint: disable=g-import-not-at-top
+    dataset = pipeline.load_dataset(c.data, workdir=workdir)
+  c = config
+  os.makedirs(workdir, exist_ok=True)
+  run = build_run(c, devices=devices)
+  if dataset.tokenizer.vocab_size > c.model.vocab_size:
+    raise ConfigError('model.vocab_size', c.model.vocab_size,
+                      f'is smaller than the tokenizer vocabulary ({dataset.tokenizer.vocab_size})')
+  if jax.process_index() == 0:
+    config_lib.save_config(c, os.path.join(workdir, 'config.json'))
+
+  manager = checkpointing.make_manager(workdir, keep=c.train.keep_checkpoints,
+                                       async_save=c.train.async_checkpoints)
+  state = checkpointing.restore(manager, abstract_state(run))
+  if state is None:
+    state = init_state(run, c.seed)
+  else:
+    logging.info('resumed from step %d', int(state.step))
+  train_step, eval_step = make_train_step(run), make_eval_step(run)
+
+  cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
+  tokens_per_step = c.train.batch_size * c.data.seq_len
+  flops_per_step = flops_lib.flops_per_token(cfg, c.data.seq_len) * tokens_per_step
+  peak = flops_lib.device_peak_flops()
+  writer = MetricsWriter(workdir)
+  first = int(state.step)
+  last = c.train.steps
+  bar = tqdm(total=last, initial=first, disable=jax.process_index() != 0, dynamic_ncols=True,
+             unit='step', desc='train')
+  pending, final, t_log, s_log = [], {}, time.perf_counter(), first
+  with _Preemption() as preemption:
+    for step in range(first + 1, last + 1):
+      state, metrics = train_step(state, device_batch(run, host_train_batch(run, dataset,
+                                                                              step - 1)))
+      pending.append(metrics)
+      logged = None
+      if _is_due(step, c.train.log_every, last):
+        host = jax.device_get(pending)  # the only host sync between logs
+        now = time.perf_counter()
+        tokens_per_sec = tokens_per_step * (step - s_log) / (now - t_log)
+        logged = {f'train/{k}': float(np.mean([h[k] for h in host])) for k in host[0]}
+        logged['train/tokens_per_sec'] = tokens_per_sec
+        logged['train/tflops_per_sec_per_device'] = (
+            flops_per_step * (step - s_log) / (now - t_log) / run.mesh.size / 1e12)
+        logged['train/mfu'] = (logged['train/tflops_per_sec_per_device'] * 1e12 / peak
+                               if peak else None)
+        writer.write(step, logged)
+        bar.set_postfix(loss=f"{logged['train/loss']:.3f}", tok_s=f'{tokens_per_sec:,.0f}')
+        pending, t_log, s_log = [], time.perf_counter(), step
+        final.update(logged)
+      if _is_due(step, c.train.eval_every, last):
+        ev = evaluate(run, state.params, dataset, eval_step, num_batches=c.train.eval_batches)
+        writer.write(step, ev)
+        final.update(ev)
+        bar.write(f"step {step}: eval loss {ev['eval/loss']:.4f} "
+                  f"(perplexity {ev['eval/perplexity']:.1f})")
+        t_log = time.perf_counter()  # evaluation time is not training throughput
+      for hook in hooks:
+        hook(step, state, logged)
+      if preemption.requested:
+        checkpointing.save(manager, step, state, force=True)
+        bar.write(f'SIGTERM: saved a checkpoint at step {step}; rerun to resume')
+        final['preempted_at'] = step
+        break
+      if _is_due(step, c.train.checkpoint_every, last):
+        checkpointing.save(manager, step, state)
+      bar.update(1)
+  bar.close()
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  final['step'] = int(state.step)
+  return final
