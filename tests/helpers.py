@@ -44,7 +44,7 @@ class SyntheticTokenizer:
 
 
 class PatternDataset:
-  """A learnable in-memory corpus: documents of repeating short patterns, separated by EOS.
+  """A learnable in-memory corpus: documents repeat one of 16 fixed short patterns, then EOS.
 
   Same interface as research.data.pipeline.Dataset (train_batch / eval_batch are pure functions
   of their arguments), so trainer tests do not depend on the Shakespeare build.
@@ -53,9 +53,10 @@ class PatternDataset:
   def __init__(self, vocab_size=128, num_tokens=50_000, seed=0):
     rng = np.random.default_rng(seed)
     self.tokenizer = SyntheticTokenizer(vocab_size)
+    patterns = [rng.integers(4, vocab_size, rng.integers(3, 9)) for _ in range(16)]
     pieces = []
     while sum(len(p) for p in pieces) < num_tokens:
-      pattern = rng.integers(4, vocab_size, rng.integers(3, 9))
+      pattern = patterns[rng.integers(len(patterns))]
       pieces.append(np.concatenate([np.tile(pattern, rng.integers(5, 30)), [1]]))
     self.tokens = np.concatenate(pieces)[:num_tokens].astype(np.int32)
     split = int(0.9 * num_tokens)

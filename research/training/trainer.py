@@ -150,7 +150,7 @@ def make_train_step(run: Run) -> Callable:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': aux['loss_sum'] / weight_sum, 'accuracy': aux['correct'] / weight_sum,
-               'grad_norm': optax.global_norm(grads), 'lr': schedule(state.step),
+               'grad_norm': optax.tree_utils.tree_norm(grads), 'lr': schedule(state.step),
                'target_tokens': aux['weight_sum']}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -237,12 +237,12 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   `hooks` are called as hook(step, state, metrics) after every step (metrics only on log steps,
   else None): experiments observe the run through them without forking the loop.
   """
+  c = config
+  run = build_run(c, devices=devices)  # validates the config against the devices first
+  os.makedirs(workdir, exist_ok=True)
   if dataset is None:
     from research.data import pipeline  # pylint: disable=g-import-not-at-top
     dataset = pipeline.load_dataset(c.data, workdir=workdir)
-  c = config
-  os.makedirs(workdir, exist_ok=True)
-  run = build_run(c, devices=devices)
   if dataset.tokenizer.vocab_size > c.model.vocab_size:
     raise ConfigError('model.vocab_size', c.model.vocab_size,
                       f'is smaller than the tokenizer vocabulary ({dataset.tokenizer.vocab_size})')
