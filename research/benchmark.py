@@ -24,18 +24,6 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'timed steps (after one compile-and-wa
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'global batch; 0: the config (1 on CPU)')
 
 
-def measured_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-  """FLOP/s of a large float32 matmul on this device: the ceiling MFU is taken against on CPU."""
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n ** 3 * repeats / (time.perf_counter() - start)
-
-
 def peak_memory_bytes(compiled) -> tuple[int | None, str]:
   """Device-reported peak where the runtime tracks it (GPU/TPU), else XLA's static estimate."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -81,10 +69,7 @@ def benchmark(config, *, steps: int = 5, batch_size: int = 0) -> dict:
   cfg = models.transformer_config(config.model, seq_len=t)
   tokens_per_sec = b * t / step_s
   flops_per_token = flops_lib.flops_per_token(cfg, t)
-  peak = flops_lib.device_peak_flops()
-  peak_source = 'published_bf16'
-  if peak is None:
-    peak, peak_source = measured_matmul_peak(), 'measured_f32_matmul'
+  peak, peak_source = flops_lib.peak_flops()
   memory, memory_source = peak_memory_bytes(compiled)
   return {
       'config': config.name, 'device': jax.devices()[0].device_kind,

@@ -116,7 +116,8 @@ class Attention(nn.Module):
     if self.decode:
       k_BSGK, v_BSGK, mask_BTS = self._update_cache(k_BSGK, v_BSGK, mask_BTS)
 
-    impl = resolve_implementation(self.implementation, self.dtype)
+    # One-token decode steps against a masked cache are XLA's case, not flash attention's.
+    impl = 'xla' if self.decode else resolve_implementation(self.implementation, self.dtype)
     out_BTHK = ATTEND[impl](q_BTHK, k_BSGK, v_BSGK, mask_BTS)
     out_BTHK = checkpoint_name(out_BTHK, 'attention_out')
 

@@ -10,7 +10,11 @@ context, halved for causal masks" (PaLM's 12·L·H·Q·T before halving).
 
 from __future__ import annotations
 
+import functools
+import time
+
 import jax
+import jax.numpy as jnp
 
 from research.models.transformer import TransformerConfig
 
@@ -61,3 +65,24 @@ def device_peak_flops(device=None) -> float | None:
     if name in kind:
       return peak
   return None
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(n: int = 1024, repeats: int = 4) -> float:
+  """FLOP/s of a large float32 matmul on this device: the ceiling MFU is taken against on CPU."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = f(a)
+  out.block_until_ready()
+  return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def peak_flops() -> tuple[float, str]:
+  """(peak FLOP/s per device, where it came from): published bf16 peaks, else measured (CPU)."""
+  peak = device_peak_flops()
+  if peak is not None:
+    return peak, 'published_bf16'
+  return measured_matmul_peak(), 'measured_f32_matmul'

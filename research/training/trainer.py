@@ -261,7 +261,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_step = flops_lib.flops_per_token(cfg, c.data.seq_len) * tokens_per_step
-  peak = flops_lib.device_peak_flops()
+  peak, _ = flops_lib.peak_flops()  # CPUs have no published peak: measured there
   writer = MetricsWriter(workdir)
   first = int(state.step)
   last = c.train.steps
@@ -282,8 +282,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
         logged['train/tokens_per_sec'] = tokens_per_sec
         logged['train/tflops_per_sec_per_device'] = (
             flops_per_step * (step - s_log) / (now - t_log) / run.mesh.size / 1e12)
-        logged['train/mfu'] = (logged['train/tflops_per_sec_per_device'] * 1e12 / peak
-                               if peak else None)
+        logged['train/mfu'] = logged['train/tflops_per_sec_per_device'] * 1e12 / peak
         writer.write(step, logged)
         bar.set_postfix(loss=f"{logged['train/loss']:.3f}", tok_s=f'{tokens_per_sec:,.0f}')
         pending, t_log, s_log = [], time.perf_counter(), step

@@ -1,0 +1,150 @@
+"""Sample from a trained run: python -m research.sample --workdir=runs/shk --prompt="ROMEO:".
+
+Everything comes from the workdir that research.train wrote: config.json, tokenizer.model and
+the latest (or --step) checkpoint. Flags: --max_new_tokens=200 --temperature=0.8 (0: greedy)
+--top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1. Each sample is printed as
+prompt + continuation, stopping at the end-of-document token.
+
+In a notebook:  texts = sample('runs/shk', 'ROMEO:', max_new_tokens=100, temperature=0.8,
+top_k=0, top_p=0.95, seed=0)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+
+from absl import app, flags, logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+from research import cli, config_lib, models
+from research.errors import ConfigError, UserError, exit_on_user_error
+from research.inference import decoding
+from research.parallel import distributed, mesh as mesh_lib
+from research.training import checkpointing, trainer
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags. Defined only when run as a command, so that importing this module next
+  to another entry point (research.train also has --workdir) never defines a flag twice."""
+  defaults = config_lib.base_config().sample
+  flags.DEFINE_string('workdir', None, 'a workdir written by research.train')
+  flags.DEFINE_string('prompt', defaults.prompt, 'text to continue (not empty)')
+  flags.DEFINE_integer('max_new_tokens', defaults.max_new_tokens, 'tokens to generate per sample')
+  flags.DEFINE_float('temperature', defaults.temperature, '0 is greedy decoding')
+  flags.DEFINE_integer('top_k', defaults.top_k, 'keep the k most likely tokens (0: off)')
+  flags.DEFINE_float('top_p', defaults.top_p, 'nucleus sampling mass (1: off)')
+  flags.DEFINE_integer('seed', 0, 'sampling seed')
+  flags.DEFINE_integer('num_samples', 1, 'samples of the prompt, drawn as one batch')
+  flags.DEFINE_integer('step', None, 'checkpoint step to load (default: the latest)')
+
+
+def _check_workdir(workdir: str) -> None:
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise UserError(f'{workdir} has no config.json: run research.train with --workdir={workdir} '
+                    'first')
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'{workdir} has no checkpoints/: run research.train with '
+                    f'--workdir={workdir} first')
+
+
+def _build_run(config) -> trainer.Run:
+  """The training mesh if it fits the devices here, else one device (e.g. sampling on a laptop)."""
+  try:
+    return trainer.build_run(config)
+  except ConfigError as e:
+    logging.warning('restoring on one device: the training mesh does not fit here (%s)', e)
+  config = copy.deepcopy(config)
+  for axis in mesh_lib.MESH_AXES:
+    config.mesh[axis] = 1
+  config.train.batch_size, config.train.micro_batches = jax.process_count(), 1
+  return trainer.build_run(config, devices=jax.local_devices()[:1])
+
+
+def restore_params(config, workdir: str, step: int | None = None):
+  """The parameters of the latest (or `step`) checkpoint, sharded for the devices here.
+
+  The whole TrainState is restored (its abstract tree fixes the shardings) and its params kept.
+  """
+  run = _build_run(config)
+  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=False)
+  try:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise UserError(f'{workdir}/checkpoints holds no checkpoint: run research.train with '
+                      f'--workdir={workdir} first')
+    if step is not None and step not in steps:
+      raise UserError(f'--step={step}: no such checkpoint in {workdir}; available: {steps}')
+    state = checkpointing.restore(manager, trainer.abstract_state(run), step)
+  finally:
+    manager.close()
+  return state.params
+
+
+def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
+  ids = tokens_N.tolist()
+  return ids[:ids.index(eos_id)] if eos_id in ids else ids
+
+
+def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int,
+           top_p: float, seed: int, num_samples: int = 1, step: int | None = None) -> list[str]:
+  """`num_samples` continuations of `prompt`, each returned as prompt + continuation.
+
+  Raises:
+    UserError: no run in `workdir`, an empty prompt, a prompt (plus continuation) longer than a
+      learned/sinusoidal position table, or invalid sampling settings.
+  """
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  _check_workdir(workdir)
+  if not prompt:
+    raise UserError('--prompt is empty: give some text to continue, e.g. --prompt="ROMEO:"')
+  if num_samples <= 0:
+    raise UserError(f'--num_samples={num_samples}: must be a positive integer')
+  decoding.check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
+  config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
+  tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
+  prompt_ids = tokenizer.encode(prompt)
+  model = models.build_model(config)
+  decoding.check_length(model, len(prompt_ids), max_new_tokens)  # before the slow restore
+  params = restore_params(config, workdir, step)
+  prompt_BP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
+  tokens_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id)
+  if not tokens_BN.is_fully_addressable:  # multi-host: every process gets every sample
+    tokens_BN = multihost_utils.process_allgather(tokens_BN, tiled=True)
+  tokens_BN = np.asarray(tokens_BN)
+  return [prompt + tokenizer.decode(_continuation_ids(row, tokenizer.eos_id))
+          for row in tokens_BN]
+
+
+@exit_on_user_error
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f'unexpected arguments {argv[1:]}: flags are written --name=value')
+  cli.quiet_logs()
+  distributed.initialize_from_flags()  # before anything touches a JAX backend
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
+  texts = sample(FLAGS.workdir, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
+                 temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                 seed=FLAGS.seed, num_samples=FLAGS.num_samples, step=FLAGS.step)
+  if jax.process_index() != 0:
+    return
+  for i, text in enumerate(texts):
+    if len(texts) > 1:
+      print(f'--- sample {i + 1} of {len(texts)} ---')
+    print(text)
+  sys.stdout.flush()
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
