@@ -33,16 +33,16 @@ def get_config(arg=None):
   c.model.position = 'rope'
   c.model.tie_embeddings = True
 
-  c.train.steps = 600
-  c.train.batch_size = 32
+  c.train.steps = 300
+  c.train.batch_size = 16
   c.train.lr = 3e-3
-  c.train.warmup_steps = 50
+  c.train.warmup_steps = 30
   c.train.schedule = 'cosine'
   c.train.weight_decay = 0.1
   c.train.log_every = 25
-  c.train.eval_every = 200
+  c.train.eval_every = 100
   c.train.eval_batches = 16
-  c.train.checkpoint_every = 200
+  c.train.checkpoint_every = 100
 
   c.sample.prompt = 'ROMEO:'
   c.sample.max_new_tokens = 200
