@@ -24,6 +24,15 @@ _STEPS = flags.DEFINE_integer('steps', 5, 'timed steps (after one compile-and-wa
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'global batch; 0: the config (1 on CPU)')
 
 
+class _RandomTokens:
+  """Stands in for the tokenizer: the special ids the objectives use, no text."""
+  pad_id, eos_id, unk_id, bos_id, mask_id = 0, 1, 2, 3, 4
+  first_free_id = 256
+
+  def __init__(self, vocab_size: int):
+    self.vocab_size = vocab_size
+
+
 def peak_memory_bytes(compiled) -> tuple[int | None, str]:
   """Device-reported peak where the runtime tracks it (GPU/TPU), else XLA's static estimate."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -49,10 +58,15 @@ def benchmark(config, *, steps: int = 5, batch_size: int = 0) -> dict:
   run = trainer.build_run(config, devices=None if config.mesh.data == -1 else jax.devices()[:1])
   state = trainer.init_state(run, config.seed)
   train_step = trainer.make_train_step(run)
-  b, t, v = config.train.batch_size, config.data.seq_len, config.model.vocab_size
+  b, t = config.train.batch_size, config.data.seq_len
   rng = np.random.default_rng(0)
+  tokenizer = _RandomTokens(config.data.vocab_size)
+  window_len = run.objective.window_len(config)
   batches = [trainer.device_batch(run, run.objective.make_batch(
-      rng.integers(4, v, (b, t + 1)).astype(np.int32), eos_id=1)) for _ in range(2)]
+      rng.integers(_RandomTokens.first_free_id, tokenizer.vocab_size,
+                   (b, window_len)).astype(np.int32),
+      tokenizer=tokenizer, config=config, rngs=[np.random.default_rng(i) for i in range(b)]))
+             for _ in range(2)]
 
   compile_start = time.perf_counter()
   with run.context():

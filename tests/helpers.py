@@ -25,7 +25,6 @@ def tiny_config(**overrides):
   c.train.eval_every = 5
   c.train.eval_batches = 2
   c.train.checkpoint_every = 5
-  c.train.async_checkpoints = False
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split('.')

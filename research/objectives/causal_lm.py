@@ -23,8 +23,19 @@ def segments_from_eos(tokens_BT: np.ndarray, eos_id: int) -> tuple[np.ndarray, n
   return segment_ids_BT, positions_BT
 
 
-def make_batch(window_BT1: np.ndarray, *, eos_id: int) -> dict[str, np.ndarray]:
+def window_len(config) -> int:
+  return config.data.seq_len + 1
+
+
+def init_args(batch_size: int, config):
+  return (jnp.zeros((batch_size, config.data.seq_len), jnp.int32),)
+
+
+def make_batch(window_BT1: np.ndarray, *, tokenizer, config=None, rngs=None
+               ) -> dict[str, np.ndarray]:
   """[B, T+1] token windows -> inputs, targets, weights, segment ids and positions [B, T]."""
+  del config, rngs  # no noise: the windows are the examples
+  eos_id = tokenizer.eos_id
   inputs_BT = window_BT1[:, :-1].astype(np.int32)
   targets_BT = window_BT1[:, 1:].astype(np.int32)
   segment_ids_BT, positions_BT = segments_from_eos(inputs_BT, eos_id)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from research import config_lib, models, objectives
 from research.errors import ConfigError
+from research.data import sampler as data_sampler
 from research.parallel import mesh as mesh_lib
 from research.training import checkpointing, flops as flops_lib, optimizers
 from research.training.metrics import MetricsWriter
@@ -49,7 +50,7 @@ class Run:
   objective: objectives.Objective
   tx: optax.GradientTransformation
   state_shardings: Any
-  batch_shardings: dict
+  batch_sharding: jax.sharding.NamedSharding  # every batch array: rows over the batch axes
 
   @contextlib.contextmanager
   def context(self):
@@ -58,13 +59,15 @@ class Run:
       yield
 
 
-def _init_state(model, tx, batch: int, seq_len: int, rng) -> TrainState:
-  tokens_BT = jnp.zeros((batch, seq_len), jnp.int32)
-  params = model.init({'params': rng}, tokens_BT)['params']
+def _init_state(model, tx, init_args, rng) -> TrainState:
+  params = model.init({'params': rng}, *init_args)['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-BATCH_KEYS = ('inputs', 'targets', 'weights', 'segment_ids', 'positions')
+def _state_initializer(run: 'Run') -> Callable:
+  divisor = mesh_lib.batch_divisor(run.mesh, run.rules)
+  init_args = run.objective.init_args(divisor, run.config)
+  return functools.partial(_init_state, run.model, run.tx, init_args)
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -85,20 +88,16 @@ def build_run(config, *, devices=None) -> Run:
   tx = optimizers.make_optimizer(config.train)
   run = Run(config=config, mesh=mesh, rules=rules, model=model, eval_model=eval_model,
             objective=objectives.get_objective(config.objective.name), tx=tx,
-            state_shardings=None, batch_shardings={})
+            state_shardings=None, batch_sharding=mesh_lib.batch_sharding(mesh, rules))
   with run.context():
-    abstract = jax.eval_shape(
-        functools.partial(_init_state, model, tx, divisor, config.data.seq_len),
-        jax.random.key(0))
+    abstract = jax.eval_shape(_state_initializer(run), jax.random.key(0))
     run.state_shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
-  run.batch_shardings = {k: mesh_lib.batch_sharding(mesh, rules) for k in BATCH_KEYS}
   return run
 
 
 def init_state(run: Run, seed: int) -> TrainState:
   """Parameters and optimizer state, created directly in their shards (never whole on a host)."""
-  divisor = mesh_lib.batch_divisor(run.mesh, run.rules)
-  init = functools.partial(_init_state, run.model, run.tx, divisor, run.config.data.seq_len)
+  init = _state_initializer(run)
   with run.context():
     return jax.jit(lambda rng: nn.meta.unbox(init(rng)),
                    out_shardings=run.state_shardings)(jax.random.key(seed))
@@ -106,8 +105,7 @@ def init_state(run: Run, seed: int) -> TrainState:
 
 def abstract_state(run: Run):
   """ShapeDtypeStructs with the current mesh's shardings: the target of a restore."""
-  divisor = mesh_lib.batch_divisor(run.mesh, run.rules)
-  init = functools.partial(_init_state, run.model, run.tx, divisor, run.config.data.seq_len)
+  init = _state_initializer(run)
   with run.context():
     shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init(rng)), jax.random.key(0))
   return checkpointing.abstract_like(shapes, run.state_shardings)
@@ -155,7 +153,7 @@ def make_train_step(run: Run) -> Callable:
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   with run.context():
-    return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_shardings),
+    return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_sharding),
                    out_shardings=(run.state_shardings, None), donate_argnums=(0,))
 
 
@@ -167,34 +165,53 @@ def make_eval_step(run: Run) -> Callable:
     return objective.loss_fn(model, params, batch)[1]
 
   with run.context():
-    return jax.jit(eval_fn, in_shardings=(run.state_shardings.params, run.batch_shardings))
+    return jax.jit(eval_fn, in_shardings=(run.state_shardings.params, run.batch_sharding))
 
 
 def device_batch(run: Run, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """This process's rows -> global arrays sharded over the mesh's batch axes."""
-  return {k: jax.make_array_from_process_local_data(run.batch_shardings[k], v)
+  return {k: jax.make_array_from_process_local_data(run.batch_sharding, v)
           for k, v in host_batch.items()}
 
 
+def _row_rngs(*key: int, global_batch: int) -> list[np.random.Generator]:
+  """One generator per global row, this process's rows only: objectives that draw noise
+  (masking, span corruption) then give the same batch whatever the number of processes."""
+  rows = range(global_batch)[data_sampler.process_slice(global_batch, jax.process_index(),
+                                                        jax.process_count())]
+  return [np.random.default_rng([*key, row]) for row in rows]
+
+
 def host_train_batch(run: Run, dataset, step: int) -> dict[str, np.ndarray]:
+  """This process's rows of the training batch at `step`: a pure function of (seed, step)."""
   c = run.config
-  window = dataset.train_batch(c.seed, step, c.train.batch_size, c.data.seq_len,
-                               jax.process_index(), jax.process_count())
-  return run.objective.make_batch(window, eos_id=dataset.tokenizer.eos_id)
+  window_len = run.objective.window_len(c)
+  windows = dataset.train_batch(c.seed, step, c.train.batch_size, window_len - 1,
+                                jax.process_index(), jax.process_count())
+  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
+                                  rngs=_row_rngs(c.seed, step, global_batch=c.train.batch_size))
+
+
+def host_eval_batch(run: Run, dataset, index: int) -> dict[str, np.ndarray]:
+  c = run.config
+  window_len = run.objective.window_len(c)
+  windows = dataset.eval_batch(index, c.train.batch_size, window_len - 1, jax.process_index(),
+                               jax.process_count())
+  # Evaluation noise is fixed (not the run's seed) so runs compare on identical batches.
+  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
+                                  rngs=_row_rngs(2**31 - 1, index,
+                                                 global_batch=c.train.batch_size))
 
 
 def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None):
   """Validation loss, perplexity and accuracy over `num_batches` (0/None: the whole split)."""
   c = run.config
   eval_step = eval_step or make_eval_step(run)
-  available = dataset.num_eval_batches(c.train.batch_size, c.data.seq_len)
+  available = dataset.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
   n = min(num_batches or available, available)
   totals = None
   for i in range(n):
-    window = dataset.eval_batch(i, c.train.batch_size, c.data.seq_len, jax.process_index(),
-                                jax.process_count())
-    batch = run.objective.make_batch(window, eos_id=dataset.tokenizer.eos_id)
-    out = eval_step(params, device_batch(run, batch))
+    out = eval_step(params, device_batch(run, host_eval_batch(run, dataset, i)))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   loss = float(totals['loss_sum'] / totals['weight_sum'])
