@@ -59,11 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_kv_heads = 0  # 0: num_heads (multi-head); fewer: grouped-query attention
   c.model.head_dim = 0  # 0: d_model // num_heads
   c.model.d_ff = 0  # 0: 4 x d_model (ReLU/GELU) or 8/3 x d_model rounded to 256 (SwiGLU)
-  c.model.activation = 'gelu'  # 'relu' | 'gelu' | 'swiglu'
+  c.model.activation = 'gelu'  # 'relu' | 'gelu' (tanh) | 'gelu_exact' | 'swiglu' | 'geglu'
   c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
   c.model.norm_eps = 1e-6
-  c.model.position = 'rope'  # 'rope' | 'learned' | 'sinusoidal' | 'none'
+  c.model.norm_position = 'pre'  # 'pre' (GPT-2, Llama, T5) | 'post' (BERT)
+  c.model.position = 'rope'  # 'rope' | 'learned' | 'sinusoidal' | 'relative' (T5) | 'none'
   c.model.rope_theta = 10_000.0
+  c.model.relative_buckets = 32  # T5 relative position bias: buckets and max distance
+  c.model.relative_max_distance = 128
+  c.model.attention_scale = 0.0  # 0: 1/sqrt(head_dim); T5 uses 1.0
   c.model.max_len = 0  # table length for learned/sinusoidal positions; 0: data.seq_len
   c.model.tie_embeddings = True
   c.model.use_bias = False

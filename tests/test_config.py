@@ -32,7 +32,7 @@ def test_variant_argument():
     ('train.steps', 'many', 'expected a int'),
     ('model.num_heads', '5', 'does not divide model.d_model=256'),
     ('model.num_kv_heads', '3', 'must divide model.num_heads=4'),
-    ('model.activation', 'tanh', "choose one of ['gelu', 'relu', 'swiglu']"),
+    ('model.activation', 'tanh', "choose one of ['geglu', 'gelu', 'gelu_exact', 'relu', 'swiglu']"),
     ('train.micro_batches', '5', 'must divide train.batch_size=16'),
 ])
 def test_bad_overrides_name_field_value_and_fix(key, value, needle):

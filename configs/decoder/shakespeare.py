@@ -5,9 +5,12 @@ Run:
   python -m research.sample --workdir=runs/shk --prompt="ROMEO:" --max_new_tokens=200 \
       --temperature=0.8 --top_p=0.95 --seed=0
 
-A 4-layer, 256-wide RoPE/SwiGLU/RMSNorm decoder (about 3.7M parameters) over a 2,048-piece BPE
-vocabulary trained on the training works. Expected on 2 CPU cores: EXPECTED_RESULT.
-For comparison, the unigram entropy of the validation tokens is about UNIGRAM nats/token.
+A 4-layer, 256-wide RoPE/SwiGLU/RMSNorm/GQA decoder (3.7M parameters) over a 2,048-piece BPE
+vocabulary trained on the 38 training works. Expected on 2 CPU cores: 300 steps of 16 x 128
+tokens in about 4 minutes (about 2,800 tokens/s), validation loss about 4.6 nats/token
+(perplexity about 100) against a unigram entropy of 6.0, and samples with speaker names, line
+breaks and verse-like lines. (Measured 2026-11-23 with `make train` on a fresh clone: eval loss
+5.09 at step 100, 4.75 at 200, 4.58 at 300; 5 min 40 s for the whole command, install included.)
 
 Variants: `:tiny` (a few steps, for smoke tests).
 """

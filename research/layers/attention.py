@@ -46,13 +46,21 @@ def make_mask(segment_ids_q_BT, segment_ids_k_BS, q_index_BT, k_index_BS, *, cau
   return mask_BTS
 
 
-def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS):
-  """Reference attention in einsums; scores and softmax in float32."""
+def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
+  """Reference attention in einsums; scores and softmax in float32.
+
+  `bias_HTS` (or [B, H, T, S]) is added to the scores (T5's relative position bias); `scale`
+  multiplies them (default 1/sqrt(head_dim); T5 uses 1, folded into its initialisation).
+  """
   b, t, h, k = q_BTHK.shape
   g = k_BSGK.shape[2]
   q_BTGRK = q_BTHK.reshape(b, t, g, h // g, k)
   scores_BGRTS = jnp.einsum('btgrk,bsgk->bgrts', q_BTGRK, k_BSGK,
-                            preferred_element_type=jnp.float32) * (k ** -0.5)
+                            preferred_element_type=jnp.float32)
+  scores_BGRTS *= k ** -0.5 if scale is None else scale
+  if bias_HTS is not None:
+    bias_BHTS = jnp.broadcast_to(bias_HTS, (b, h) + bias_HTS.shape[-2:]).astype(jnp.float32)
+    scores_BGRTS += bias_BHTS.reshape(b, g, h // g, t, -1)
   if mask_BTS is not None:
     scores_BGRTS = jnp.where(mask_BTS[:, None, None], scores_BGRTS, _NEG_INF)
   probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGK.dtype)
@@ -60,10 +68,13 @@ def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS):
   return out_BTGRK.reshape(b, t, h, k)
 
 
-def attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask_BTS):
+def attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
   """cuDNN flash attention (GPU, bf16/fp16): never materialises the score matrix in HBM."""
   mask = None if mask_BTS is None else mask_BTS[:, None]
-  return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask, implementation='cudnn')
+  bias = None if bias_HTS is None else jnp.broadcast_to(
+      bias_HTS, (q_BTHK.shape[0], q_BTHK.shape[2]) + bias_HTS.shape[-2:]).astype(q_BTHK.dtype)
+  return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, bias=bias, mask=mask, scale=scale,
+                                      implementation='cudnn')
 
 
 ATTEND = {'xla': attend_xla, 'cudnn': attend_cudnn}
@@ -82,6 +93,7 @@ class Attention(nn.Module):
   out_init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
   decode: bool = False
+  scale: float | None = None  # score scale; None: 1/sqrt(head_dim)
 
   def _proj(self, name, x_BTD, heads, axis_name):
     d = x_BTD.shape[-1]
@@ -96,8 +108,15 @@ class Attention(nn.Module):
     return y_BTHK
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, mask_BTS, kv_BSD=None, kv_positions_BS=None):
-    """`mask_BTS` is boolean, or None for full attention; in decode mode the cache masks itself."""
+  def __call__(self, x_BTD, positions_BT, mask_BTS, kv_BSD=None, kv_positions_BS=None,
+               bias_HTS=None):
+    """Self-attention, or cross-attention to `kv_BSD` when given.
+
+    `mask_BTS` is boolean, or None for full attention; `bias_HTS` is added to the scores. In
+    decode mode self-attention keys and values go to the cache, which masks itself; cross-
+    attention (to encoder outputs computed once) needs no cache.
+    """
+    cross = kv_BSD is not None
     kv_BSD = x_BTD if kv_BSD is None else kv_BSD
     kv_positions_BS = positions_BT if kv_positions_BS is None else kv_positions_BS
     q_BTHK = self._proj('query', x_BTD, self.num_heads, 'heads')
@@ -113,12 +132,12 @@ class Attention(nn.Module):
     k_BSGK = checkpoint_name(k_BSGK, 'key_proj')
     v_BSGK = checkpoint_name(v_BSGK, 'value_proj')
 
-    if self.decode:
+    if self.decode and not cross:
       k_BSGK, v_BSGK, mask_BTS = self._update_cache(k_BSGK, v_BSGK, mask_BTS)
 
     # One-token decode steps against a masked cache are XLA's case, not flash attention's.
     impl = 'xla' if self.decode else resolve_implementation(self.implementation, self.dtype)
-    out_BTHK = ATTEND[impl](q_BTHK, k_BSGK, v_BSGK, mask_BTS)
+    out_BTHK = ATTEND[impl](q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS, self.scale)
     out_BTHK = checkpoint_name(out_BTHK, 'attention_out')
 
     w_out_HKD = self.param('out', nn.with_logical_partitioning(

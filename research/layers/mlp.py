@@ -8,8 +8,12 @@ import jax.numpy as jnp
 
 from research.errors import ConfigError
 
-ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu, 'swiglu': jax.nn.silu}
-GATED = {'swiglu'}
+# 'gelu' is the tanh approximation (GPT-2's gelu_new); 'gelu_exact' is erf GELU (BERT).
+# Gated variants multiply act(x W_gate) into x W_in: SwiGLU (Llama), GeGLU (T5 v1.1).
+ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu,
+               'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
+               'swiglu': jax.nn.silu, 'geglu': jax.nn.gelu}
+GATED = {'swiglu', 'geglu'}
 
 
 def check_activation(name: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from research.errors import ConfigError
 
-POSITIONS = ('rope', 'learned', 'sinusoidal', 'none')
+POSITIONS = ('rope', 'learned', 'sinusoidal', 'relative', 'none')
 
 
 def check_position(name: str) -> None:

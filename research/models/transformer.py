@@ -59,6 +59,10 @@ class TransformerConfig:
   remat: str = 'none'
   attention_impl: str = 'auto'
   init_std: float = 0.02
+  norm_position: str = 'pre'  # 'pre' (GPT-2, Llama, T5) or 'post' (BERT, the 2017 Transformer)
+  attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+  relative_buckets: int = 32  # T5 relative position bias (position='relative')
+  relative_max_distance: int = 128
 
   @property
   def out_init_std(self) -> float:
@@ -80,6 +84,8 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
   if m.num_heads % kv_heads:
     raise ConfigError('model.num_kv_heads', kv_heads,
                       f'must divide model.num_heads={m.num_heads} (grouped-query attention)')
+  if m.norm_position not in ('pre', 'post'):
+    raise ConfigError('model.norm_position', m.norm_position, "choose 'pre' or 'post'")
   if m.remat not in REMAT_POLICIES:
     raise ConfigError('model.remat', m.remat, f'choose one of {sorted(REMAT_POLICIES)}')
   mlp.check_activation(m.activation)
@@ -100,39 +106,59 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
       rope_theta=m.rope_theta, max_len=max_len, tie_embeddings=m.tie_embeddings,
       use_bias=m.use_bias, dropout=m.dropout, dtype=resolve_dtype(m.dtype),
       scan_layers=m.scan_layers, remat=m.remat, attention_impl=m.attention_impl,
-      init_std=m.init_std)
+      init_std=m.init_std, norm_position=m.norm_position,
+      attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
+      relative_max_distance=m.relative_max_distance)
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Residual block: self-attention, optional cross-attention (encoder-decoder), feed-forward.
+
+  Pre-norm: x + f(norm(x)). Post-norm (BERT): norm(x + f(x)).
+  """
   cfg: TransformerConfig
   decode: bool = False
   deterministic: bool = True
+  cross_attention: bool = False
+
+  def _attention(self, name):
+    c = self.cfg
+    return attention.Attention(
+        num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
+        position=c.position if name == 'attn' else 'none', rope_theta=c.rope_theta,
+        implementation=c.attention_impl, use_bias=c.use_bias, init_std=c.init_std,
+        out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
+        name=name)
+
+  def _residual(self, name, x_BTD, sublayer):
+    c = self.cfg
+    norm = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, module_name=f'{name}_norm')
+    dropout = nn.Dropout(c.dropout)
+    if c.norm_position == 'post':
+      return norm(x_BTD + dropout(sublayer(x_BTD), deterministic=self.deterministic))
+    return x_BTD + dropout(sublayer(norm(x_BTD)), deterministic=self.deterministic)
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, mask_BTS):
+  def __call__(self, x_BTD, positions_BT, mask_BTS, bias_HTS=None, encoded_BSD=None,
+               cross_mask_BTS=None):
     c = self.cfg
-    h_BTD = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, module_name='attn_norm')(x_BTD)
-    h_BTD = attention.Attention(
-        num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-        position=c.position, rope_theta=c.rope_theta, implementation=c.attention_impl,
-        use_bias=c.use_bias, init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
-        decode=self.decode, name='attn')(h_BTD, positions_BT, mask_BTS)
-    x_BTD = x_BTD + nn.Dropout(c.dropout)(h_BTD, deterministic=self.deterministic)
-    h_BTD = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, module_name='mlp_norm')(x_BTD)
-    h_BTD = mlp.MLP(d_ff=c.d_ff, activation=c.activation, use_bias=c.use_bias,
-                    init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
-                    name='mlp')(h_BTD)
-    x_BTD = x_BTD + nn.Dropout(c.dropout)(h_BTD, deterministic=self.deterministic)
-    x_BTD = nn.with_logical_constraint(x_BTD, ('batch', 'length', 'act_embed'))
-    return x_BTD
+    x_BTD = self._residual('attn', x_BTD, lambda h: self._attention('attn')(
+        h, positions_BT, mask_BTS, bias_HTS=bias_HTS))
+    if self.cross_attention:
+      x_BTD = self._residual('cross', x_BTD, lambda h: self._attention('cross')(
+          h, positions_BT, cross_mask_BTS, kv_BSD=encoded_BSD))
+    mlp_layer = mlp.MLP(d_ff=c.d_ff, activation=c.activation, use_bias=c.use_bias,
+                        init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
+                        name='mlp')
+    x_BTD = self._residual('mlp', x_BTD, mlp_layer)
+    return nn.with_logical_constraint(x_BTD, ('batch', 'length', 'act_embed'))
 
 
 class ScannedBlock(Block):
   """`Block` with the (carry, out) signature that `nn.scan` wants."""
 
-  def __call__(self, x_BTD, positions_BT, mask_BTS):
-    return super().__call__(x_BTD, positions_BT, mask_BTS), None
+  def __call__(self, x_BTD, *args):
+    return super().__call__(x_BTD, *args), None
 
 
 class Stack(nn.Module):
@@ -141,10 +167,16 @@ class Stack(nn.Module):
   block: type[Block] = Block
   decode: bool = False
   deterministic: bool = True
+  cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, x_BTD, positions_BT, mask_BTS):
+  def __call__(self, x_BTD, positions_BT, mask_BTS, bias_HTS=None, encoded_BSD=None,
+               cross_mask_BTS=None):
+    """Extra arguments reach every block unchanged (a shared relative bias, encoder outputs)."""
     c = self.cfg
+    args = (positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
+    kwargs = dict(decode=self.decode, deterministic=self.deterministic,
+                  cross_attention=self.cross_attention)
     policy = REMAT_POLICIES[c.remat]
     if c.scan_layers:
       block_cls = ScannedBlock if self.block is Block else self.block
@@ -152,15 +184,13 @@ class Stack(nn.Module):
         block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
       scanned = nn.scan(block_cls, variable_axes={'params': 0, 'cache': 0},
                         split_rngs={'params': True, 'dropout': True},
-                        in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                        in_axes=(nn.broadcast,) * len(args), length=c.num_layers,
                         metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BTD, _ = scanned(c, decode=self.decode, deterministic=self.deterministic,
-                         name='layers')(x_BTD, positions_BT, mask_BTS)
+      x_BTD, _ = scanned(c, name='layers', **kwargs)(x_BTD, *args)
       return x_BTD
     block_cls = self.block
     if c.remat != 'none':
       block_cls = nn.remat(block_cls, policy=policy)
     for i in range(c.num_layers):
-      x_BTD = block_cls(c, decode=self.decode, deterministic=self.deterministic,
-                        name=f'layer_{i}')(x_BTD, positions_BT, mask_BTS)
+      x_BTD = block_cls(c, name=f'layer_{i}', **kwargs)(x_BTD, *args)
     return x_BTD

@@ -1,36 +1,33 @@
 """Objectives by name (`objective.name`): batch transforms and losses.
 
-An objective says how many raw tokens one example takes (`window_len`), turns this process's
-windows into model inputs on the host (`make_batch`, fixed shapes, any noise drawn from the
-per-row generators it is given so batches are a pure function of (seed, step)), gives dummy
-model arguments for initialisation (`init_args`), and computes the summed loss in jit
-(`loss_fn`, returning (loss_sum, aux) with aux's `loss_sum`, `weight_sum` and `correct`).
+Each objective is a module in this package with four functions:
+  window_len(config) -> raw tokens one example takes from the token store;
+  make_batch(windows_BW, *, tokenizer, config, rngs) -> dict of fixed-shape [B, ...] arrays,
+      built on the host, any noise drawn from the per-row generators `rngs` so that batches are
+      a pure function of (seed, step) whatever the number of processes;
+  init_args(batch_size, config) -> positional model arguments for initialisation;
+  loss_fn(model, params, batch, *, rngs=None) -> (loss_sum, aux), aux holding the summed
+      `loss_sum`, `weight_sum` and `correct`, so micro-batches and hosts add up before dividing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
+import importlib
+import types
 
 from research.errors import ConfigError
-from research.objectives import causal_lm
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  window_len: Callable  # (config) -> raw tokens per example
-  make_batch: Callable  # (windows_BW, *, tokenizer, config, rngs) -> dict of [B, ...] arrays
-  init_args: Callable  # (batch_size, config) -> positional model arguments for init
-  loss_fn: Callable  # (model, params, batch, *, rngs=None) -> (loss_sum, aux)
-
 
 OBJECTIVES = {
-    'causal_lm': Objective(causal_lm.window_len, causal_lm.make_batch, causal_lm.init_args,
-                           causal_lm.loss_fn),
+    'causal_lm': 'research.objectives.causal_lm',
+    'prefix_lm': 'research.objectives.prefix_lm',
+    'mlm': 'research.objectives.mlm',
+    'span_corruption': 'research.objectives.span_corruption',
 }
+
+Objective = types.ModuleType  # an objective is its module
 
 
 def get_objective(name: str) -> Objective:
   if name not in OBJECTIVES:
     raise ConfigError('objective.name', name, f'choose one of {sorted(OBJECTIVES)}')
-  return OBJECTIVES[name]
+  return importlib.import_module(OBJECTIVES[name])
