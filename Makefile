@@ -31,7 +31,7 @@ train: $(STAMP)
 	  --temperature=0.8 --top_p=0.95 --seed=0
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 bench: $(STAMP)
 	$(PY) -m research.benchmark --config=configs/decoder/gpt2_small.py

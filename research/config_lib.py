@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 256
 
   c.model = ml_collections.ConfigDict()
-  c.model.family = 'decoder'  # 'decoder'
+  c.model.family = 'decoder'  # 'decoder' | 'encoder' | 'encoder_decoder'
   c.model.vocab_size = 0  # 0: data.vocab_size; larger pads (e.g. GPT-2's 50,257 -> 50,304)
   c.model.d_model = 256
   c.model.num_layers = 4
@@ -77,9 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = False  # one nn.scan over layers: constant compile time in depth
   c.model.remat = 'none'  # see research.models.transformer.REMAT_POLICIES
   c.model.attention_impl = 'auto'  # 'auto' | 'xla' | 'cudnn'
+  # Encoder (BERT) extras; see research/models/encoder.py.
+  c.model.type_vocab_size = 0  # token-type (segment A/B) embeddings: BERT 2; 0: none
+  c.model.embed_norm = False  # norm (model.norm) on the summed input embeddings
+  c.model.head_transform = False  # MLM head: dense + activation + norm before the unembedding
+  c.model.output_bias = False  # a [V] bias on the logits (BERT's MLM decoder bias)
 
   c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'causal_lm'
+  c.objective.name = 'causal_lm'  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption'
+  c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
+  c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
+  c.objective.random_token_rate = 0.1  # mlm: ... shown as a random ordinary token; rest kept
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

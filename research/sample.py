@@ -1,5 +1,12 @@
 """Sample from a trained run: python -m research.sample --workdir=runs/shk --prompt="ROMEO:".
 
+What "sample" means follows the run's model family:
+  decoder          the prompt continued (greedy, temperature, top-k, top-p; KV cache);
+  encoder          fill-mask: the top candidates with probabilities at every [MASK] of the prompt
+                   (--top_k candidates, 5 when 0);
+  encoder_decoder  the prompt as encoder input, the target decoded by sampling or, with
+                   --beam_size > 1, length-normalised beam search (--length_penalty).
+
 Everything comes from the workdir that research.train wrote: config.json, tokenizer.model and
 the latest (or --step) checkpoint. Flags: --max_new_tokens=200 --temperature=0.8 (0: greedy)
 --top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1. Each sample is printed as
@@ -42,6 +49,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('seed', 0, 'sampling seed')
   flags.DEFINE_integer('num_samples', 1, 'samples of the prompt, drawn as one batch')
   flags.DEFINE_integer('step', None, 'checkpoint step to load (default: the latest)')
+  flags.DEFINE_integer('beam_size', 1, 'encoder-decoder: beam search width (1: sampling)')
+  flags.DEFINE_float('length_penalty', 0.6, 'encoder-decoder beam search: GNMT alpha')
 
 
 def _check_workdir(workdir: str) -> None:
@@ -92,8 +101,35 @@ def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
+def _fill_mask(model, params, tokenizer, prompt: str, top_k: int) -> list[str]:
+  from research.inference import fill_mask  # pylint: disable=g-import-not-at-top
+  lines = []
+  for position, candidates in fill_mask.fill_mask(model, params, tokenizer, prompt,
+                                                  top_k=top_k or 5):
+    shown = ', '.join(f'{piece!r} {p:.3f}' for piece, p in candidates)
+    lines.append(f'[MASK] at piece {position}: {shown}')
+  return ['\n'.join([prompt] + lines)]
+
+
+def _seq2seq(model, params, tokenizer, prompt_ids, *, max_new_tokens, temperature, top_k, top_p,
+             seed, num_samples, beam_size, length_penalty) -> list[np.ndarray]:
+  from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
+  encoder_BS = np.asarray([prompt_ids + [tokenizer.eos_id]], np.int32)
+  if beam_size > 1:
+    tokens_BKN, _ = seq2seq.beam_search(model, params, encoder_BS, beam_size=beam_size,
+                                        max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                        length_penalty=length_penalty)
+    return list(np.asarray(tokens_BKN)[0, :num_samples])
+  tokens_BN = seq2seq.generate(model, params, np.repeat(encoder_BS, num_samples, 0),
+                               jax.random.key(seed), max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_k=top_k, top_p=top_p,
+                               eos_id=tokenizer.eos_id)
+  return list(np.asarray(tokens_BN))
+
+
 def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int,
-           top_p: float, seed: int, num_samples: int = 1, step: int | None = None) -> list[str]:
+           top_p: float, seed: int, num_samples: int = 1, step: int | None = None,
+           beam_size: int = 1, length_penalty: float = 0.6) -> list[str]:
   """`num_samples` continuations of `prompt`, each returned as prompt + continuation.
 
   Raises:
@@ -112,6 +148,18 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
   prompt_ids = tokenizer.encode(prompt)
   model = models.build_model(config)
+  family = config.model.family
+  if family == 'encoder':
+    return _fill_mask(model, restore_params(config, workdir, step), tokenizer, prompt, top_k)
+  if family == 'encoder_decoder':
+    if beam_size > 1 and num_samples > beam_size:
+      raise UserError(f'--num_samples={num_samples} exceeds --beam_size={beam_size}')
+    rows = _seq2seq(model, restore_params(config, workdir, step), tokenizer, prompt_ids,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    top_p=top_p, seed=seed, num_samples=num_samples, beam_size=beam_size,
+                    length_penalty=length_penalty)
+    return [f'{prompt} => {tokenizer.decode(_continuation_ids(r, tokenizer.eos_id))}'
+            for r in rows]
   decoding.check_length(model, len(prompt_ids), max_new_tokens)  # before the slow restore
   params = restore_params(config, workdir, step)
   prompt_BP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
@@ -135,7 +183,8 @@ def main(argv):
     raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
   texts = sample(FLAGS.workdir, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
                  temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                 seed=FLAGS.seed, num_samples=FLAGS.num_samples, step=FLAGS.step)
+                 seed=FLAGS.seed, num_samples=FLAGS.num_samples, step=FLAGS.step,
+                 beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
   if jax.process_index() != 0:
     return
   for i, text in enumerate(texts):

@@ -63,6 +63,10 @@ class TransformerConfig:
   attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
   relative_buckets: int = 32  # T5 relative position bias (position='relative')
   relative_max_distance: int = 128
+  type_vocab_size: int = 0  # token-type (segment A/B) embeddings, BERT: 2; 0: none (encoder)
+  embed_norm: bool = False  # norm on the summed input embeddings (BERT; encoder)
+  head_transform: bool = False  # MLM head: dense + activation + norm before the unembedding
+  output_bias: bool = False  # a [V] bias on the logits (BERT's MLM decoder bias)
 
   @property
   def out_init_std(self) -> float:
@@ -86,6 +90,9 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
                       f'must divide model.num_heads={m.num_heads} (grouped-query attention)')
   if m.norm_position not in ('pre', 'post'):
     raise ConfigError('model.norm_position', m.norm_position, "choose 'pre' or 'post'")
+  if m.type_vocab_size < 0:
+    raise ConfigError('model.type_vocab_size', m.type_vocab_size,
+                      'must be >= 0 (0: no token-type embeddings; BERT: 2)')
   if m.remat not in REMAT_POLICIES:
     raise ConfigError('model.remat', m.remat, f'choose one of {sorted(REMAT_POLICIES)}')
   mlp.check_activation(m.activation)
@@ -108,7 +115,8 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
       scan_layers=m.scan_layers, remat=m.remat, attention_impl=m.attention_impl,
       init_std=m.init_std, norm_position=m.norm_position,
       attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
-      relative_max_distance=m.relative_max_distance)
+      relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
+      embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias)
 
 
 class Block(nn.Module):

@@ -30,7 +30,7 @@ def matmul_params(cfg: TransformerConfig) -> int:
   """Parameters that take part in a matmul per token: attention, MLP and the unembedding."""
   d, h, g, k = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   attn = d * (h * k) * 2 + d * (g * k) * 2  # query and output; key and value
-  mlp = d * cfg.d_ff * (3 if cfg.activation == 'swiglu' else 2)
+  mlp = d * cfg.d_ff * (3 if cfg.activation in ('swiglu', 'geglu') else 2)
   return cfg.num_layers * (attn + mlp) + cfg.vocab_size * d
 
 
