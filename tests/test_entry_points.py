@@ -37,3 +37,13 @@ def test_train_evaluate_sample_benchmark(tmp_path):
                           cache=cache).splitlines()[-1])
   for key in ('tokens_per_sec', 'mfu', 'step_ms', 'peak_memory'):
     assert bench[key] > 0, key
+
+
+def test_encoder_train_then_fill_mask(tmp_path):
+  cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 'mlm')
+  config = os.path.join(REPO, 'configs/encoder/shakespeare.py:tiny')
+  _run('research.train', f'--config={config}', f'--workdir={workdir}', cache=cache)
+  out = _run('research.sample', f'--workdir={workdir}',
+             '--prompt=To be, or not to [MASK], that is the question', '--top_k=3', cache=cache)
+  lines = [l for l in out.splitlines() if l.startswith('[MASK] at piece')]
+  assert len(lines) == 1 and lines[0].count(',') >= 2  # three candidates with probabilities
