@@ -27,7 +27,11 @@ _BATCH = flags.DEFINE_integer('batch_size', 0, 'global batch; 0: the config (1 o
 class _RandomTokens:
   """Stands in for the tokenizer: the special ids the objectives use, no text."""
   pad_id, eos_id, unk_id, bos_id, mask_id = 0, 1, 2, 3, 4
+  num_sentinels = 100
   first_free_id = 256
+
+  def sentinel_id(self, i: int) -> int:
+    return 5 + i
 
   def __init__(self, vocab_size: int):
     self.vocab_size = vocab_size
@@ -82,7 +86,7 @@ def benchmark(config, *, steps: int = 5, batch_size: int = 0) -> dict:
 
   cfg = models.transformer_config(config.model, seq_len=t)
   tokens_per_sec = b * t / step_s
-  flops_per_token = flops_lib.flops_per_token(cfg, t)
+  flops_per_token = flops_lib.flops_per_step(cfg, config) / (b * t)
   peak, peak_source = flops_lib.peak_flops()
   memory, memory_source = peak_memory_bytes(compiled)
   return {

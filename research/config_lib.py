@@ -82,12 +82,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.embed_norm = False  # norm (model.norm) on the summed input embeddings
   c.model.head_transform = False  # MLM head: dense + activation + norm before the unembedding
   c.model.output_bias = False  # a [V] bias on the logits (BERT's MLM decoder bias)
+  c.model.encoder_layers = 0  # encoder-decoder: encoder depth; 0: num_layers
+  c.model.decoder_layers = 0  # encoder-decoder: decoder depth; 0: num_layers
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'causal_lm'  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption'
   c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
   c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
   c.objective.random_token_rate = 0.1  # mlm: ... shown as a random ordinary token; rest kept
+  c.objective.noise_density = 0.15  # span_corruption: fraction of raw tokens dropped (T5)
+  c.objective.mean_span_length = 3.0  # span_corruption: mean length of a dropped span (T5)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

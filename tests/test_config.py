@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from research import config_lib
-from research.errors import ConfigError, UserError
+from research.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, 'configs/decoder/shakespeare.py')

@@ -47,3 +47,12 @@ def test_encoder_train_then_fill_mask(tmp_path):
              '--prompt=To be, or not to [MASK], that is the question', '--top_k=3', cache=cache)
   lines = [l for l in out.splitlines() if l.startswith('[MASK] at piece')]
   assert len(lines) == 1 and lines[0].count(',') >= 2  # three candidates with probabilities
+
+
+def test_encoder_decoder_train_then_beam_search(tmp_path):
+  cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 't5')
+  config = os.path.join(REPO, 'configs/encoder_decoder/shakespeare.py:tiny')
+  _run('research.train', f'--config={config}', f'--workdir={workdir}', cache=cache)
+  out = _run('research.sample', f'--workdir={workdir}', '--prompt=Good night, sweet prince',
+             '--beam_size=4', '--num_samples=2', '--max_new_tokens=8', cache=cache)
+  assert sum(l.startswith('Good night, sweet prince =>') for l in out.splitlines()) == 2

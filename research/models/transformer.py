@@ -67,6 +67,8 @@ class TransformerConfig:
   embed_norm: bool = False  # norm on the summed input embeddings (BERT; encoder)
   head_transform: bool = False  # MLM head: dense + activation + norm before the unembedding
   output_bias: bool = False  # a [V] bias on the logits (BERT's MLM decoder bias)
+  encoder_layers: int = 0  # encoder-decoder depths; 0: num_layers
+  decoder_layers: int = 0
 
   @property
   def out_init_std(self) -> float:
@@ -90,6 +92,9 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
                       f'must divide model.num_heads={m.num_heads} (grouped-query attention)')
   if m.norm_position not in ('pre', 'post'):
     raise ConfigError('model.norm_position', m.norm_position, "choose 'pre' or 'post'")
+  for field in ('encoder_layers', 'decoder_layers'):
+    if m[field] < 0:
+      raise ConfigError(f'model.{field}', m[field], 'must be >= 0 (0: model.num_layers)')
   if m.type_vocab_size < 0:
     raise ConfigError('model.type_vocab_size', m.type_vocab_size,
                       'must be >= 0 (0: no token-type embeddings; BERT: 2)')
@@ -116,7 +121,8 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
       init_std=m.init_std, norm_position=m.norm_position,
       attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
       relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
-      embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias)
+      embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
+      encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers)
 
 
 class Block(nn.Module):

@@ -26,12 +26,18 @@ PEAK_FLOPS = {
 }
 
 
-def matmul_params(cfg: TransformerConfig) -> int:
-  """Parameters that take part in a matmul per token: attention, MLP and the unembedding."""
+def _layer_params(cfg: TransformerConfig) -> tuple[int, int]:
+  """Matmul parameters of one layer's attention and of its MLP."""
   d, h, g, k = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   attn = d * (h * k) * 2 + d * (g * k) * 2  # query and output; key and value
   mlp = d * cfg.d_ff * (3 if cfg.activation in ('swiglu', 'geglu') else 2)
-  return cfg.num_layers * (attn + mlp) + cfg.vocab_size * d
+  return attn, mlp
+
+
+def matmul_params(cfg: TransformerConfig) -> int:
+  """Parameters that take part in a matmul per token: attention, MLP and the unembedding."""
+  attn, mlp = _layer_params(cfg)
+  return cfg.num_layers * (attn + mlp) + cfg.vocab_size * cfg.d_model
 
 
 def attention_context(seq_len: int, *, causal: bool = True, window: int | None = None) -> float:
@@ -50,6 +56,30 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int, *, causal: bool = True
   attended = attention_context(seq_len, causal=causal, window=window)
   attn_flops = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * attended * 2
   return 6 * matmul_params(cfg) + attn_flops
+
+
+def encoder_decoder_flops(cfg: TransformerConfig, inputs_len: int, targets_len: int) -> float:
+  """Training FLOPs of one (inputs, targets) example: the encoder over S input tokens, the decoder
+  (self-attention, cross-attention to all S, MLP, unembedding) over T target tokens."""
+  attn, mlp = _layer_params(cfg)
+  enc_layers = cfg.encoder_layers or cfg.num_layers
+  dec_layers = cfg.decoder_layers or cfg.num_layers
+  s, t, hk = inputs_len, targets_len, cfg.num_heads * cfg.head_dim
+  matmuls = s * enc_layers * (attn + mlp) + t * (dec_layers * (2 * attn + mlp) +
+                                                 cfg.vocab_size * cfg.d_model)
+  attention = enc_layers * s * s + dec_layers * (t * (t + 1) / 2 + t * s)
+  return 6 * matmuls + 12 * hk * attention
+
+
+def flops_per_step(cfg: TransformerConfig, config) -> float:
+  """Training FLOPs of one global batch of `config`'s family and objective."""
+  c = config
+  if c.model.family == 'encoder_decoder':
+    from research.objectives import span_corruption  # pylint: disable=g-import-not-at-top
+    _, inputs_len, targets_len = span_corruption.lengths(c)
+    return c.train.batch_size * encoder_decoder_flops(cfg, inputs_len, targets_len)
+  per_token = flops_per_token(cfg, c.data.seq_len, causal=c.model.family != 'encoder')
+  return c.train.batch_size * c.data.seq_len * per_token
 
 
 def flops_6nd(num_params: float, tokens: float) -> float:

@@ -277,8 +277,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
 
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   tokens_per_step = c.train.batch_size * c.data.seq_len
-  flops_per_step = flops_lib.flops_per_token(
-      cfg, c.data.seq_len, causal=c.model.family != 'encoder') * tokens_per_step
+  flops_per_step = flops_lib.flops_per_step(cfg, c)
   peak, _ = flops_lib.peak_flops()  # CPUs have no published peak: measured there
   writer = MetricsWriter(workdir)
   first = int(state.step)

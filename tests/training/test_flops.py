@@ -35,3 +35,24 @@ def test_flops_per_token_by_hand():
 
 def test_6nd():
   assert flops.flops_6nd(1e9, 2e10) == 1.2e20
+
+
+def test_encoder_decoder_by_hand():
+  cfg = _cfg(encoder_layers=2, decoder_layers=1)
+  attn, mlp = 4 * 64 * 64, 2 * 64 * 256
+  # Encoder: 2 layers over S=10 tokens; decoder: 1 layer (self + cross attention, MLP) and the
+  # unembedding over T=4 tokens; attention: S^2 per encoder layer, T(T+1)/2 + T*S per decoder.
+  matmuls = 10 * 2 * (attn + mlp) + 4 * (1 * (2 * attn + mlp) + 1000 * 64)
+  attention = 2 * 100 + 1 * (10 + 40)
+  assert flops.encoder_decoder_flops(cfg, 10, 4) == 6 * matmuls + 12 * 64 * attention
+
+
+def test_flops_per_step_follows_the_family():
+  from tests import helpers
+  from research.models import transformer_config
+  dec = helpers.tiny_config()
+  enc = helpers.tiny_config(**{'model.family': 'encoder', 'objective.name': 'mlm'})
+  cfg = transformer_config(dec.model, seq_len=32)
+  tokens = dec.train.batch_size * 32
+  assert flops.flops_per_step(cfg, dec) == tokens * flops.flops_per_token(cfg, 32)
+  assert flops.flops_per_step(cfg, enc) == tokens * flops.flops_per_token(cfg, 32, causal=False)

@@ -5,7 +5,6 @@ import signal
 
 import jax
 import numpy as np
-import pytest
 
 from research.training import checkpointing, metrics as metrics_lib, trainer
 from tests import helpers
