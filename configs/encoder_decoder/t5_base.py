@@ -8,60 +8,21 @@ Pre-train by span corruption on a real corpus (users with the dataset in their T
 Load Google's checkpoint instead (a local Hugging Face directory, e.g. google/t5-v1_1-base):
   from research.models import hf; config, params = hf.convert('/path/to/t5-v1_1-base')
 
-The T5 v1.1 settings of configs/encoder_decoder/t5_small.py (repeated here, so that each file
-reads on its own) at the base shape: 247,577,856 parameters (198.2M outside the two embedding
+The T5 v1.1 recipe of configs/encoder_decoder/t5_small.py at the base shape: 247,577,856 parameters (198.2M outside the two embedding
 tables), as google/t5-v1_1-base.
 """
+
+import os
 
 from research import config_lib
 
 
-def t5_v1_1(c, *, d_model: int, num_layers: int, num_heads: int, d_ff: int):
-  """The T5 v1.1 settings shared by the small and base shapes."""
-  c.data.source = 'shakespeare'
-  c.data.vocab_size = 32_000
-  c.data.seq_len = 512
-  c.data.num_sentinels = 100
-
-  c.model.family = 'encoder_decoder'
-  c.model.vocab_size = 32_128
-  c.model.d_model = d_model
-  c.model.num_layers = num_layers  # each of the encoder and the decoder
-  c.model.num_heads = num_heads
-  c.model.head_dim = 64
-  c.model.d_ff = d_ff
-  c.model.activation = 'geglu'
-  c.model.norm = 'rmsnorm'
-  c.model.norm_eps = 1e-6
-  c.model.position = 'relative'
-  c.model.relative_buckets = 32
-  c.model.relative_max_distance = 128
-  c.model.attention_scale = 1.0
-  c.model.tie_embeddings = False
-  c.model.use_bias = False
-  c.model.dropout = 0.0
-  c.model.scan_layers = True
-
-  c.objective.name = 'span_corruption'
-  c.objective.noise_density = 0.15
-  c.objective.mean_span_length = 3.0
-
-  c.train.steps = 524_288
-  c.train.batch_size = 128
-  c.train.micro_batches = 1
-  c.train.lr = 1e-3
-  c.train.warmup_steps = 10_000
-  c.train.schedule = 'cosine'
-  c.train.weight_decay = 0.0
-  c.train.log_every = 100
-  c.train.eval_every = 5000
-  c.train.eval_batches = 20
-  c.train.checkpoint_every = 5000
-  return c
-
-
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(__file__), 't5_small.py'))
   c.name = 'encoder_decoder/t5_base'
-  return t5_v1_1(c, d_model=768, num_layers=12, num_heads=12, d_ff=2048)
+  c.model.d_model = 768
+  c.model.num_layers = 12  # each of the encoder and the decoder
+  c.model.num_heads = 12
+  c.model.d_ff = 2048
+  return c
