@@ -130,6 +130,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_for_smoke_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:tiny` variant of the Shakespeare configs: a 2 x 64 model, 20 steps of 8 x 64 tokens,
+  logging, evaluating and checkpointing often. For smoke tests of a whole command in seconds."""
+  c.data.vocab_size = 512
+  c.data.seq_len = 64
+  c.model.d_model = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.train.steps = 20
+  c.train.batch_size = 8
+  c.train.log_every = 5
+  c.train.eval_every = 10
+  c.train.eval_batches = 2
+  c.train.checkpoint_every = 10
+  return c
+
+
+def unknown_variant(arg: str) -> ConfigError:
+  return ConfigError('--config', f':{arg}', "unknown variant: use ':tiny' or none")
+
+
 def _import_config_file(path: str):
   if not os.path.isfile(path):
     raise ConfigError('--config', path, 'no such file: give a path such as '

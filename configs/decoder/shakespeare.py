@@ -51,18 +51,8 @@ def get_config(arg=None):
   c.sample.max_new_tokens = 200
 
   if arg == 'tiny':
-    c.data.vocab_size = 512
-    c.data.seq_len = 64
-    c.model.d_model = 64
-    c.model.num_layers = 2
-    c.model.num_heads = 2
+    config_lib.shrink_for_smoke_test(c)
     c.model.num_kv_heads = 0
-    c.train.steps = 20
-    c.train.batch_size = 8
-    c.train.log_every = 5
-    c.train.eval_every = 10
-    c.train.eval_batches = 2
-    c.train.checkpoint_every = 10
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}: use ':tiny' or nothing")
+    raise config_lib.unknown_variant(arg)
   return c

@@ -95,5 +95,5 @@ def get_config(arg=None):
     c.train.eval_batches = 2
     c.train.checkpoint_every = 10
   elif arg:
-    raise ValueError(f"unknown variant {arg!r}: use ':tiny' or nothing")
+    raise config_lib.unknown_variant(arg)
   return c
