@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from research import config_lib
@@ -77,3 +78,18 @@ class PatternDataset:
 
   def num_eval_batches(self, global_batch, seq_len):
     return (len(self.valid_tokens) - 1) // (global_batch * seq_len)
+
+
+def batch_loss_and_grads(run, params, dataset, step=0):
+  """Mean loss and its gradients on the training batch at `step`, under `run`'s mesh: what the
+  layout-equivalence tests compare across meshes."""
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  batch = trainer.device_batch(run, trainer.host_train_batch(run, dataset, step=step))
+
+  def loss(params):
+    loss_sum, aux = run.objective.loss_fn(run.eval_model, params, batch)
+    return loss_sum / aux['weight_sum']
+
+  with run.context():
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  return float(value), jax.device_get(grads)

@@ -128,15 +128,8 @@ def _loss_and_grads(mesh, devices):
                    **{f'mesh.{axis}': size for axis, size in mesh.items()})
   run = trainer.build_run(config, devices=jax.devices()[:devices])
   params = _host_params(trainer.abstract_state(run).params)  # same values in every layout
-  batch = trainer.device_batch(run, trainer.host_train_batch(run, MaskPatternDataset(), step=0))
-
-  def loss(params):
-    loss_sum, aux = run.objective.loss_fn(run.eval_model, params, batch)
-    return loss_sum / aux['weight_sum']
-
-  with run.context():
-    value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  return float(value), jax.device_get(grads), params
+  value, grads = helpers.batch_loss_and_grads(run, params, MaskPatternDataset())
+  return value, grads, params
 
 
 def test_mesh_layouts_match_single_device():

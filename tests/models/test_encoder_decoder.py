@@ -254,15 +254,8 @@ def loss_and_grads(layout):
                               'mesh.tensor': spec['tensor']})
   run = trainer.build_run(config, devices=jax.devices()[:spec['devices']])
   params = sharded_params(run)
-  batch = trainer.device_batch(run, trainer.host_train_batch(run, pattern_dataset(), step=0))
-
-  def loss(params):
-    loss_sum, aux = run.objective.loss_fn(run.eval_model, params, batch)
-    return loss_sum / aux['weight_sum']
-
-  with run.context():
-    value, grads = jax.jit(jax.value_and_grad(loss))(params)
-  return float(value), jax.device_get(grads), params
+  value, grads = helpers.batch_loss_and_grads(run, params, pattern_dataset())
+  return value, grads, params
 
 
 def test_layouts_match_single_device():

@@ -26,15 +26,8 @@ def loss_and_grads(layout, scan_layers=False):
   run = trainer.build_run(config, devices=jax.devices()[:spec['devices']])
   state = trainer.init_state(run, seed=0)
   dataset = helpers.PatternDataset(config.data.vocab_size)
-  batch = trainer.device_batch(run, trainer.host_train_batch(run, dataset, step=0))
-
-  def loss(params):
-    loss_sum, aux = run.objective.loss_fn(run.eval_model, params, batch)
-    return loss_sum / aux['weight_sum']
-
-  with run.context():
-    value, grads = jax.jit(jax.value_and_grad(loss))(state.params)
-  return float(value), jax.device_get(grads), state
+  value, grads = helpers.batch_loss_and_grads(run, state.params, dataset)
+  return value, grads, state
 
 
 @pytest.mark.parametrize('scan_layers', [False, True])
