@@ -28,9 +28,19 @@ def make_schedule(train_cfg) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup), decay], [warmup])
 
 
+def _is_decayed(path, leaf) -> bool:
+  """Weight matrices and embeddings decay; norm scales and biases do not. Decided by name, as
+  rank misleads: a scanned stack adds a layer axis ([L, D] norm scales) and experts an expert
+  axis ([E, F] expert biases)."""
+  name = str(getattr(path[-1], 'key', path[-1])) if path else ''
+  if name == 'scale' or name.endswith('bias') or name.startswith('b_'):
+    return False
+  return leaf.ndim >= 2
+
+
 def decay_mask(params):
-  """Weight decay on matrices only: no decay for norms' scales and biases (ndim < 2)."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices and embeddings only (see `_is_decayed`)."""
+  return jax.tree_util.tree_map_with_path(_is_decayed, params)
 
 
 def make_optimizer(train_cfg) -> optax.GradientTransformation:

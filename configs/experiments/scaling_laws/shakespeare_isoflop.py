@@ -14,9 +14,10 @@ at its last step (341 to 9,069 steps); the loss is the final validation loss on 
 96 x 8 x 128 held-out tokens for every run. At these budgets optimizer steps are scarce: a batch
 of 16 sequences (pilot) put the smallest budget's minimum below the smallest size.
 
-Expected (measured 2026-11-23, the full command on a fresh workdir, 2 CPU cores shared with other
-jobs at load average 5-8: 48.6 min wall, 33.7 min of CPU time; an earlier grid of the same
-compute took 41.5 min at load 4-8): IsoFLOP minima at N_opt = 21k, 39k and 89k parameters
+Expected (measured 2026-11-23, the full command on a fresh workdir, 2 CPU cores: 22.4 min wall
+(1,341 s) with the sweep using one core and a niced test job pinned to the other; 48.6 min wall
+when the cores were shared with other jobs at load average 5-8; the numbers below came out the
+same, to the last digit, both times): IsoFLOP minima at N_opt = 21k, 39k and 89k parameters
 (61, 55 and 32 tokens a parameter; losses 2.96, 2.74, 2.52 nats/token), each inside its sizes.
 Fitted exponents N_opt ~ C^a, D_opt ~ C^b: Approach 2 a = 0.65 [0.54, 0.74], b = 0.37
 [0.28, 0.48]; Approach 3 (L = E + A/N^alpha + B/D^beta) E = 2.20, alpha = 0.61, beta = 1.16,
