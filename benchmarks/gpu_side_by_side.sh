@@ -100,5 +100,5 @@ if [ "${EXTRA:-0}" = 1 ]; then
   run lmforge/gpt2_small+loss_chunk_256 $bench --config=configs/decoder/gpt2_small.py \
       --config.model.loss_chunk_size=256
   run lmforge/gpt2_small+xla_attention $bench --config=configs/decoder/gpt2_small.py \
-      --config.model.attention_impl=xla
+      --config.model.attention.implementation=xla
 fi

@@ -7,7 +7,7 @@ the default batch is 1 sequence (a GPT-2-sized step takes seconds there) and MFU
 against this machine's own float32 matmul throughput, since CPUs have no published peak.
 
 On GPU it takes the fast paths: the config's batch, bfloat16 compute (`model.dtype='auto'`),
-cuDNN flash attention (`model.attention_impl='auto'` where cuDNN supports the head size),
+cuDNN flash attention (`model.attention.implementation='auto'` where cuDNN supports the head size),
 the loss over `model.loss_chunk_size` positions at a time when set, donated state, tuned XLA
 flags (research.xla_flags, set before JAX starts), one compile (the timed loop calls the
 compiled executable) and no host syncs between the timed steps. The JSON line says which
@@ -62,20 +62,26 @@ def cudnn_attention_supported(head_dim: int, seq_len: int, device=None) -> bool:
 
 
 def resolve_attention(config) -> str:
-  """The attention implementation this config runs with here; pins `model.attention_impl`.
+  """The attention implementation(s) this config runs with here: one name, or 'a+b' when layers
+  differ (sparse patterns, research.layers.patterns).
 
   'auto' is cuDNN flash attention on GPU for half-precision compute (research.layers.attention)
-  and the XLA einsums elsewhere; where cuDNN cannot take the head size, 'auto' becomes 'xla'
-  rather than failing at compile time.
+  and the XLA einsums (blockwise for sparse patterns) elsewhere; where cuDNN cannot take the head
+  size, `model.attention.implementation` is pinned to 'xla' ('blockwise' when some layer is
+  sparse) rather than failing at compile time.
   """
   cfg = models.transformer_config(config.model, seq_len=config.data.seq_len)
-  requested = config.model.attention_impl
-  impl = attention.resolve_implementation(requested, cfg.dtype)
-  if requested == 'auto' and impl == 'cudnn' and not cudnn_attention_supported(
+  requested = cfg.attention.implementation
+  causal = config.model.family != 'encoder'
+  layer_patterns = cfg.attention.layer_patterns(cfg.num_layers)
+  impls = sorted({attention.resolve_implementation(requested, cfg.dtype, p, causal=causal)
+                  for p in layer_patterns})
+  if requested == 'auto' and 'cudnn' in impls and not cudnn_attention_supported(
       cfg.head_dim, config.data.seq_len):
-    impl = 'xla'
-  config.model.attention_impl = impl
-  return impl
+    pinned = 'xla' if all(p.is_full for p in layer_patterns) else 'blockwise'
+    config.model.attention.implementation = pinned
+    impls = [pinned]
+  return '+'.join(impls)
 
 
 def _with_loss_chunking(run, chunk: int):

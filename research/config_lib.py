@@ -76,7 +76,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | float32 | ...
   c.model.scan_layers = False  # one nn.scan over layers: constant compile time in depth
   c.model.remat = 'none'  # see research.models.transformer.REMAT_POLICIES
-  c.model.attention_impl = 'auto'  # 'auto' | 'xla' | 'cudnn'
+  # Attention patterns and kernels (research/layers/patterns.py, research/layers/attention.py).
+  c.model.attention = ml_collections.ConfigDict()
+  # Per-layer patterns, cyclic: 'full' | 'sliding' | 'longformer' | 'bigbird' | 'chunked', with
+  # repeats, e.g. 'sliding*5,full' (five local layers : one global). Causal in decoders,
+  # bidirectional in encoders. The fields below are shared by the layers that use them.
+  c.model.attention.pattern = 'full'
+  c.model.attention.window = 0  # sliding/longformer: |i - j| < window; bigbird: blocks x size
+  c.model.attention.global_tokens = 0  # longformer: the first N tokens; bigbird: N / block_size
+  c.model.attention.block_size = 64  # blockwise kernel tile; BigBird's block
+  c.model.attention.random_blocks = 0  # bigbird: random key blocks per query block
+  c.model.attention.chunk = 0  # chunked: attention inside chunks of this many tokens
+  # 'auto' (fastest available per layer) | 'xla' (dense, masked) | 'blockwise' (block-sparse
+  # XLA, linear for sparse patterns) | 'cudnn' (GPU) | 'splash' (TPU)
+  c.model.attention.implementation = 'auto'
+  c.model.attention.seed = 0  # bigbird's random blocks
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0
@@ -171,8 +185,9 @@ def shrink_for_smoke_test(c: ml_collections.ConfigDict) -> ml_collections.Config
   return c
 
 
-def unknown_variant(arg: str) -> ConfigError:
-  return ConfigError('--config', f':{arg}', "unknown variant: use ':tiny' or none")
+def unknown_variant(arg: str, choices: Sequence[str] = ('tiny',)) -> ConfigError:
+  listed = ', '.join(f"':{choice}'" for choice in choices)
+  return ConfigError('--config', f':{arg}', f'unknown variant: use {listed} or none')
 
 
 def _import_config_file(path: str):

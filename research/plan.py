@@ -38,7 +38,8 @@ What is counted, per device:
     each leaf cut by the mesh axes its logical axes map to (research.parallel.mesh's
     logical_shardings, so an axis that does not divide a dimension leaves it replicated, as in
     training). Planning for a named accelerator uses its compute dtype: model.dtype='auto' is
-    bfloat16 there, and attention_impl='auto' is cuDNN on GPUs, XLA on TPUs (the plan says so).
+    bfloat16 there, and model.attention.implementation='auto' is cuDNN on GPUs, XLA on TPUs
+    (the plan says so).
   gradients: one float32 copy of the parameters, sharded like them; two with micro-batches
     (the accumulator and the micro-batch's own).
   activations, for one micro-batch of B = batch / micro_batches / batch shards sequences:
@@ -528,8 +529,9 @@ def compute_dtype(config, device: Device) -> tuple[str, str]:
 
 
 def attention_impl(config, device: Device, dtype: str) -> str:
-  """research.layers.attention.resolve_implementation, for the target device's platform."""
-  impl = config.model.attention_impl
+  """research.layers.attention.resolve_implementation of full attention, for the target
+  device's platform (sparse patterns are planned as full attention: an upper bound)."""
+  impl = models.transformer.attention_section(config.model).implementation
   if impl != 'auto':
     return impl
   return 'cudnn' if device.platform == 'gpu' and dtype in ('bfloat16', 'float16') else 'xla'

@@ -82,7 +82,7 @@ def _float32_config(**overrides):
       'data.seq_len': 64, 'data.vocab_size': 512, 'model.d_model': 128, 'model.num_layers': 2,
       'model.num_heads': 4, 'model.num_kv_heads': 0, 'model.activation': 'gelu',
       'train.batch_size': 4, 'mesh.data': 1, 'model.scan_layers': True,
-      'model.dtype': 'float32', 'model.attention_impl': 'xla', **overrides})
+      'model.dtype': 'float32', 'model.attention.implementation': 'xla', **overrides})
 
 
 RESIDUAL_CASES = {

@@ -1,32 +1,146 @@
-"""Multi-head and grouped-query attention with masks, RoPE and a KV cache for decoding.
+"""Multi-head and grouped-query attention: masks, patterns, kernels, and a KV cache for decoding.
 
 Heads H share G key/value heads (G = H: multi-head; G = 1: multi-query; else grouped-query).
-Masks are boolean [B, T, S] (True = may attend), built from segment ids and token indices so
-that packed examples never see each other and cached decoding masks empty cache slots.
+
+Masks. A model hands its attention a `MaskSpec`: segment ids and token indices of the queries and
+keys, whether the stack is causal, and the prefix-LM prefix; each implementation builds only the
+part of the mask it needs, so that a sliding-window layer never holds a [B, T, T] array. Packed
+examples never see each other (segment ids; 0 is padding) and a prefix attends bidirectionally
+within itself. A boolean mask_BTS (True = may attend) is still accepted (cross-attention, tests).
+
+Patterns (research/layers/patterns.py) restrict self-attention per layer: full, sliding window,
+Longformer (window + global tokens), BigBird (block-sparse), chunked.
+
+Implementations (`model.attention.implementation`):
+  xla        dense scores and mask in einsums: the reference (and, for sparse patterns, the
+             mask-only control: full cost, masked). Quadratic in length.
+  blockwise  block-sparse XLA (research/layers/blockwise.py): only the key blocks a pattern can
+             reach; linear in length for windowed and block-sparse patterns; any backend. Full
+             layers run the xla path (no block to skip).
+  cudnn      cuDNN flash attention (GPU, bf16/fp16): full causal/bidirectional, and causal sliding
+             windows through local_window_size=(W-1, 0). Packed segments add a [B, T, T] mask.
+  splash     Pallas splash attention (TPU): full, sliding, Longformer and chunked masks with
+             segment ids; not BigBird, prefixes or biases.
+  auto       per layer: full -> cuDNN on GPU in half precision, else xla; sparse -> cuDNN for
+             causal sliding windows on GPU in half precision, splash on TPU where it applies,
+             else blockwise. Never cuDNN or splash on CPU.
+
+Decoding. With `decode=True` self-attention keys and values go to a 'cache' collection. Causal
+sliding-window and chunked layers keep a rolling cache of W (or chunk) slots, written at
+position mod W, so memory stays constant in the generated length; other layers keep one slot
+per position.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from research.errors import ConfigError
+from research.layers import blockwise
+from research.layers import patterns as patterns_lib
 from research.layers import positions as positions_lib
 
-IMPLEMENTATIONS = ('auto', 'xla', 'cudnn')
+IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'splash')
 _NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform, not NaN, softmax
+_FIELD = 'model.attention.implementation'
+_FULL = patterns_lib.Pattern()
 
 
-def resolve_implementation(name: str, dtype) -> str:
-  """'auto' picks cuDNN flash attention on GPU for half-precision compute, XLA elsewhere."""
+def _half(dtype) -> bool:
+  return jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def splash_available() -> bool:
+  """Whether the Pallas TPU splash-attention kernels import here."""
+  try:
+    from jax.experimental.pallas.ops.tpu import splash_attention  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def supports(impl: str, pattern: patterns_lib.Pattern, *, causal: bool = True,
+             prefix: bool = False, bias: bool = False) -> bool:
+  """Whether implementation `impl` computes `pattern` exactly in this setting."""
+  if impl in ('xla', 'blockwise'):
+    return True
+  if impl == 'cudnn':
+    return pattern.is_full or (pattern.kind == 'sliding' and causal and not prefix and not bias)
+  if impl == 'splash':
+    return pattern.kind != 'bigbird' and not prefix and not bias
+  return False
+
+
+def resolve_implementation(name: str, dtype, pattern: patterns_lib.Pattern | None = None, *,
+                           causal: bool = True, prefix: bool = False, bias: bool = False,
+                           backend: str | None = None) -> str:
+  """The implementation a layer runs: `name`, or for 'auto' the fastest that applies here.
+
+  'auto': full attention is cuDNN flash attention on GPU in half precision and XLA elsewhere (as
+  always); a sparse pattern is cuDNN for causal sliding windows on GPU in half precision, splash
+  on TPU (not BigBird, prefixes or biases), else blockwise. An explicit name that cannot compute
+  the layer is a ConfigError.
+  """
   if name not in IMPLEMENTATIONS:
-    raise ConfigError('model.attention_impl', name, f'choose one of {list(IMPLEMENTATIONS)}')
+    raise ConfigError(_FIELD, name, f'choose one of {list(IMPLEMENTATIONS)}')
+  pattern = pattern or _FULL
+  backend = backend or jax.default_backend()
   if name != 'auto':
+    if not supports(name, pattern, causal=causal, prefix=prefix, bias=bias):
+      raise ConfigError(_FIELD, name, f'cannot compute the {pattern.describe()} pattern '
+                        f'({"causal" if causal else "bidirectional"}'
+                        f'{", prefix LM" if prefix else ""}{", with a bias" if bias else ""}): '
+                        "use 'auto' or 'blockwise'")
     return name
-  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return 'cudnn' if jax.default_backend() == 'gpu' and half else 'xla'
+  gpu_half = backend == 'gpu' and _half(dtype)
+  if pattern.is_full:
+    return 'cudnn' if gpu_half else 'xla'
+  if gpu_half and supports('cudnn', pattern, causal=causal, prefix=prefix, bias=bias):
+    return 'cudnn'
+  if backend == 'tpu' and splash_available() and supports('splash', pattern, causal=causal,
+                                                          prefix=prefix, bias=bias):
+    return 'splash'
+  return 'blockwise'
+
+
+@flax.struct.dataclass
+class MaskSpec:
+  """What a self-attention mask is made of, without the [B, T, S] array.
+
+  q_segment_ids_BT / k_segment_ids_BS: equal ids may attend (0 is padding); q_index_BT /
+  k_index_BS: token indices in the row (causality and patterns); prefix_BT: prefix-LM tokens
+  that also see later prefix tokens (causal only; None: none); causal: a static flag.
+  """
+  q_segment_ids_BT: jax.Array
+  k_segment_ids_BS: jax.Array
+  q_index_BT: jax.Array
+  k_index_BS: jax.Array
+  prefix_BT: Any = None
+  causal: bool = flax.struct.field(pytree_node=False, default=True)
+
+  @classmethod
+  def self_attention(cls, segment_ids_BT, *, causal: bool, prefix_BT=None) -> 'MaskSpec':
+    """Queries and keys are the row's tokens 0..T-1."""
+    b, t = segment_ids_BT.shape
+    index_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    return cls(segment_ids_BT, segment_ids_BT, index_BT, index_BT, prefix_BT, causal=causal)
+
+  def dense(self, pattern: patterns_lib.Pattern | None = None):
+    """Boolean mask_BTS: the base mask, AND the pattern's predicate (the reference)."""
+    mask_BTS = make_mask(self.q_segment_ids_BT, self.k_segment_ids_BS, self.q_index_BT,
+                         self.k_index_BS, causal=self.causal, bidirectional_q_BT=self.prefix_BT)
+    if pattern is not None and not pattern.is_full:
+      mask_BTS &= patterns_lib.allowed(pattern, self.q_index_BT[:, :, None],
+                                       self.k_index_BS[:, None, :], causal=self.causal,
+                                       length=self.k_index_BS.shape[1])
+    return mask_BTS
 
 
 def make_mask(segment_ids_q_BT, segment_ids_k_BS, q_index_BT, k_index_BS, *, causal: bool,
@@ -77,11 +191,143 @@ def attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
                                       implementation='cudnn')
 
 
-ATTEND = {'xla': attend_xla, 'cudnn': attend_cudnn}
+def attend_cudnn_window(q_BTHK, k_BSGK, v_BSGK, window: int, *, segment_ids_BT=None, scale=None,
+                        implementation: str = 'cudnn'):
+  """Causal sliding window of `window` keys (the query and window - 1 before it) with cuDNN's
+  sliding-window flash attention: local_window_size=(W-1, 0), linear in length.
+
+  Packed segments (`segment_ids_BT`) add a dense [B, 1, T, T] segment mask, which cuDNN reads as
+  a bias: quadratic memory, as for full attention on this path; None: one example per row.
+  `implementation='xla'` runs jax's XLA version of the same call (to check the arguments on
+  machines without cuDNN).
+  """
+  mask = None
+  if segment_ids_BT is not None:
+    mask = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q_BTHK, k_BSGK, v_BSGK, mask=mask, scale=scale,
+                                      is_causal=True, local_window_size=(window - 1, 0),
+                                      implementation=implementation)
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(pattern: patterns_lib.Pattern, length: int, causal: bool, heads: int,
+                   block: int, interpret: bool):
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks  # pylint: disable=g-import-not-at-top
+
+  class PatternMask(masks._ComputableMask):  # pylint: disable=protected-access
+    """The pattern (and causality) as a mask function splash evaluates per block."""
+
+    def __init__(self):
+      self.key = (pattern, causal, length)
+
+      def fn(q_ids, kv_ids):
+        ok = patterns_lib.allowed(pattern, q_ids, kv_ids, causal=causal, length=length)
+        return ok & (kv_ids <= q_ids) if causal else ok
+      super().__init__(shape=(length, length), mask_function=fn)
+
+    def __eq__(self, other):  # splash caches its block analysis by mask
+      return isinstance(other, PatternMask) and self.key == other.key
+
+    def __hash__(self):
+      return hash((PatternMask, self.key))
+
+  if pattern.is_full:
+    mask = masks.CausalMask((length, length)) if causal else masks.FullMask((length, length))
+  elif pattern.kind == 'sliding':
+    w = pattern.window - 1
+    mask = masks.LocalMask((length, length), (w, 0 if causal else w), 0)
+  elif pattern.kind == 'chunked' and causal:
+    mask = masks.ChunkedCausalMask((length, length), pattern.chunk)
+  else:
+    mask = PatternMask()
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                            block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                            block_q_dq=block, block_kv_dq=block)
+  return splash.make_splash_mqa_single_device(masks.MultiHeadMask([mask] * heads),
+                                              block_sizes=sizes, interpret=interpret)
+
+
+def attend_splash(q_BTHK, k_BSGK, v_BSGK, pattern: patterns_lib.Pattern, *, segment_ids_BT,
+                  causal: bool, scale=None, interpret: bool = False):
+  """Pallas splash attention (TPU): the pattern as a static block-sparse mask, segment ids fused.
+
+  Grouped-query heads run as multi-query kernels, one per key/value head. `interpret=True`
+  runs the kernel in the Pallas interpreter (any backend; tests).
+  """
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+  b, t, h, k = q_BTHK.shape
+  g = k_BSGK.shape[2]
+  block = next((c for c in (512, 256, 128) if t % c == 0), None)
+  if block is None:
+    raise ConfigError(_FIELD, 'splash', f'needs a length divisible by 128, got {t}: use '
+                      "'blockwise'")
+  kernel = _splash_kernel(pattern, t, causal, h // g, block, interpret)
+  scale = k ** -0.5 if scale is None else scale
+  q_BGRTK = (q_BTHK * scale).reshape(b, t, g, h // g, k).transpose(0, 2, 3, 1, 4)
+  k_BGSK = k_BSGK.transpose(0, 2, 1, 3)
+  v_BGSK = v_BSGK.transpose(0, 2, 1, 3)
+  segment_ids_BT = segment_ids_BT.astype(jnp.int32)
+
+  def one_row(q_GRTK, k_GSK, v_GSK, seg_T):
+    ids = splash.SegmentIds(q=seg_T, kv=seg_T)
+    return jax.vmap(lambda q_, k_, v_: kernel(q_, k_, v_, segment_ids=ids))(q_GRTK, k_GSK, v_GSK)
+
+  out_BGRTK = jax.vmap(one_row)(q_BGRTK, k_BGSK, v_BGSK, segment_ids_BT)
+  return out_BGRTK.transpose(0, 3, 1, 2, 4).reshape(b, t, h, k).astype(q_BTHK.dtype)
+
+
+def attend(impl: str, q_BTHK, k_BSGK, v_BSGK, mask, pattern: patterns_lib.Pattern | None = None,
+           bias_HTS=None, scale=None):
+  """Self- or cross-attention by implementation name. `mask` is a MaskSpec, a boolean mask_BTS,
+  or None (every key); a sparse `pattern` needs a MaskSpec, except on the xla path, where a
+  dense mask is AND-ed with the pattern over row indices."""
+  pattern = pattern or _FULL
+  if not isinstance(mask, MaskSpec):
+    if not pattern.is_full:
+      if impl != 'xla':
+        raise ValueError(f'the {impl} implementation of {pattern.describe()} needs a MaskSpec')
+      t, s = q_BTHK.shape[1], k_BSGK.shape[1]
+      allowed_TS = patterns_lib.allowed(pattern, jnp.arange(t)[:, None], jnp.arange(s)[None, :],
+                                        causal=True, length=s)
+      mask = allowed_TS[None] if mask is None else mask & allowed_TS[None]
+    if impl == 'cudnn':
+      return attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, scale)
+    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, scale)
+  if impl == 'xla' or (impl == 'blockwise' and pattern.is_full):
+    # Full attention has no blocks to skip: gathering every block would only add copies.
+    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask.dense(pattern), bias_HTS, scale)
+  if impl == 'blockwise':
+    return blockwise.attend_blockwise(q_BTHK, k_BSGK, v_BSGK, pattern,
+                                      segment_ids_BT=mask.q_segment_ids_BT, causal=mask.causal,
+                                      prefix_BT=mask.prefix_BT, bias_HTS=bias_HTS, scale=scale)
+  if impl == 'cudnn':
+    if pattern.is_full:
+      return attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask.dense(), bias_HTS, scale)
+    return attend_cudnn_window(q_BTHK, k_BSGK, v_BSGK, pattern.window,
+                               segment_ids_BT=mask.q_segment_ids_BT, scale=scale)
+  if impl == 'splash':
+    return attend_splash(q_BTHK, k_BSGK, v_BSGK, pattern, segment_ids_BT=mask.q_segment_ids_BT,
+                         causal=mask.causal, scale=scale)
+  raise ConfigError(_FIELD, impl, f'choose one of {list(IMPLEMENTATIONS)}')
+
+
+def rolling_span(pattern: patterns_lib.Pattern | None) -> int:
+  """Cache slots a causal layer of `pattern` needs (0: one per position)."""
+  if pattern is None:
+    return 0
+  if pattern.kind == 'sliding':
+    return pattern.window
+  if pattern.kind == 'chunked':
+    return pattern.chunk
+  return 0
 
 
 class Attention(nn.Module):
-  """Self- or cross-attention. With `decode=True` keys and values go to a cache."""
+  """Self- or cross-attention. With `decode=True` keys and values go to a cache.
+
+  `pattern` (None: full) restricts self-attention; cross-attention ignores it.
+  """
   num_heads: int
   num_kv_heads: int
   head_dim: int
@@ -94,6 +340,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   decode: bool = False
   scale: float | None = None  # score scale; None: 1/sqrt(head_dim)
+  pattern: patterns_lib.Pattern | None = None
 
   def _proj(self, name, x_BTD, heads, axis_name):
     d = x_BTD.shape[-1]
@@ -112,9 +359,9 @@ class Attention(nn.Module):
                bias_HTS=None):
     """Self-attention, or cross-attention to `kv_BSD` when given.
 
-    `mask_BTS` is boolean, or None for full attention; `bias_HTS` is added to the scores. In
-    decode mode self-attention keys and values go to the cache, which masks itself; cross-
-    attention (to encoder outputs computed once) needs no cache.
+    `mask_BTS` is a MaskSpec, a boolean [B, T, S] mask, or None for every key; `bias_HTS` is
+    added to the scores. In decode mode self-attention keys and values go to the cache, which
+    masks itself; cross-attention (to encoder outputs computed once) needs no cache.
     """
     cross = kv_BSD is not None
     kv_BSD = x_BTD if kv_BSD is None else kv_BSD
@@ -132,12 +379,20 @@ class Attention(nn.Module):
     k_BSGK = checkpoint_name(k_BSGK, 'key_proj')
     v_BSGK = checkpoint_name(v_BSGK, 'value_proj')
 
+    pattern = None if cross else self.pattern
     if self.decode and not cross:
-      k_BSGK, v_BSGK, mask_BTS = self._update_cache(k_BSGK, v_BSGK, mask_BTS)
-
-    # One-token decode steps against a masked cache are XLA's case, not flash attention's.
-    impl = 'xla' if self.decode else resolve_implementation(self.implementation, self.dtype)
-    out_BTHK = ATTEND[impl](q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS, self.scale)
+      # One-token decode steps against a masked cache are XLA's case, not flash attention's.
+      k_BSGK, v_BSGK, mask = self._update_cache(k_BSGK, v_BSGK, mask_BTS, bias_HTS is None)
+      out_BTHK = attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, self.scale)
+    else:
+      spec = mask_BTS if isinstance(mask_BTS, MaskSpec) else None
+      impl = resolve_implementation(
+          self.implementation, self.dtype, pattern,
+          causal=True if spec is None else spec.causal,
+          prefix=spec is not None and spec.prefix_BT is not None, bias=bias_HTS is not None)
+      if spec is None and impl not in ('xla', 'cudnn'):
+        impl = 'xla'  # a dense mask (cross-attention, tests): the einsum path
+      out_BTHK = attend(impl, q_BTHK, k_BSGK, v_BSGK, mask_BTS, pattern, bias_HTS, self.scale)
     out_BTHK = checkpoint_name(out_BTHK, 'attention_out')
 
     w_out_HKD = self.param('out', nn.with_logical_partitioning(
@@ -150,27 +405,56 @@ class Attention(nn.Module):
                           (x_BTD.shape[-1],), jnp.float32).astype(self.dtype)
     return y_BTD
 
-  def _update_cache(self, k_BLGK, v_BLGK, mask_BLS):
-    """Writes L new keys/values at the cache index; queries see every filled slot up to theirs.
+  def _update_cache(self, k_BLGK, v_BLGK, mask_BLS, may_roll: bool):
+    """Writes L new keys/values; returns (keys, values, mask) for the L queries.
 
     The cache's length S is fixed by the `init` call (whose input length is the longest sequence
-    to decode); on that call nothing is written. `mask_BLS`, if given, must span the S slots.
+    to decode); on that call nothing is written. Causal sliding-window (chunked) layers without a
+    score bias keep a rolling cache of min(S, W) slots: position p lives in slot p mod W, and a
+    slot's position is recovered from the cache index (so an all-zero cache is a valid empty
+    one). Other layers keep S slots, slot = position. `mask_BLS`, if given, must span the slots.
     """
+    pattern = self.pattern or _FULL
+    span = rolling_span(pattern) if may_roll else 0
     initialised = self.has_variable('cache', 'key')
-    key = self.variable('cache', 'key', jnp.zeros, k_BLGK.shape, k_BLGK.dtype)
-    value = self.variable('cache', 'value', jnp.zeros, v_BLGK.shape, v_BLGK.dtype)
+    b, l = k_BLGK.shape[:2]
+    slots = min(span, l) if span and not initialised else l
+    key = self.variable('cache', 'key', jnp.zeros, (b, slots) + k_BLGK.shape[2:], k_BLGK.dtype)
+    value = self.variable('cache', 'value', jnp.zeros, (b, slots) + v_BLGK.shape[2:],
+                          v_BLGK.dtype)
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     if not initialised:
       return k_BLGK, v_BLGK, mask_BLS
-    b, l = k_BLGK.shape[:2]
     s = key.value.shape[1]
     start = index.value
+    q_pos_L = start + jnp.arange(l, dtype=jnp.int32)
+    index.value = start + l
+    if span:
+      # Rolling: attend to the slots as they were (the last s positions) and the L new keys.
+      old_pos_S = start - 1 - jnp.mod(start - 1 - jnp.arange(s, dtype=jnp.int32), s)
+      k_pos_K = jnp.concatenate([old_pos_S, q_pos_L])
+      keys = jnp.concatenate([key.value, k_BLGK.astype(key.value.dtype)], axis=1)
+      values = jnp.concatenate([value.value, v_BLGK.astype(value.value.dtype)], axis=1)
+      valid_K = jnp.concatenate([old_pos_S >= 0, jnp.ones((l,), bool)])
+      keep = min(l, s)  # only the last s new positions stay
+      slot_ids = jnp.mod(q_pos_L[l - keep:], s)
+      key.value = key.value.at[:, slot_ids].set(k_BLGK[:, l - keep:].astype(key.value.dtype))
+      value.value = value.value.at[:, slot_ids].set(
+          v_BLGK[:, l - keep:].astype(value.value.dtype))
+      mask_LK = (valid_K[None, :] & (k_pos_K[None, :] <= q_pos_L[:, None]) &
+                 patterns_lib.allowed(pattern, q_pos_L[:, None], k_pos_K[None, :], causal=True,
+                                      length=s))
+      mask_BLK = jnp.broadcast_to(mask_LK, (b,) + mask_LK.shape)
+      return keys, values, mask_BLK
     key.value = jax.lax.dynamic_update_slice(key.value, k_BLGK.astype(key.value.dtype),
                                              (0, start, 0, 0))
     value.value = jax.lax.dynamic_update_slice(value.value, v_BLGK.astype(value.value.dtype),
                                                (0, start, 0, 0))
-    index.value = start + l
-    q_index_BL = jnp.broadcast_to(start + jnp.arange(l), (b, l))
-    causal_BLS = jnp.arange(s)[None, None, :] <= q_index_BL[:, :, None]
+    k_pos_S = jnp.arange(s, dtype=jnp.int32)
+    causal_LS = k_pos_S[None, :] <= q_pos_L[:, None]
+    if not pattern.is_full:
+      causal_LS &= patterns_lib.allowed(pattern, q_pos_L[:, None], k_pos_S[None, :],
+                                        causal=True, length=s)
+    causal_BLS = jnp.broadcast_to(causal_LS, (b,) + causal_LS.shape)
     mask_BLS = causal_BLS if mask_BLS is None else causal_BLS & mask_BLS
     return key.value, value.value, mask_BLS

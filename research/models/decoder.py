@@ -17,6 +17,7 @@ class DecoderLM(nn.Module):
   `segment_ids_BT` (0 = padding) keeps packed examples apart; `positions_BT` restart per
   segment. `prefix_BT` marks prefix-LM tokens that attend bidirectionally within the prefix.
   With `decode=True`, keys and values go to the 'cache' collection and masks come from it.
+  Attention patterns per layer (`model.attention`) come with the TransformerConfig.
 
   `loss_chunk_size` is read by the objectives (research.objectives.causal_lm.model_loss):
   0 scores the whole [B, T, V] logits at once; N > 0 scores N sequence positions at a time and
@@ -52,16 +53,18 @@ class DecoderLM(nn.Module):
     if positions_BT is None:
       positions_BT = index_BT
     if self.decode:
-      mask_BTS = None  # the cache builds the causal mask over its slots
+      mask = None  # the cache builds the causal (pattern) mask over its slots
     else:
+      # Segment ids and indices, not a [B, T, T] mask: each attention implementation builds
+      # only the mask blocks it needs (a sliding-window layer stays linear in T).
       segment_ids_BT = jnp.ones_like(tokens_BT) if segment_ids_BT is None else segment_ids_BT
-      mask_BTS = attention.make_mask(segment_ids_BT, segment_ids_BT, index_BT, index_BT,
-                                     causal=True, bidirectional_q_BT=prefix_BT)
+      mask = attention.MaskSpec(segment_ids_BT, segment_ids_BT, index_BT, index_BT, prefix_BT,
+                                causal=True)
     x_BTD = self.embed(tokens_BT)
     if c.position in ('learned', 'sinusoidal'):
       x_BTD = self.positions(x_BTD, positions_BT)
     x_BTD = self.embed_dropout(x_BTD, deterministic=self.deterministic)
-    x_BTD = self.stack(x_BTD, positions_BT, mask_BTS)
+    x_BTD = self.stack(x_BTD, positions_BT, mask)
     return self.final_norm(x_BTD)
 
   def logits(self, x_BTD):

@@ -1,7 +1,8 @@
 """Encoder-only masked language model (BERT / RoBERTa shape).
 
 A bidirectional stack: every token attends to every token of its own segment (packed examples
-never see each other; segment id 0 is padding). The MLM head projects back onto the token
+never see each other; segment id 0 is padding), or, with `model.attention.pattern`, to those its
+layer's pattern allows (a bidirectional local window, Longformer's global tokens, BigBird). The MLM head projects back onto the token
 embedding table (tied), so the logits are scores for the original token at every position.
 
 BERT's extras are switchable, so one module is both the BERT reference and a modern pre-norm /
@@ -144,13 +145,11 @@ class EncoderLM(nn.Module):
     index_BT = jnp.broadcast_to(jnp.arange(t), (b, t))
     positions_BT = index_BT if positions_BT is None else positions_BT
     segment_ids_BT = jnp.ones_like(tokens_BT) if segment_ids_BT is None else segment_ids_BT
-    mask_BTS = attention.make_mask(segment_ids_BT, segment_ids_BT, index_BT, index_BT,
-                                   causal=False)
+    mask = attention.MaskSpec(segment_ids_BT, segment_ids_BT, index_BT, index_BT, causal=False)
     embed = embeddings.Embed(c.vocab_size, c.d_model, init_std=c.init_std, dtype=c.dtype,
                              name='embed')
     x_BTD = self._embed_inputs(embed, tokens_BT, positions_BT, token_types_BT)
-    x_BTD = Stack(c, deterministic=self.deterministic, name='stack')(x_BTD, positions_BT,
-                                                                     mask_BTS)
+    x_BTD = Stack(c, deterministic=self.deterministic, name='stack')(x_BTD, positions_BT, mask)
     if c.norm_position == 'pre':  # post-norm blocks already end normalised
       x_BTD = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype,
                               module_name='final_norm')(x_BTD)

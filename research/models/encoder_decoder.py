@@ -122,12 +122,11 @@ class EncoderDecoderLM(nn.Module):
     segment_ids_BS = segment_ids_or_default(encoder_tokens_BS, encoder_segment_ids_BS, pad_id=0)
     index_S = jnp.arange(s, dtype=jnp.int32)
     index_BS = jnp.broadcast_to(index_S, (b, s))
-    mask_BSS = attention.make_mask(segment_ids_BS, segment_ids_BS, index_BS, index_BS,
-                                   causal=False)
+    mask = attention.MaskSpec(segment_ids_BS, segment_ids_BS, index_BS, index_BS, causal=False)
     bias_HSS = self.encoder_relative_bias(index_S, index_S) if c.position == 'relative' else None
     x_BSD = self._embed(encoder_tokens_BS, index_BS,
                         getattr(self, 'encoder_positions', None))
-    x_BSD = self.encoder(x_BSD, index_BS, mask_BSS, bias_HSS)
+    x_BSD = self.encoder(x_BSD, index_BS, mask, bias_HSS)
     x_BSD = self.encoder_norm(x_BSD)
     return self.dropout(x_BSD, deterministic=self.deterministic)
 
@@ -146,20 +145,20 @@ class EncoderDecoderLM(nn.Module):
     if self.decode:
       q_index_T, k_index_S = self.decode_index(t)
       decoder_segment_ids_BT = jnp.ones((b, t), jnp.int32)
-      mask_BTT = None  # the cache builds the causal mask over its slots
+      self_mask = None  # the cache builds the causal (pattern) mask over its slots
     else:
       q_index_T = k_index_S = jnp.arange(t, dtype=jnp.int32)
       decoder_segment_ids_BT = segment_ids_or_default(decoder_tokens_BT, decoder_segment_ids_BT,
                                                       pad_id=None)
       index_BT = jnp.broadcast_to(q_index_T, (b, t))
-      mask_BTT = attention.make_mask(decoder_segment_ids_BT, decoder_segment_ids_BT, index_BT,
+      self_mask = attention.MaskSpec(decoder_segment_ids_BT, decoder_segment_ids_BT, index_BT,
                                      index_BT, causal=True)
     positions_BT = jnp.broadcast_to(q_index_T, (b, t))
     cross_mask_BTS = decoder_segment_ids_BT[:, :, None] == encoder_segment_ids_BS[:, None, :]
     bias_HTS = (self.decoder_relative_bias(q_index_T, k_index_S) if c.position == 'relative'
                 else None)
     x_BTD = self._embed(decoder_tokens_BT, positions_BT, getattr(self, 'decoder_positions', None))
-    x_BTD = self.decoder(x_BTD, positions_BT, mask_BTT, bias_HTS, encoded_BSD, cross_mask_BTS)
+    x_BTD = self.decoder(x_BTD, positions_BT, self_mask, bias_HTS, encoded_BSD, cross_mask_BTS)
     x_BTD = self.decoder_norm(x_BTD)
     x_BTD = self.dropout(x_BTD, deterministic=self.deterministic)
     if c.tie_embeddings:

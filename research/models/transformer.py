@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from research.errors import ConfigError
 from research.layers import attention, mlp, norms, positions
 from research.layers import moe as moe_lib
+from research.layers import patterns as patterns_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -58,7 +59,6 @@ class TransformerConfig:
   dtype: Any = jnp.float32
   scan_layers: bool = False
   remat: str = 'none'
-  attention_impl: str = 'auto'
   init_std: float = 0.02
   norm_position: str = 'pre'  # 'pre' (GPT-2, Llama, T5) or 'post' (BERT, the 2017 Transformer)
   attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
@@ -73,6 +73,14 @@ class TransformerConfig:
   loss_chunk_size: int = 0  # read by the objectives: positions per loss chunk; 0: whole logits
   # Mixture of experts (`model.moe`; research/layers/moe.py): num_experts=0 is a dense model.
   moe: moe_lib.MoEConfig = dataclasses.field(default_factory=moe_lib.MoEConfig)
+  # Attention patterns and implementation (`model.attention`; research/layers/patterns.py).
+  attention: patterns_lib.AttentionConfig = dataclasses.field(
+      default_factory=patterns_lib.AttentionConfig)
+
+  @property
+  def attention_impl(self) -> str:
+    """The requested attention implementation (`model.attention.implementation`)."""
+    return self.attention.implementation
 
   @property
   def out_init_std(self) -> float:
@@ -111,7 +119,7 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
   positions.check_position(m.position)
   if m.norm not in norms.NORMS:
     raise ConfigError('model.norm', m.norm, f'choose one of {sorted(norms.NORMS)}')
-  attention.resolve_implementation(m.attention_impl, jnp.float32)  # validates the name
+  attention_cfg = attention_section(m)
   max_len = m.max_len or seq_len
   if m.position in ('learned', 'sinusoidal') and max_len < seq_len:
     raise ConfigError('model.max_len', max_len, f'must be >= data.seq_len={seq_len}')
@@ -128,36 +136,74 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
       activation=m.activation, norm=m.norm, norm_eps=m.norm_eps, position=m.position,
       rope_theta=m.rope_theta, max_len=max_len, tie_embeddings=m.tie_embeddings,
       use_bias=m.use_bias, dropout=m.dropout, dtype=resolve_dtype(m.dtype),
-      scan_layers=m.scan_layers, remat=m.remat, attention_impl=m.attention_impl,
+      scan_layers=m.scan_layers, remat=m.remat,
       init_std=m.init_std, norm_position=m.norm_position,
       attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
       relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
       embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
       loss_chunk_size=m.get('loss_chunk_size', 0),
-      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff))
+      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg)
+
+
+# Self-attention causality per family: patterns and kernels depend on it.
+_CAUSAL = {'decoder': (True,), 'encoder': (False,), 'encoder_decoder': (False, True)}
+
+
+def attention_section(m) -> patterns_lib.AttentionConfig:
+  """Validates `model.attention` and resolves it. A config from before that section (a flat
+  `model.attention_impl`, e.g. a saved config.json) still works: the old field is the
+  implementation when the new one is 'auto'."""
+  att = m.get('attention', None)
+  if att is None:
+    att = dict(patterns_lib.AttentionConfig().__dict__, pattern='full')
+  att = dict(att)
+  legacy = m.get('attention_impl', 'auto')
+  if legacy != 'auto':
+    if att.get('implementation', 'auto') not in ('auto', legacy):
+      raise ConfigError('model.attention_impl', legacy,
+                        f"conflicts with model.attention.implementation="
+                        f"{att['implementation']!r}: keep only the latter")
+    att['implementation'] = legacy
+  patterns_lib.check_attention(att, num_layers=m.num_layers, scan_layers=m.scan_layers,
+                               implementations=attention.IMPLEMENTATIONS)
+  resolved = patterns_lib.resolve(att)
+  if resolved.implementation != 'auto':
+    for kind in set(resolved.pattern):
+      pattern = dataclasses.replace(resolved.layer_pattern(0), kind=kind)
+      for causal in _CAUSAL.get(m.get('family', 'decoder'), (True,)):
+        if not attention.supports(resolved.implementation, pattern, causal=causal,
+                                  bias=m.position == 'relative'):
+          raise ConfigError('model.attention.implementation', resolved.implementation,
+                            f"cannot compute the {pattern.describe()} pattern of a "
+                            f"{'causal' if causal else 'bidirectional'} stack"
+                            f"{' with a relative position bias' if m.position == 'relative' else ''}"
+                            ": use 'auto' or 'blockwise'")
+  return resolved
 
 
 class Block(nn.Module):
   """Residual block: self-attention, optional cross-attention (encoder-decoder), feed-forward.
 
   Pre-norm: x + f(norm(x)). Post-norm (BERT): norm(x + f(x)). With `moe_layer` the feed-forward
-  is the mixture of experts `moe` (research/layers/moe.py) instead of the dense `mlp`.
+  is the mixture of experts `moe` (research/layers/moe.py) instead of the dense `mlp`. `mask_BTS`
+  is an attention.MaskSpec (or a dense boolean mask); `pattern` restricts self-attention.
   """
   cfg: TransformerConfig
   decode: bool = False
   deterministic: bool = True
   cross_attention: bool = False
   moe_layer: bool = False
+  pattern: patterns_lib.Pattern | None = None  # self-attention's pattern; None: full
 
   def _attention(self, name):
     c = self.cfg
     return attention.Attention(
         num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
         position=c.position if name == 'attn' else 'none', rope_theta=c.rope_theta,
-        implementation=c.attention_impl, use_bias=c.use_bias, init_std=c.init_std,
+        implementation=c.attention.implementation, use_bias=c.use_bias, init_std=c.init_std,
         out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
-        name=name)
+        pattern=self.pattern if name == 'attn' else None, name=name)
 
   def _residual(self, name, x_BTD, sublayer):
     c = self.cfg
@@ -208,8 +254,9 @@ class Stack(nn.Module):
                cross_mask_BTS=None):
     """Extra arguments reach every block unchanged (a shared relative bias, encoder outputs).
 
-    Layer i has a mixture-of-experts feed-forward when `cfg.moe.is_moe_layer(i)`; a scanned
-    stack has one layer type, so MoE there needs every layer MoE (model.moe.every=1).
+    Layer i has a mixture-of-experts feed-forward when `cfg.moe.is_moe_layer(i)` and the
+    attention pattern `cfg.attention.layer_pattern(i)`; a scanned stack has one layer type, so
+    MoE there needs every layer MoE (model.moe.every=1) and one pattern for every layer.
     """
     c = self.cfg
     args = (positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
@@ -226,12 +273,18 @@ class Stack(nn.Module):
                         split_rngs={'params': True, 'dropout': True},
                         in_axes=(nn.broadcast,) * len(args), length=c.num_layers,
                         metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BTD, _ = scanned(c, name='layers', moe_layer=c.moe.enabled, **kwargs)(x_BTD, *args)
+      x_BTD, _ = scanned(c, name='layers', moe_layer=c.moe.enabled,
+                         pattern=_pattern_or_none(c, 0), **kwargs)(x_BTD, *args)
       return x_BTD
     block_cls = self.block
     if c.remat != 'none':
       block_cls = nn.remat(block_cls, policy=policy)
     for i in range(c.num_layers):
       x_BTD = block_cls(c, name=f'layer_{i}', moe_layer=c.moe.is_moe_layer(i),
-                        **kwargs)(x_BTD, *args)
+                        pattern=_pattern_or_none(c, i), **kwargs)(x_BTD, *args)
     return x_BTD
+
+
+def _pattern_or_none(c: TransformerConfig, i: int) -> patterns_lib.Pattern | None:
+  pattern = c.attention.layer_pattern(i)
+  return None if pattern.is_full else pattern

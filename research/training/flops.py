@@ -1,11 +1,16 @@
 """FLOP accounting shared by MFU logging, the planner and the scaling-law module.
 
 FLOPs per token = 6 x matmul parameters (unembedding included; embedding lookups are not
-matmuls) + 12 x layers x (heads x head_dim) x mean attended keys. The 6 counts forward (2) and
-backward (4) FLOPs per multiply-add; attention has two matmuls (QK^T and PV), hence 12. The mean
-attended keys is (T+1)/2 for causal masks, T for bidirectional ones and about W for a window of
-W, so a causal layer costs 6 x d_model x T per token: DESIGN.md's "6 x layers x d_model x
-context, halved for causal masks" (PaLM's 12·L·H·Q·T before halving).
+matmuls) + 12 x (heads x head_dim) x the sum over layers of their mean attended keys. The 6
+counts forward (2) and backward (4) FLOPs per multiply-add; attention has two matmuls (QK^T and
+PV), hence 12. The mean attended keys is (T+1)/2 for causal masks and T for bidirectional ones,
+so a full causal layer costs 6 x d_model x T per token: DESIGN.md's "6 x layers x d_model x
+context, halved for causal masks" (PaLM's 12·L·H·Q·T before halving). Sparse attention patterns
+(`model.attention`, research/layers/patterns.py) count the keys each layer's pattern lets a
+query see, exactly, on one unpacked row: about W for a causal window of W (the first queries
+see fewer), 2W - 1 for a bidirectional one, plus the global tokens (Longformer), the visible
+blocks (BigBird), or the chunk (chunked). These are model FLOPs: a block-sparse kernel computes
+somewhat more (whole tiles) and a masked dense one the full T.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from research.layers import patterns as patterns_lib
 from research.models.transformer import TransformerConfig
 
 # Dense bf16 peak FLOP/s per chip (DESIGN.md).
@@ -55,21 +61,37 @@ def matmul_params(cfg: TransformerConfig) -> int:
              moe_layers * _moe_active_mlp_params(cfg) + cfg.vocab_size * cfg.d_model)
 
 
-def attention_context(seq_len: int, *, causal: bool = True, window: int | None = None) -> float:
-  """Keys each query attends to, on average over a sequence of `seq_len`."""
+def attention_context(seq_len: int, *, causal: bool = True, window: int | None = None,
+                      pattern: patterns_lib.Pattern | None = None) -> float:
+  """Keys each query attends to, on average over a sequence of `seq_len`: full attention, a
+  causal (or bidirectional: |i - j| < W) window of W keys, or any attention pattern."""
+  if pattern is not None:
+    return patterns_lib.visible_keys(pattern, seq_len, causal=causal)
   if window is not None and window < seq_len:
-    # Causal sliding window of W keys: the first W queries see 1..W, the rest see W.
-    if causal:
+    if causal:  # the first W queries see 1..W, the rest see W
       return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
-    return float(window)
+    return patterns_lib.visible_keys(patterns_lib.Pattern('sliding', window=window), seq_len,
+                                     causal=False)
   return (seq_len + 1) / 2 if causal else float(seq_len)
+
+
+def layer_contexts(cfg: TransformerConfig, seq_len: int, *, causal: bool = True,
+                   num_layers: int | None = None) -> list[float]:
+  """Mean attended keys of each self-attention layer, from its pattern (`model.attention`)."""
+  n = cfg.num_layers if num_layers is None else num_layers
+  return [attention_context(seq_len, causal=causal, pattern=p)
+          for p in cfg.attention.layer_patterns(n)]
 
 
 def flops_per_token(cfg: TransformerConfig, seq_len: int, *, causal: bool = True,
                     window: int | None = None) -> float:
-  """Training FLOPs (forward + backward) per token."""
-  attended = attention_context(seq_len, causal=causal, window=window)
-  attn_flops = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * attended * 2
+  """Training FLOPs (forward + backward) per token. `window` (a causal sliding window for
+  every layer) overrides the config's attention patterns."""
+  if window is not None:
+    attended = cfg.num_layers * attention_context(seq_len, causal=causal, window=window)
+  else:
+    attended = sum(layer_contexts(cfg, seq_len, causal=causal))
+  attn_flops = 12 * cfg.num_heads * cfg.head_dim * attended
   return 6 * matmul_params(cfg) + attn_flops
 
 
@@ -82,7 +104,10 @@ def encoder_decoder_flops(cfg: TransformerConfig, inputs_len: int, targets_len: 
   s, t, hk = inputs_len, targets_len, cfg.num_heads * cfg.head_dim
   matmuls = s * enc_layers * (attn + mlp) + t * (dec_layers * (2 * attn + mlp) +
                                                  cfg.vocab_size * cfg.d_model)
-  attention = enc_layers * s * s + dec_layers * (t * (t + 1) / 2 + t * s)
+  # Self-attention by each layer's pattern (full: S^2 and T(T+1)/2); cross-attention sees all S.
+  attention = (s * sum(layer_contexts(cfg, s, causal=False, num_layers=enc_layers)) +
+               t * sum(layer_contexts(cfg, t, causal=True, num_layers=dec_layers)) +
+               dec_layers * t * s)
   return 6 * matmuls + 12 * hk * attention
 
 

@@ -1,0 +1,75 @@
+"""Quality of sparse attention: validation loss on Shakespeare, and long-range retrieval.
+
+Run:
+  python -m experiments.sparse_attention.run \
+      --config=configs/experiments/sparse_attention/quality.py --workdir=runs/sparse_quality
+
+Four-layer decoders (d_model 64, 2 heads, RoPE/SwiGLU, 512-piece BPE) on 128-token windows:
+full attention, a causal sliding window of 16 or 64 keys in every layer, and three local layers
+of 16 : one full layer; 250 steps of 16 x 128 tokens each. Then the same shapes on the synthetic
+retrieval probe (experiments/sparse_attention/retrieval.py): a value at the start of a
+128-token sequence must be copied at its end, 119 positions later, farther than the receptive
+field of four window-8 layers (4 x 7 = 28 tokens): full attention, local only (window 8), and
+three local : one full; 200 steps of 16 sequences, only the answer scored.
+
+Expected (2 CPU cores, about 20 minutes when they are shared): the windows cost a little
+validation loss (the 16-token window the most; the 3 : 1 interleave recovers most of it); on
+retrieval the local-only model stays at chance (1/16) while full attention and the 3 : 1
+interleave reach ~100%. Measured 2026-11-23: see BENCHMARKS.md ("Sparse and sliding-window
+attention").
+
+Variants: `:tiny` (two variants each, a few steps; a smoke test of the command).
+"""
+
+from experiments.sparse_attention import run
+from research import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.name = 'sparse_attention/quality'
+
+  c.data.source = 'shakespeare'
+  c.data.vocab_size = 512
+  c.data.seq_len = 128
+
+  c.model.family = 'decoder'
+  c.model.d_model = 64
+  c.model.num_layers = 4
+  c.model.num_heads = 2
+  c.model.activation = 'swiglu'
+  c.model.position = 'rope'
+  c.model.attention.block_size = 32
+
+  c.train.steps = 250
+  c.train.batch_size = 16
+  c.train.lr = 3e-3
+  c.train.warmup_steps = 30
+  c.train.log_every = 50
+  c.train.eval_every = 250
+  c.train.eval_batches = 16
+  c.train.checkpoint_every = 250
+  c.train.async_checkpoints = False
+
+  run.with_section(c, kind='quality')
+
+  if arg == 'tiny':
+    c.data.seq_len = 64
+    c.model.num_layers = 2
+    c.train.steps = 4
+    c.train.log_every = 2
+    c.train.eval_every = 4
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 4
+    s = c.sparse_attention
+    s.variants = ('full', 'sliding@8')
+    s.retrieval.variants = ('sliding@4', 'sliding*1,full@4')
+    s.retrieval.seq_len = 32
+    s.retrieval.value_repeats = 2
+    s.retrieval.steps = 4
+    s.retrieval.batch_size = 8
+    s.retrieval.warmup_steps = 1
+    s.retrieval.eval_examples = 8
+  elif arg:
+    raise config_lib.unknown_variant(arg)
+  return c

@@ -1,0 +1,107 @@
+"""Plots of the sparse-attention experiment (PNG, matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _length_label(x: int) -> str:
+  return f'{x // 1024}k' if x >= 1024 and x % 1024 == 0 else str(x)
+
+
+def _ideal(ax, xs, anchor_x, anchor_y, slope, label, style):
+  ys = [anchor_y * (x / anchor_x) ** slope for x in xs]
+  ax.plot(xs, ys, style, color='0.55', linewidth=1, label=label)
+
+
+def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1.0) -> str:
+  """One line per case of `key` vs length on log-log axes, with slope-1 and slope-2 guides
+  through the smallest measured point of the cheapest and the costliest case."""
+  cases = []
+  for r in rows:
+    if r['case'] not in cases:
+      cases.append(r['case'])
+  fig, ax = plt.subplots(figsize=(7.5, 5))
+  points = {}
+  for case in cases:
+    pts = sorted((r['length'], r[key] * scale) for r in rows
+                 if r['case'] == case and r.get(key) not in (None, '') and r[key] > 0)
+    if not pts:
+      continue
+    points[case] = pts
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=case)
+  if points:
+    lengths = sorted({p[0] for pts in points.values() for p in pts})
+    first = {case: pts[0] for case, pts in points.items()}
+    low = min(first.values(), key=lambda p: (p[0], p[1]))
+    high = max(first.values(), key=lambda p: (-p[0], p[1]))
+    _ideal(ax, lengths, low[0], low[1], 1, 'ideal slope 1 (linear)', '--')
+    _ideal(ax, lengths, high[0], high[1], 2, 'ideal slope 2 (quadratic)', ':')
+  ax.set_xscale('log', base=2)
+  ax.set_yscale('log')
+  if points:
+    ax.set_xticks(lengths, [_length_label(x) for x in lengths])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+  ax.set_xlabel('sequence length (tokens)')
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def cost_plots(rows, out_dir: str, subtitle: str) -> list[str]:
+  return [
+      log_log(rows, 'time_s', 'forward + backward time (s, median)',
+              f'Attention time vs length\n{subtitle}',
+              os.path.join(out_dir, 'time_vs_length.png')),
+      log_log(rows, 'memory_bytes', 'memory (MiB, XLA compiled estimate)',
+              f'Attention memory vs length\n{subtitle}',
+              os.path.join(out_dir, 'memory_vs_length.png'), scale=1 / 2**20),
+  ]
+
+
+def quality_plot(lm_rows, retrieval_rows, out_dir: str, subtitle: str) -> str:
+  """Validation loss per LM variant, and retrieval accuracy per variant (chance marked)."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  ax = axes[0]
+  names = [r['variant'] for r in lm_rows]
+  losses = [r['eval_loss'] for r in lm_rows]
+  bars = ax.bar(range(len(names)), losses, color='tab:blue')
+  ax.bar_label(bars, fmt='%.3f', fontsize=8)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right', fontsize=8)
+  ax.set_ylabel('validation loss (nats / token)')
+  ax.set_title('Shakespeare: validation loss')
+  if losses:
+    lo, hi = min(losses), max(losses)
+    ax.set_ylim(lo - 0.1 * max(hi - lo, 0.05), hi + 0.1 * max(hi - lo, 0.05))
+  ax = axes[1]
+  names = [r['variant'] for r in retrieval_rows]
+  acc = [r['retrieval_accuracy'] for r in retrieval_rows]
+  colors = ['tab:green' if math.isinf(float(r['receptive_field'])) else 'tab:red'
+            for r in retrieval_rows]
+  bars = ax.bar(range(len(names)), acc, color=colors)
+  ax.bar_label(bars, fmt='%.2f', fontsize=8)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right', fontsize=8)
+  if retrieval_rows:
+    ax.axhline(retrieval_rows[0]['chance'], color='0.4', linestyle='--', label='chance')
+    ax.legend(fontsize=8)
+  ax.set_ylim(0, 1.05)
+  ax.set_ylabel('retrieval accuracy (held-out)')
+  ax.set_title('Retrieval beyond the local receptive field\n(red: local only; green: a full layer)')
+  fig.suptitle(subtitle, fontsize=9)
+  fig.tight_layout()
+  path = os.path.join(out_dir, 'quality.png')
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
