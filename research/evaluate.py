@@ -21,14 +21,23 @@ _BATCHES = flags.DEFINE_integer('batches', 0, 'evaluation batches; 0: the whole 
 _STEP = flags.DEFINE_integer('step', None, 'checkpoint step; default the latest')
 
 
-def load_params(workdir: str, config, *, step: int | None = None, run=None):
-  """The parameters of a run's checkpoint, sharded for `run` (default: a mesh from its config)."""
+def load_state(workdir: str, config, *, step: int | None = None, run=None):
+  """(run, TrainState) of a run's checkpoint, sharded for `run` (default: a mesh from its
+  config). The state's `model_state` holds the non-gradient collections the model reads (the
+  aux-free MoE selection bias): apply with {'params': state.params, **state.model_state}."""
   run = run or trainer.build_run(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
   state = checkpointing.restore(manager, trainer.abstract_state(run), step)
   manager.close()
   if state is None:
     raise UserError(f'{workdir}/checkpoints has no checkpoint: run research.train first')
+  return run, state
+
+
+def load_params(workdir: str, config, *, step: int | None = None, run=None):
+  """The parameters of a run's checkpoint, sharded for `run` (default: a mesh from its config).
+  Models with non-gradient state (aux-free MoE) also need `load_state(...)[1].model_state`."""
+  run, state = load_state(workdir, config, step=step, run=run)
   return run, state.params, int(state.step)
 
 
@@ -38,10 +47,12 @@ def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None)
   config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
   config = config_lib.finalize(config)
-  run, params, restored_step = load_params(workdir, config, step=step)
+  run, state = load_state(workdir, config, step=step)
   dataset = pipeline.load_dataset(config.data, workdir=workdir)
-  metrics = trainer.evaluate(run, params, dataset, num_batches=batches)
-  return {'step': restored_step, **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
+  # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it).
+  metrics = trainer.evaluate(run, state.params, dataset, num_batches=batches,
+                             model_state=state.model_state)
+  return {'step': int(state.step), **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
 
 
 def main(config, argv):

@@ -75,10 +75,12 @@ def _build_run(config) -> trainer.Run:
   return trainer.build_run(config, devices=jax.local_devices()[:1])
 
 
-def restore_params(config, workdir: str, step: int | None = None):
-  """The parameters of the latest (or `step`) checkpoint, sharded for the devices here.
+def restore_variables(config, workdir: str, step: int | None = None):
+  """(params, model_state) of the latest (or `step`) checkpoint, sharded for the devices here.
 
-  The whole TrainState is restored (its abstract tree fixes the shardings) and its params kept.
+  The whole TrainState is restored (its abstract tree fixes the shardings); model_state holds
+  the non-gradient collections the model reads ({'moe_state': ...}, the aux-free MoE selection
+  bias; {} for other models), which sampling must pass with the params.
   """
   run = _build_run(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
@@ -93,7 +95,12 @@ def restore_params(config, workdir: str, step: int | None = None):
     state = checkpointing.restore(manager, trainer.abstract_state(run), step)
   finally:
     manager.close()
-  return state.params
+  return state.params, state.model_state
+
+
+def restore_params(config, workdir: str, step: int | None = None):
+  """The parameters alone (see `restore_variables` for models with non-gradient state)."""
+  return restore_variables(config, workdir, step)[0]
 
 
 def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
@@ -101,29 +108,31 @@ def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
-def _fill_mask(model, params, tokenizer, prompt: str, top_k: int) -> list[str]:
+def _fill_mask(model, variables, tokenizer, prompt: str, top_k: int) -> list[str]:
   from research.inference import fill_mask  # pylint: disable=g-import-not-at-top
+  params, model_state = variables
   lines = []
   for position, candidates in fill_mask.fill_mask(model, params, tokenizer, prompt,
-                                                  top_k=top_k or 5):
+                                                  top_k=top_k or 5, model_state=model_state):
     shown = ', '.join(f'{piece!r} {p:.3f}' for piece, p in candidates)
     lines.append(f'[MASK] at piece {position}: {shown}')
   return ['\n'.join([prompt] + lines)]
 
 
-def _seq2seq(model, params, tokenizer, prompt_ids, *, max_new_tokens, temperature, top_k, top_p,
-             seed, num_samples, beam_size, length_penalty) -> list[np.ndarray]:
+def _seq2seq(model, variables, tokenizer, prompt_ids, *, max_new_tokens, temperature, top_k,
+             top_p, seed, num_samples, beam_size, length_penalty) -> list[np.ndarray]:
   from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
+  params, model_state = variables
   encoder_BS = np.asarray([prompt_ids + [tokenizer.eos_id]], np.int32)
   if beam_size > 1:
     tokens_BKN, _ = seq2seq.beam_search(model, params, encoder_BS, beam_size=beam_size,
                                         max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                                        length_penalty=length_penalty)
+                                        length_penalty=length_penalty, model_state=model_state)
     return list(np.asarray(tokens_BKN)[0, :num_samples])
   tokens_BN = seq2seq.generate(model, params, np.repeat(encoder_BS, num_samples, 0),
                                jax.random.key(seed), max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p,
-                               eos_id=tokenizer.eos_id)
+                               eos_id=tokenizer.eos_id, model_state=model_state)
   return list(np.asarray(tokens_BN))
 
 
@@ -150,22 +159,23 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
   model = models.build_model(config)
   family = config.model.family
   if family == 'encoder':
-    return _fill_mask(model, restore_params(config, workdir, step), tokenizer, prompt, top_k)
+    return _fill_mask(model, restore_variables(config, workdir, step), tokenizer, prompt, top_k)
   if family == 'encoder_decoder':
     if beam_size > 1 and num_samples > beam_size:
       raise UserError(f'--num_samples={num_samples} exceeds --beam_size={beam_size}')
-    rows = _seq2seq(model, restore_params(config, workdir, step), tokenizer, prompt_ids,
+    rows = _seq2seq(model, restore_variables(config, workdir, step), tokenizer, prompt_ids,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, num_samples=num_samples, beam_size=beam_size,
                     length_penalty=length_penalty)
     return [f'{prompt} => {tokenizer.decode(_continuation_ids(r, tokenizer.eos_id))}'
             for r in rows]
   decoding.check_length(model, len(prompt_ids), max_new_tokens)  # before the slow restore
-  params = restore_params(config, workdir, step)
+  params, model_state = restore_variables(config, workdir, step)
   prompt_BP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
   tokens_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
                                 max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id)
+                                top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
+                                model_state=model_state)
   if not tokens_BN.is_fully_addressable:  # multi-host: every process gets every sample
     tokens_BN = multihost_utils.process_allgather(tokens_BN, tiled=True)
   tokens_BN = np.asarray(tokens_BN)

@@ -103,11 +103,18 @@ def init_cache(decoder, batch: int, length: int):
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
 
 
-def _forward(decoder, params, cache, tokens_BL, start):
+def model_variables(params, model_state=None) -> dict:
+  """{'params': params, **model_state}: what `apply` reads. `model_state` holds the non-gradient
+  collections a checkpoint's TrainState.model_state carries (the aux-free MoE selection bias,
+  {'moe_state': ...}); without it such a model routes with a bias of 0, not the trained one."""
+  return {'params': params, **(model_state or {})}
+
+
+def _forward(decoder, variables, cache, tokens_BL, start):
   """Runs L tokens at positions start.. through the cache: (float32 logits_BLV, new cache)."""
   b, l = tokens_BL.shape
   positions_BL = jnp.broadcast_to(start + jnp.arange(l, dtype=jnp.int32), (b, l))
-  logits_BLV, variables = decoder.apply({'params': params, 'cache': cache}, tokens_BL,
+  logits_BLV, variables = decoder.apply({**variables, 'cache': cache}, tokens_BL,
                                         positions_BL, mutable=['cache'])
   return logits_BLV, variables['cache']
 
@@ -115,7 +122,8 @@ def _forward(decoder, params, cache, tokens_BL, start):
 @functools.lru_cache(maxsize=64)
 def _compiled_decode(model, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                      eos_id: int | None, return_logits: bool):
-  """jit(params, prompt_BP, rng) -> (tokens_BN, logits_BNV or None), one program per setting."""
+  """jit(params, model_state, prompt_BP, rng) -> (tokens_BN, logits_BNV or None), one program
+  per setting."""
   decoder = model.clone(decode=True, deterministic=True)
   n = max_new_tokens
 
@@ -127,11 +135,12 @@ def _compiled_decode(model, max_new_tokens: int, temperature: float, top_k: int,
       done_B = done_B | (token_B == eos_id)
     return token_B, done_B
 
-  def decode(params, prompt_BP, rng):
+  def decode(params, model_state, prompt_BP, rng):
+    variables = model_variables(params, model_state)
     b, p = prompt_BP.shape
     prompt_BP = prompt_BP.astype(jnp.int32)
     cache = init_cache(decoder, b, p + n)
-    prompt_logits_BPV, cache = _forward(decoder, params, cache, prompt_BP, 0)
+    prompt_logits_BPV, cache = _forward(decoder, variables, cache, prompt_BP, 0)
     logits_BV = prompt_logits_BPV[:, -1]
     token_B, done_B = choose(logits_BV, rng, 0, jnp.zeros((b,), bool))
     # Rows that finish keep emitting eos: pre-filling with it lets the loop stop early.
@@ -147,7 +156,7 @@ def _compiled_decode(model, max_new_tokens: int, temperature: float, top_k: int,
     def body(state):
       i, cache, tokens_BN, done_B, logits_BNV = state
       prev_B1 = jax.lax.dynamic_slice_in_dim(tokens_BN, i - 1, 1, axis=1)
-      step_logits_B1V, cache = _forward(decoder, params, cache, prev_B1, p + i - 1)
+      step_logits_B1V, cache = _forward(decoder, variables, cache, prev_B1, p + i - 1)
       logits_BV = step_logits_B1V[:, 0]
       token_B, done_B = choose(logits_BV, rng, i, done_B)
       tokens_BN = jax.lax.dynamic_update_slice_in_dim(tokens_BN, token_B[:, None], i, axis=1)
@@ -164,7 +173,7 @@ def _compiled_decode(model, max_new_tokens: int, temperature: float, top_k: int,
 
 def generate_with_logits(model, params, prompt_BP, rng, *, max_new_tokens: int,
                          temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
-                         eos_id: int | None = None):
+                         eos_id: int | None = None, model_state=None):
   """`generate`, also returning the model's float32 logits_BNV at every step: (tokens, logits).
 
   Row b's token n was drawn from logits_BNV[b, n] (before temperature, top-k and top-p). Steps
@@ -173,11 +182,11 @@ def generate_with_logits(model, params, prompt_BP, rng, *, max_new_tokens: int,
   """
   return _decode(model, params, prompt_BP, rng, max_new_tokens=max_new_tokens,
                  temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                 return_logits=True)
+                 return_logits=True, model_state=model_state)
 
 
 def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature: float = 0.8,
-             top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None):
+             top_k: int = 0, top_p: float = 1.0, eos_id: int | None = None, model_state=None):
   """Continues each prompt by `max_new_tokens` tokens: int32 tokens_BN (prompt not included).
 
   Args:
@@ -190,6 +199,8 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature:
     temperature, top_k, top_p: see `sample_logits`.
     eos_id: once a row emits it, the row emits only eos after it; when every row has, decoding
       stops early.
+    model_state: the checkpoint's non-gradient collections (TrainState.model_state, e.g. the
+      aux-free MoE selection bias); {} or None for models without any.
 
   Raises:
     UserError: empty prompt, N <= 0, a prompt plus continuation longer than a learned or
@@ -197,12 +208,12 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature:
   """
   tokens_BN, _ = _decode(model, params, prompt_BP, rng, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                         return_logits=False)
+                         return_logits=False, model_state=model_state)
   return tokens_BN
 
 
 def _decode(model, params, prompt_BP, rng, *, max_new_tokens, temperature, top_k, top_p, eos_id,
-            return_logits):
+            return_logits, model_state=None):
   if not isinstance(prompt_BP, jax.Array):
     prompt_BP = np.asarray(prompt_BP, np.int32)  # host data: jit places it (on every process)
   if prompt_BP.ndim != 2:
@@ -211,4 +222,4 @@ def _decode(model, params, prompt_BP, rng, *, max_new_tokens, temperature, top_k
   check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
   fn = _compiled_decode(model, int(max_new_tokens), float(temperature), int(top_k), float(top_p),
                         None if eos_id is None else int(eos_id), return_logits)
-  return fn(params, prompt_BP, rng)
+  return fn(params, model_state or {}, prompt_BP, rng)

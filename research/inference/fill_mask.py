@@ -40,11 +40,12 @@ def encode_with_masks(tokenizer, text: str) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _probabilities(model, params, tokens_1T):
-  return jax.nn.softmax(model.apply({'params': params}, tokens_1T)[0], axis=-1)
+def _probabilities(model, params, model_state, tokens_1T):
+  variables = {'params': params, **model_state}
+  return jax.nn.softmax(model.apply(variables, tokens_1T)[0], axis=-1)
 
 
-def fill_mask(model, params, tokenizer, text: str, *, top_k: int = 5
+def fill_mask(model, params, tokenizer, text: str, *, top_k: int = 5, model_state=None
               ) -> list[tuple[int, list[tuple[str, float]]]]:
   """The `top_k` most likely pieces, with probabilities, at every [MASK] of `text`.
 
@@ -55,6 +56,8 @@ def fill_mask(model, params, tokenizer, text: str, *, top_k: int = 5
     text: the prompt, with one or more '[MASK]'. A space before a mask belongs to the
       prediction (see `encode_with_masks`).
     top_k: how many candidates per mask.
+    model_state: the checkpoint's non-gradient collections (TrainState.model_state, e.g. the
+      aux-free MoE selection bias); {} or None for models without any.
 
   Returns:
     One (position, candidates) per mask, in order: `position` is the mask's index in the model
@@ -70,7 +73,8 @@ def fill_mask(model, params, tokenizer, text: str, *, top_k: int = 5
   max_len = model.cfg.max_len
   if model.cfg.position in ('learned', 'sinusoidal') and len(tokens_T) > max_len:
     raise UserError(f'the text is {len(tokens_T)} pieces, the model reads at most {max_len}')
-  probs_TV = np.asarray(_probabilities(model, params, jnp.asarray(tokens_T)[None]))
+  probs_TV = np.asarray(_probabilities(model, params, model_state or {},
+                                       jnp.asarray(tokens_T)[None]))
   listable_V = np.zeros(probs_TV.shape[-1], bool)
   listable_V[mlm.ordinary_ids(tokenizer)] = True
   results = []

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.errors import UserError
-from research.inference.decoding import check_sampling_args, sample_logits
+from research.inference.decoding import check_sampling_args, model_variables, sample_logits
 from research.models.encoder_decoder import segment_ids_or_default
 
 DECODER_START_ID = 0
@@ -37,15 +37,14 @@ def init_cache(decoder, encoder_tokens_BS, length: int):
   return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes['cache'])
 
 
-def _encode(model, params, encoder_tokens_BS, encoder_segment_ids_BS):
-  return model.apply({'params': params}, encoder_tokens_BS, encoder_segment_ids_BS,
-                     method='encode')
+def _encode(model, variables, encoder_tokens_BS, encoder_segment_ids_BS):
+  return model.apply(variables, encoder_tokens_BS, encoder_segment_ids_BS, method='encode')
 
 
-def _step(decoder, params, cache, encoded_BSD, encoder_segment_ids_BS, tokens_B1):
+def _step(decoder, variables, cache, encoded_BSD, encoder_segment_ids_BS, tokens_B1):
   """One decoder step through the cache: (float32 logits_BV, new cache)."""
   logits_B1V, variables = decoder.apply(
-      {'params': params, 'cache': cache}, encoded_BSD, tokens_B1, encoder_segment_ids_BS,
+      {**variables, 'cache': cache}, encoded_BSD, tokens_B1, encoder_segment_ids_BS,
       method='decode_logits', mutable=['cache'])
   return logits_B1V[:, 0], variables['cache']
 
@@ -71,15 +70,16 @@ def _eos_arg(eos_id: int | None):
 @functools.lru_cache(maxsize=64)
 def _compiled_generate(model, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                        has_eos: bool, return_logits: bool):
-  """jit(params, encoder_tokens_BS, segment_ids_BS, rng, eos_id) -> (tokens_BN, logits_BNV or
-  None). The eos id is an argument, not a setting: a new one compiles nothing."""
+  """jit(params, model_state, encoder_tokens_BS, segment_ids_BS, rng, eos_id) -> (tokens_BN,
+  logits_BNV or None). The eos id is an argument, not a setting: a new one compiles nothing."""
   model = model.clone(decode=False, deterministic=True)
   decoder = model.clone(decode=True)
   n = max_new_tokens
 
-  def run(params, encoder_tokens_BS, encoder_segment_ids_BS, rng, eos_id):
+  def run(params, model_state, encoder_tokens_BS, encoder_segment_ids_BS, rng, eos_id):
+    variables = model_variables(params, model_state)
     b = encoder_tokens_BS.shape[0]
-    encoded_BSD = _encode(model, params, encoder_tokens_BS, encoder_segment_ids_BS)
+    encoded_BSD = _encode(model, variables, encoder_tokens_BS, encoder_segment_ids_BS)
     cache = init_cache(decoder, encoder_tokens_BS, n)
     # Finished rows keep emitting eos: pre-filling with it lets the loop stop early.
     tokens_BN = jnp.full((b, n), eos_id if has_eos else 0, jnp.int32)
@@ -95,7 +95,7 @@ def _compiled_generate(model, max_new_tokens: int, temperature: float, top_k: in
       i, cache, tokens_BN, done_B, logits_BNV = state
       prev_B1 = jnp.where(i == 0, DECODER_START_ID,
                           jax.lax.dynamic_slice_in_dim(tokens_BN, jnp.maximum(i - 1, 0), 1, 1))
-      logits_BV, cache = _step(decoder, params, cache, encoded_BSD, encoder_segment_ids_BS,
+      logits_BV, cache = _step(decoder, variables, cache, encoded_BSD, encoder_segment_ids_BS,
                                prev_B1)
       token_B = sample_logits(logits_BV, jax.random.fold_in(rng, i), temperature=temperature,
                               top_k=top_k, top_p=top_p)
@@ -115,19 +115,19 @@ def _compiled_generate(model, max_new_tokens: int, temperature: float, top_k: in
 
 
 def _generate(model, params, encoder_tokens_BS, rng, *, max_new_tokens, temperature, top_k,
-              top_p, eos_id, encoder_segment_ids_BS, return_logits):
+              top_p, eos_id, encoder_segment_ids_BS, return_logits, model_state=None):
   encoder_tokens_BS = _check_inputs(encoder_tokens_BS, max_new_tokens)
   check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
   segment_ids_BS = segment_ids_or_default(jnp.asarray(encoder_tokens_BS, jnp.int32),
                                           encoder_segment_ids_BS, pad_id=0)
   fn = _compiled_generate(model, int(max_new_tokens), float(temperature), int(top_k),
                           float(top_p), eos_id is not None, return_logits)
-  return fn(params, encoder_tokens_BS, segment_ids_BS, rng, _eos_arg(eos_id))
+  return fn(params, model_state or {}, encoder_tokens_BS, segment_ids_BS, rng, _eos_arg(eos_id))
 
 
 def generate(model, params, encoder_tokens_BS, rng, *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             eos_id: int | None = None, encoder_segment_ids_BS=None):
+             eos_id: int | None = None, encoder_segment_ids_BS=None, model_state=None):
   """Decodes `max_new_tokens` target tokens per row: int32 tokens_BN (start token excluded).
 
   Args:
@@ -140,20 +140,25 @@ def generate(model, params, encoder_tokens_BS, rng, *, max_new_tokens: int,
     temperature, top_k, top_p: see `decoding.sample_logits`; temperature 0 is greedy.
     eos_id: a row that emits it emits only eos afterwards; decoding stops when all rows have.
     encoder_segment_ids_BS: optional encoder segment ids (0 = padding).
+    model_state: the checkpoint's non-gradient collections (TrainState.model_state, e.g. the
+      aux-free MoE selection bias); {} or None for models without any.
   """
   tokens_BN, _ = _generate(model, params, encoder_tokens_BS, rng, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                           encoder_segment_ids_BS=encoder_segment_ids_BS, return_logits=False)
+                           encoder_segment_ids_BS=encoder_segment_ids_BS, return_logits=False,
+                           model_state=model_state)
   return tokens_BN
 
 
 def generate_with_logits(model, params, encoder_tokens_BS, rng, *, max_new_tokens: int,
                          temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                         eos_id: int | None = None, encoder_segment_ids_BS=None):
+                         eos_id: int | None = None, encoder_segment_ids_BS=None,
+                         model_state=None):
   """`generate`, also returning the float32 logits_BNV each token was drawn from."""
   return _generate(model, params, encoder_tokens_BS, rng, max_new_tokens=max_new_tokens,
                    temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
-                   encoder_segment_ids_BS=encoder_segment_ids_BS, return_logits=True)
+                   encoder_segment_ids_BS=encoder_segment_ids_BS, return_logits=True,
+                   model_state=model_state)
 
 
 # ----------------------------------------------------------------------------- beam search
@@ -184,15 +189,17 @@ def _gather_cache(cache, flat_index_R):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_beam_search(model, beam_size: int, max_new_tokens: int, has_eos: bool):
-  """jit(params, encoder_tokens_BS, segment_ids_BS, eos_id, alpha) -> (tokens_BKN, scores_BK)."""
+  """jit(params, model_state, encoder_tokens_BS, segment_ids_BS, eos_id, alpha) -> (tokens_BKN,
+  scores_BK)."""
   model = model.clone(decode=False, deterministic=True)
   decoder = model.clone(decode=True)
   k, n = beam_size, max_new_tokens
 
-  def run(params, encoder_tokens_BS, encoder_segment_ids_BS, eos_id, alpha):
+  def run(params, model_state, encoder_tokens_BS, encoder_segment_ids_BS, eos_id, alpha):
+    variables = model_variables(params, model_state)
     b = encoder_tokens_BS.shape[0]
     fill = eos_id if has_eos else DECODER_START_ID
-    encoded_BSD = _encode(model, params, encoder_tokens_BS, encoder_segment_ids_BS)
+    encoded_BSD = _encode(model, variables, encoder_tokens_BS, encoder_segment_ids_BS)
     # Every beam of a row reads the same encoder outputs: row r of B x K is beam r % K of r // K.
     encoded_RSD = jnp.repeat(encoded_BSD, k, axis=0)
     segment_ids_RS = jnp.repeat(encoder_segment_ids_BS, k, axis=0)
@@ -217,7 +224,8 @@ def _compiled_beam_search(model, beam_size: int, max_new_tokens: int, has_eos: b
     def body(s):
       i = s['i']
       prev_R1 = jax.lax.dynamic_slice_in_dim(s['live_seqs'], i, 1, axis=2).reshape(b * k, 1)
-      logits_RV, cache = _step(decoder, params, s['cache'], encoded_RSD, segment_ids_RS, prev_R1)
+      logits_RV, cache = _step(decoder, variables, s['cache'], encoded_RSD, segment_ids_RS,
+                               prev_R1)
       v = logits_RV.shape[-1]
       logprobs_BKV = jax.nn.log_softmax(logits_RV).reshape(b, k, v)
       candidates_BKV = s['live_logprobs'][:, :, None] + logprobs_BKV
@@ -262,13 +270,15 @@ def _compiled_beam_search(model, beam_size: int, max_new_tokens: int, has_eos: b
 
 def beam_search(model, params, encoder_tokens_BS, *, beam_size: int, max_new_tokens: int,
                 eos_id: int | None = None, length_penalty: float = 0.6,
-                encoder_segment_ids_BS=None):
+                encoder_segment_ids_BS=None, model_state=None):
   """The `beam_size` best target sequences per row: (int32 tokens_BKN, float32 scores_BK).
 
   Beams are sorted best first. A score is the sequence's log-probability divided by
   ((5 + length) / 6) ** length_penalty, its length counting the eos; a sequence that ends with
   eos is padded with eos, and one that reaches `max_new_tokens` without it is scored at that
   length. With eos_id=None nothing finishes early and beam_size=1 is greedy decoding.
+  `model_state`: the checkpoint's non-gradient collections (TrainState.model_state, e.g. the
+  aux-free MoE selection bias); {} or None for models without any.
 
   Raises:
     UserError: beam_size < 1, max_new_tokens < 1, a negative length_penalty (early stopping
@@ -284,5 +294,5 @@ def beam_search(model, params, encoder_tokens_BS, *, beam_size: int, max_new_tok
   segment_ids_BS = segment_ids_or_default(jnp.asarray(encoder_tokens_BS, jnp.int32),
                                           encoder_segment_ids_BS, pad_id=0)
   fn = _compiled_beam_search(model, int(beam_size), int(max_new_tokens), eos_id is not None)
-  return fn(params, encoder_tokens_BS, segment_ids_BS, _eos_arg(eos_id),
+  return fn(params, model_state or {}, encoder_tokens_BS, segment_ids_BS, _eos_arg(eos_id),
             jnp.float32(length_penalty))
