@@ -36,7 +36,10 @@ def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1
     if not pts:
       continue
     points[case] = pts
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=case)
+    # The mask-only control overlaps full attention (same work): dashed and hollow, both show.
+    control = 'mask-only' in case
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o--' if control else 'o-', label=case,
+            markerfacecolor='none' if control else None, markersize=9 if control else 6)
   if points:
     lengths = sorted({p[0] for pts in points.values() for p in pts})
     first = {case: pts[0] for case, pts in points.items()}
