@@ -37,8 +37,9 @@ train: $(STAMP)
 	$(PY) -m research.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --max_new_tokens=200 \
 	  --temperature=0.8 --top_p=0.95 --seed=0
 
+# Two workers: most tests are single-threaded tiny models, so both cores stay busy.
 test: $(STAMP) $(TPU_STAMP)
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: $(STAMP)
 	$(PY) -m research.benchmark --config=configs/decoder/gpt2_small.py
