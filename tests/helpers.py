@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 
 from research import config_lib
+
+
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
+  """The environment for a command a test runs: `devices` simulated CPU devices, the tests'
+  other XLA flags (fast compilation) kept, and `extra` variables on top."""
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  if devices > 1:
+    flags.append(f'--xla_force_host_platform_device_count={devices}')
+  return {**os.environ, 'XLA_FLAGS': ' '.join(flags), **extra}
 
 
 def tiny_config(**overrides):

@@ -8,6 +8,7 @@ import pytest
 
 from research import config_lib
 from research.errors import ConfigError
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(REPO, 'configs/decoder/shakespeare.py')
@@ -53,7 +54,7 @@ def test_mesh_must_match_devices():
 def _cli(*args, env=None):
   return subprocess.run([sys.executable, '-m', 'research.train', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300,
-                        env={**os.environ, **(env or {})})
+                        env=helpers.subprocess_env(**(env or {})))
 
 
 @pytest.mark.parametrize('args,needle', [
@@ -64,7 +65,7 @@ def _cli(*args, env=None):
 ])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, args, needle):
   result = _cli(f'--config={SHAKESPEARE}', f'--workdir={tmp_path}', *args,
-                env={'XLA_FLAGS': '', 'LMFORGE_CACHE': str(tmp_path / 'cache')})
+                env={'LMFORGE_CACHE': str(tmp_path / 'cache')})
   assert result.returncode == 2, result.stderr
   assert 'Traceback' not in result.stderr
   error_lines = [l for l in result.stderr.splitlines() if l.startswith('error:')]
@@ -75,6 +76,6 @@ def test_cli_empty_text_source(tmp_path):
   (tmp_path / 'a.txt').write_text('')
   result = _cli(f'--config={SHAKESPEARE}', f'--workdir={tmp_path / "w"}',
                 f'--config.data.source=text:{tmp_path}/*.txt',
-                env={'XLA_FLAGS': '', 'LMFORGE_CACHE': str(tmp_path / 'cache')})
+                env={'LMFORGE_CACHE': str(tmp_path / 'cache')})
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   assert 'data.source' in result.stderr

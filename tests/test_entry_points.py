@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 
+from tests import helpers
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs/decoder/shakespeare.py:tiny')
 
 
 def _run(module, *args, cache):
-  env = {**os.environ, 'XLA_FLAGS': '', 'LMFORGE_CACHE': cache}
+  env = helpers.subprocess_env(LMFORGE_CACHE=cache)
   result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -252,7 +252,7 @@ def test_batch_that_does_not_divide_the_mesh_is_a_config_error():
 
 
 def _run(*args):
-  env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
+  env = helpers.subprocess_env(JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, '-m', 'research.plan', *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 

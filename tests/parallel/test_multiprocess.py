@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from research.training.metrics import read_metrics
+from tests import helpers
 
 pytestmark = pytest.mark.multiprocess
 
@@ -39,8 +40,7 @@ def _train(workdir, cache_dir, *, processes: int, steps: int):
                '--config.train.keep_checkpoints=10', f'--config.data.cache_dir={cache_dir}',
                '--config.model.moe.num_experts=4', '--config.model.moe.every=2',
                '--config.model.moe.router=dropless', '--config.mesh.preset=fsdp_ep']
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={8 // processes}'}
+  env = helpers.subprocess_env(8 // processes, JAX_PLATFORMS='cpu')
   base = [sys.executable, '-m', 'research.train', f'--config={CONFIG}', f'--workdir={workdir}',
           *overrides]
   if processes > 1:

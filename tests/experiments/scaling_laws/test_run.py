@@ -228,8 +228,8 @@ def test_cli_commands_mode(tmp_path):
 @pytest.mark.slow
 def test_cli_run_mode_on_shakespeare_tiny(tmp_path):
   """The researcher's command, on the `:tiny` grid: two runs now (--max_runs), not fitting."""
-  env = dict(os.environ, PYTHONPATH=str(conftest.REPO))
-  env.pop('XLA_FLAGS', None)  # one CPU device, as on the researcher's machine
+  # One CPU device, as on the researcher's machine.
+  env = helpers.subprocess_env(PYTHONPATH=str(conftest.REPO))
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.scaling_laws.run', f'--config={SHAKESPEARE}:tiny',
        f'--workdir={tmp_path}', '--max_runs=2', '--nofit'],
