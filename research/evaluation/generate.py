@@ -12,7 +12,8 @@ Encoder-decoders: `research.inference.seq2seq` (right-padded encoder inputs are 
 or, with beam_size > 1, beam search.
 
 The last batch is filled to the batch size with copies of its first prompt, whose outputs are
-dropped, so a call compiles once.
+dropped, and buffers are rounded up to a multiple of 32 tokens, so a call compiles once and
+files of similar lengths share the program.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def _compiled_greedy(model, max_new_tokens: int, eos_id: int):
   return jax.jit(run)
 
 
+def _width(needed: int, context: int) -> int:
+  """Buffer length for prompts of up to `needed` tokens: rounded up to a multiple of 32 (within
+  the context), so that files of similar lengths share one compiled program."""
+  return max(needed, min(-(-needed // 32) * 32, context))
+
+
 def _cut_at_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
   return (ids[:ids.index(eos_id)], True) if eos_id in ids else (ids, False)
 
@@ -88,7 +95,8 @@ def generate_decoder(restored, prompts_ids: list[list[int]], *, max_new_tokens: 
   """Greedy continuations of token prompts (each non-empty, each fitting the context with
   max_new_tokens more)."""
   tok = restored.tokenizer
-  width = max(len(p) for p in prompts_ids) + max_new_tokens
+  width = _width(max(len(p) for p in prompts_ids) + max_new_tokens,
+                 context_length(restored.config))
   fn = _compiled_greedy(restored.model, int(max_new_tokens), int(tok.eos_id))
   texts, finished = [''] * len(prompts_ids), [False] * len(prompts_ids)
   for rows in _batches(len(prompts_ids), batch_size):
@@ -114,7 +122,7 @@ def generate_seq2seq(restored, inputs_ids: list[list[int]], *, max_new_tokens: i
   training and `research.sample`."""
   from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
   tok = restored.tokenizer
-  width = max(len(p) for p in inputs_ids) + 1
+  width = _width(max(len(p) for p in inputs_ids) + 1, context_length(restored.config))
   texts, finished = [''] * len(inputs_ids), [False] * len(inputs_ids)
   for rows in _batches(len(inputs_ids), batch_size):
     filled = rows + [rows[0]] * (batch_size - len(rows))

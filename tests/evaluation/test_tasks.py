@@ -78,17 +78,16 @@ def test_batched_greedy_matches_the_kv_cache_decoder(decoder_workdir):
   restored = common.restore(decoder_workdir, config)
   tok = restored.tokenizer
   prompts = [tok.encode(p) for p in ('amber red\nbasil', 'moss', 'pine jet\njade moss\nfjord')]
-  assert len({len(p) for p in prompts}) == 3  # padding is exercised
-  by_3 = generate.generate_decoder(restored, prompts, max_new_tokens=5, batch_size=3)
-  by_2 = generate.generate_decoder(restored, prompts, max_new_tokens=5, batch_size=2)
-  assert by_3 == by_2
-  for prompt, text in zip(prompts, by_3.texts):
-    tokens_BN = decoding.generate(restored.model, restored.params, np.asarray([prompt]),
-                                  jax.random.key(0),
-                                  max_new_tokens=5, temperature=0.0, eos_id=tok.eos_id,
-                                  model_state=restored.model_state)
-    ids = np.asarray(tokens_BN)[0].tolist()
-    assert tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids) == text
+  assert len({len(p) for p in prompts}) == 3  # rows are padded differently
+  by_8 = generate.generate_decoder(restored, prompts, max_new_tokens=6, batch_size=8)
+  by_2 = generate.generate_decoder(restored, prompts, max_new_tokens=6, batch_size=2)
+  assert by_8 == by_2 and by_8.texts[0].startswith(' blue')
+  # The most padded row against the KV-cache decoder, which needs no padding for one prompt.
+  tokens_BN = decoding.generate(restored.model, restored.params, np.asarray([prompts[1]]),
+                                jax.random.key(0), max_new_tokens=6, temperature=0.0,
+                                eos_id=tok.eos_id, model_state=restored.model_state)
+  ids = np.asarray(tokens_BN)[0].tolist()
+  assert tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids) == by_8.texts[1]
 
 
 def test_prompts_longer_than_the_context_name_the_line(decoder_workdir, tmp_path):
