@@ -73,12 +73,19 @@ class RestoredRun:
     return self.run.eval_model
 
 
-def restore(workdir: str, config, *, step: int | None = None) -> RestoredRun:
-  """Restores `workdir`'s checkpoint under `config` (from `load_run_config`)."""
-  from research import evaluate  # pylint: disable=g-import-not-at-top
+def restore(workdir: str, config, *, step: int | None = None,
+            batched: bool = True) -> RestoredRun:
+  """Restores `workdir`'s checkpoint under `config` (from `load_run_config`).
+
+  `batched`: the run's train.batch_size must split over the devices (perplexity scores batches
+  of that size). Without it (generation), a run whose batch does not split over the devices
+  here restores onto one device, as research.sample does.
+  """
+  from research import evaluate, sample  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
-  run, state = evaluate.load_state(workdir, config, step=step)
+  run = None if batched else sample._build_run(config)  # pylint: disable=protected-access
+  run, state = evaluate.load_state(workdir, config, step=step, run=run)
   return RestoredRun(config=config, run=run, params=state.params, model_state=state.model_state,
                      step=int(state.step), tokenizer=tokenizer)
 

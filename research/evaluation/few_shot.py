@@ -85,7 +85,7 @@ def few_shot(workdir: str, *, data: str, out: str = '', step: int | None = None,
   config = common.load_run_config(workdir, overrides)
   e = config.eval
   prompts = build_prompts(inputs, targets, e)
-  restored = common.restore(workdir, config, step=step)
+  restored = common.restore(workdir, config, step=step, batched=False)
   generated = generate.generate(restored, prompts, lines=lines, path=data)
   predictions = [common.normalise(t, e.stop) for t in generated.texts]
   correct = exact_match(predictions, targets)

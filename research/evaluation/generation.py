@@ -75,7 +75,7 @@ def generation(workdir: str, *, data: str, out: str = '', step: int | None = Non
   """
   lines, inputs, references = read_examples(data)  # bad input fails before the slow restore
   config = common.load_run_config(workdir, overrides)
-  restored = common.restore(workdir, config, step=step)
+  restored = common.restore(workdir, config, step=step, batched=False)
   generated = generate.generate(restored, inputs, lines=lines, path=data)
   stop = config.eval.stop
   predictions = [common.normalise(t, stop) for t in generated.texts]

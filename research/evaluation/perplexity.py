@@ -25,19 +25,21 @@ def perplexity(workdir: str, *, source: str = '', split: str = 'validation', bat
 
   `batches` caps the batches scored (0: every whole batch of the split).
   """
+  from research import objectives  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   config = common.load_run_config(workdir, overrides)
   source = source or config.data.source
-  restored = common.restore(workdir, config, step=step)
-  store = pipeline.load_token_store(config.data, restored.tokenizer, source=source, split=split)
-  window = restored.run.objective.window_len(config)
+  tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
+  store = pipeline.load_token_store(config.data, tokenizer, source=source, split=split)
+  window = objectives.get_objective(config.objective.name).window_len(config)
   needed = window * config.train.batch_size
-  if store.num_tokens < needed:
+  if store.num_tokens < needed:  # before the slow restore
     raise UserError(f'--source={source} --split={split} has {store.num_tokens} tokens with the '
                     f"run's tokenizer, fewer than one batch of train.batch_size="
                     f'{config.train.batch_size} windows of {window} tokens ({needed}): use more '
                     'text')
+  restored = common.restore(workdir, config, step=step)
   dataset = pipeline.Dataset(tokenizer=restored.tokenizer, train=store, validation=store)
   metrics = trainer.evaluate(restored.run, restored.params, dataset, num_batches=batches,
                              model_state=restored.model_state)
