@@ -170,7 +170,8 @@ def base_config() -> ml_collections.ConfigDict:
   # run's config can carry its task's prompt format; `--config.eval.k=5` overrides at evaluation.
   c.eval = ml_collections.ConfigDict()
   # A few-shot example: '{input}' and '{target}' are replaced; the query is this template cut
-  # just before '{target}', so the model's continuation is the answer.
+  # just before '{target}', so the model's continuation is the answer. In research.evaluate's
+  # --config.eval overrides of this and example_separator, \n and \t are a line break and a tab.
   c.eval.prompt_template = 'Input: {input}\nOutput: {target}'
   c.eval.example_separator = '\n\n'  # between the k examples and before the query
   c.eval.k = 3  # few-shot examples per prompt (0: zero-shot, the query alone)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Sequence
 
 from research import config_lib
@@ -14,6 +15,15 @@ from research.errors import UserError
 # Fields an evaluation may change on a saved run: the rest describe the trained model and data.
 OVERRIDABLE_PREFIXES = ('eval.',)
 OVERRIDABLE_FIELDS = ('data.cache_dir', 'data.data_dir', 'data.text_key')
+
+
+# Text fields whose command-line overrides read \n, \t and \\ as a line break, a tab and a
+# backslash: prompt formats are mostly line breaks, which a shell makes awkward to type.
+ESCAPED_FIELDS = ('eval.prompt_template', 'eval.example_separator')
+
+
+def unescape(text: str) -> str:
+  return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m.group(1)], text)
 
 
 def load_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = ()):
@@ -31,6 +41,8 @@ def load_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = ()):
     if not (key.startswith(OVERRIDABLE_PREFIXES) or key in OVERRIDABLE_FIELDS):
       raise UserError(f'--config.{key}={text}: a trained run can only change eval.* and '
                       f'{", ".join(OVERRIDABLE_FIELDS)} at evaluation; retrain to change the rest')
+    if key in ESCAPED_FIELDS:
+      text = unescape(text)
     config_lib.apply_override(config, key, text)
   config.mesh.preset = ''
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1

@@ -19,13 +19,14 @@ def _evaluate(*args):
 def test_few_shot_command_prints_one_json_line(decoder_workdir, table_jsonl, tmp_path):
   out = str(tmp_path / 'out')
   result = _evaluate(f'--workdir={decoder_workdir}', '--task=few_shot', f'--data={table_jsonl}',
-                     '--config.eval.k=1', f'--out={out}')
+                     '--config.eval.k=1', r'--config.eval.example_separator=\n', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   line = json.loads(result.stdout.strip().splitlines()[-1])
   assert line['task'] == 'few_shot' and line['k'] == 1 and line['examples'] == len(TABLE)
   assert line['accuracy'] >= 0.75
   prompts = [json.loads(l)['prompt'] for l in open(os.path.join(out, 'few_shot_predictions.jsonl'))]
-  assert all(p.count('\n') == 1 for p in prompts)  # k=1: one example, then the query
+  # k=1: one example, then the query, after a separator typed as the two characters \n.
+  assert all(p.count('\n') == 1 for p in prompts)
 
 
 def test_bad_input_exits_2_with_one_line(decoder_workdir, tmp_path):

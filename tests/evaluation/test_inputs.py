@@ -110,6 +110,12 @@ def test_eval_overrides_apply_to_a_saved_config_and_the_model_stays(tmp_path):
                                             ('eval.prompt_template', 'Q {input} A {target}')])
   assert config.eval.k == 5 and config.eval.stop == ('.', '\n')
   assert config.eval.prompt_template == 'Q {input} A {target}'
+  typed = common.load_run_config(workdir, [('eval.prompt_template', r'Q: {input}\nA: {target}'),
+                                           ('eval.example_separator', r'\n\n'),
+                                           ('eval.seed', '3')])
+  assert typed.eval.prompt_template == 'Q: {input}\nA: {target}'
+  assert typed.eval.example_separator == '\n\n' and typed.eval.seed == 3
+  assert common.unescape(r'a\\nb\tc') == 'a\\nb\tc'  # an escaped backslash stays one
   assert common.load_run_config(workdir).eval.stop == ('\n',)  # saved as a JSON list
   with pytest.raises(UserError, match='can only change eval'):
     common.load_run_config(workdir, [('model.num_layers', '2')])
