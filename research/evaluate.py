@@ -22,6 +22,7 @@ The prompt format and generation settings are the run's `eval` config section
 batch_size, beam_size, length_penalty), overridden with --config.eval.FIELD=VALUE (no --config
 file: the run's saved config.json is the base). --step picks a checkpoint (default the latest).
 """
+
 from __future__ import annotations
 
 import json

@@ -156,6 +156,11 @@ def generate(restored, prompts: list[str], *, lines: list[int], path: str) -> Ge
   """
   config, e = restored.config, restored.config.eval
   family = config.model.family
+  if jax.process_count() > 1:
+    # Prompts are host arrays given whole to one program; splitting them over hosts (and
+    # gathering the outputs) is not written yet.
+    raise UserError('generation and few_shot run in one process: start research.evaluate '
+                    'without --num_processes (one host still uses all its devices)')
   if family not in ('decoder', 'encoder_decoder'):
     raise UserError(f'{family} runs do not generate text: generation and few_shot need a decoder '
                     'or encoder_decoder run (use --task=validation or --task=perplexity)')
