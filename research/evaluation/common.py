@@ -113,16 +113,21 @@ def read_jsonl(path: str, *, what: str, example: str) -> list[Record]:
   """The JSON objects of `path`, one per non-blank line.
 
   Raises:
-    UserError: a missing or empty file, or a line that is not a JSON object; the message names
-      the file and line and shows `example`, a valid line.
+    UserError: a missing or empty file, or a line that is not UTF-8 or not a JSON object; the
+      message names the file and line and shows `example`, a valid line.
   """
   if not path:
     raise UserError(f'--data is required: a JSONL file of {what}, one per line, e.g. {example}')
   if not os.path.isfile(path):
     raise UserError(f'--data={path}: no such file (a JSONL file of {what}, e.g. {example})')
   records = []
-  with open(path, encoding='utf-8') as f:
-    for number, text in enumerate(f, start=1):
+  with open(path, 'rb') as f:
+    for number, data in enumerate(f, start=1):
+      try:
+        text = data.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise UserError(f'{path}:{number}: not UTF-8 (byte {e.start + 1} of the line): save the '
+                        'file as UTF-8') from None
       if not text.strip():
         continue
       try:

@@ -6,7 +6,9 @@ one [B, L] buffer (L: the longest prompt plus max_new_tokens, for the whole call
 runs the whole buffer through the model without a cache and reads row b's next token at its own
 position: causal attention keeps the padding to the right of a row's text invisible to it. That
 costs max_new_tokens full forward passes per batch instead of one each with a cache, which is
-fine for evaluation-sized sets and keeps one compiled program for every batch.
+fine for evaluation-sized sets and keeps one compiled program for every batch. (In MoE layers
+with a per-sequence expert capacity the padding also takes part in routing, so a row's output
+can depend slightly on the buffer length there.)
 
 Encoder-decoders: `research.inference.seq2seq` (right-padded encoder inputs are masked), greedy
 or, with beam_size > 1, beam search.

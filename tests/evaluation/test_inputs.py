@@ -84,6 +84,10 @@ def test_bad_input_files_name_the_file_line_and_fix(tmp_path):
   with pytest.raises(UserError, match=r'missing_target.jsonl:2: the object has no "target" '
                      r"string; fields found: \['answer', 'input'\]"):
     few_shot.read_examples(missing)
+  latin = tmp_path / 'latin.jsonl'
+  latin.write_bytes(b'{"input": "a", "target": "b"}\n{"input": "caf\xe9", "target": "b"}\n')
+  with pytest.raises(UserError, match='latin.jsonl:2: not UTF-8'):
+    few_shot.read_examples(str(latin))
   number = _write(tmp_path / 'number.jsonl', ['{"input": 3, "reference": "b"}'])
   with pytest.raises(UserError, match='number.jsonl:1: the object has a int as its "input"'):
     generation.read_examples(number)
