@@ -23,9 +23,13 @@ def quiet_logs() -> None:
   logging.getLogger('jax').setLevel(logging.WARNING)
 
 
-def run_with_config(main: Callable, *, config_required: bool = True) -> None:
+def run_with_config(main: Callable, *, config_required: bool = True,
+                    pass_overrides: bool = False) -> None:
   """Runs main(config, argv) as an absl app; `config` is None when no --config was given.
 
+  With `pass_overrides`, a command that reads a saved run's config (research.evaluate) gets the
+  `--config.a.b=value` overrides themselves, as main(config, argv, overrides) with overrides a
+  list of (key, text), and applies them to that config; they then need no --config file.
   Multi-host flags (--coordinator_address, --num_processes, --process_id) are honoured first.
   """
   try:
@@ -40,6 +44,8 @@ def run_with_config(main: Callable, *, config_required: bool = True) -> None:
     distributed.initialize_from_flags()  # before anything touches a JAX backend
     if spec is None and config_required:
       raise UserError('--config is required, e.g. --config=configs/decoder/shakespeare.py')
+    if pass_overrides:
+      return main(config_lib.load_config(spec) if spec else None, argv, overrides)
     if spec is None and overrides:
       raise UserError('--config.* overrides need a --config file')
     config = config_lib.load_config(spec, overrides) if spec else None

@@ -165,6 +165,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.temperature = 0.8
   c.sample.top_k = 0
   c.sample.top_p = 0.95
+
+  # research.evaluate --task=generation|few_shot (research/evaluation/). Saved with the run, so a
+  # run's config can carry its task's prompt format; `--config.eval.k=5` overrides at evaluation.
+  c.eval = ml_collections.ConfigDict()
+  # A few-shot example: '{input}' and '{target}' are replaced; the query is this template cut
+  # just before '{target}', so the model's continuation is the answer. In research.evaluate's
+  # --config.eval overrides of this and example_separator, \n and \t are a line break and a tab.
+  c.eval.prompt_template = 'Input: {input}\nOutput: {target}'
+  c.eval.example_separator = '\n\n'  # between the k examples and before the query
+  c.eval.k = 3  # few-shot examples per prompt (0: zero-shot, the query alone)
+  c.eval.seed = 0  # chooses each query's examples (the same seed: the same prompts)
+  c.eval.max_new_tokens = 32  # generated tokens per input (generation and few_shot)
+  # A prediction ends at the first of these (and at the end-of-document token); few_shot's
+  # exact match compares the stripped text before it.
+  c.eval.stop = ('\n',)
+  c.eval.batch_size = 8  # inputs per generation batch; the last one is padded to this size
+  c.eval.beam_size = 1  # encoder-decoder: beam search width; 1 is greedy (decoders: greedy)
+  c.eval.length_penalty = 0.6  # encoder-decoder beam search: GNMT alpha
   return c
 
 

@@ -1,7 +1,26 @@
-"""Evaluate a trained run: python -m research.evaluate --workdir=runs/shk [--split=validation].
+"""Evaluate a trained run: python -m research.evaluate --workdir=runs/shk [--task=NAME].
 
-Prints one JSON line: loss (nats/token), perplexity, next-token accuracy and the number of target
-tokens, over the whole split (or --batches batches) of the run's own data source.
+Prints one JSON line of metrics. Tasks (research/evaluation/, each an importable function):
+
+  python -m research.evaluate --workdir=runs/shk                 # --task=validation
+      loss (nats/token), perplexity, next-token accuracy and target tokens over the whole
+      validation split (or --batches batches) of the run's own data source.
+  python -m research.evaluate --workdir=runs/shk --task=perplexity --source=text:'notes/*.txt' \
+      --split=validation
+      the same on any source ('shakespeare' | 'tfds:NAME' | 'text:GLOB'; default the run's),
+      tokenized with the run's tokenizer.
+  python -m research.evaluate --workdir=runs/shk --task=generation --data=pairs.jsonl --out=ev
+      BLEU, chrF (sacrebleu) and ROUGE-1/2/L F (rouge-score), 0-100, of greedy generations for
+      {"input", "reference" | "references"} lines; --out writes the predictions beside the
+      metrics.
+  python -m research.evaluate --workdir=runs/shk --task=few_shot --data=qa.jsonl \
+      --config.eval.k=3
+      exact-match accuracy with k examples of {"input", "target"} lines in each prompt.
+
+The prompt format and generation settings are the run's `eval` config section
+(research/config_lib.py: prompt_template, example_separator, k, seed, max_new_tokens, stop,
+batch_size, beam_size, length_penalty), overridden with --config.eval.FIELD=VALUE (no --config
+file: the run's saved config.json is the base). --step picks a checkpoint (default the latest).
 """
 
 from __future__ import annotations
@@ -12,13 +31,26 @@ import os
 import jax
 from absl import flags
 
-from research import cli, config_lib
+from research import cli, config_lib, evaluation
 from research.errors import UserError
 from research.training import checkpointing, trainer
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'a directory written by research.train')
-_BATCHES = flags.DEFINE_integer('batches', 0, 'evaluation batches; 0: the whole split')
-_STEP = flags.DEFINE_integer('step', None, 'checkpoint step; default the latest')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags. Defined only when run as a command, so that importing this module next
+  to another entry point (research.train also has --workdir) never defines a flag twice."""
+  flags.DEFINE_string('workdir', None, 'a directory written by research.train')
+  flags.DEFINE_string('task', 'validation', f'one of {sorted(evaluation.TASKS)}')
+  flags.DEFINE_integer('batches', 0, 'validation/perplexity batches; 0: the whole split')
+  flags.DEFINE_integer('step', None, 'checkpoint step; default the latest')
+  flags.DEFINE_string('source', '', "perplexity: 'shakespeare' | 'tfds:NAME' | 'text:GLOB'; "
+                      "'': the run's own")
+  flags.DEFINE_string('split', 'validation', "perplexity: 'train' | 'validation'")
+  flags.DEFINE_string('data', '', 'generation/few_shot: the JSONL file of examples')
+  flags.DEFINE_string('out', '', 'generation/few_shot: a directory for the metrics and '
+                      'predictions')
 
 
 def load_state(workdir: str, config, *, step: int | None = None, run=None):
@@ -41,12 +73,18 @@ def load_params(workdir: str, config, *, step: int | None = None, run=None):
   return run, state.params, int(state.step)
 
 
-def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None) -> dict:
-  """Validation metrics of the latest (or `step`) checkpoint in `workdir`."""
+def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
+                     overrides=()) -> dict:
+  """Validation metrics of the latest (or `step`) checkpoint in `workdir`; `overrides` as in
+  research.evaluation.common.load_run_config (data locations)."""
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
-  config = config_lib.finalize(config)
+  if overrides:
+    from research.evaluation import common  # pylint: disable=g-import-not-at-top
+    config = common.load_run_config(workdir, overrides)
+  else:
+    config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
+    config = config_lib.finalize(config)
   run, state = load_state(workdir, config, step=step)
   dataset = pipeline.load_dataset(config.data, workdir=workdir)
   # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it).
@@ -55,14 +93,26 @@ def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None)
   return {'step': int(state.step), **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
 
 
-def main(config, argv):
-  del config, argv
-  if not _WORKDIR.value:
+def main(config, argv, overrides):
+  if len(argv) > 1:
+    raise UserError(f'unexpected arguments {argv[1:]}: flags are written --name=value')
+  if config is not None:
+    raise UserError("--config: evaluation reads the run's saved config.json; change its eval "
+                    'section with --config.eval.FIELD=VALUE alone')
+  if not FLAGS.workdir:
     raise UserError('--workdir is required, e.g. --workdir=runs/shk')
-  result = evaluate_workdir(_WORKDIR.value, batches=_BATCHES.value, step=_STEP.value)
+  task = evaluation.get_task(FLAGS.task)
+  unread = [name for name in ('batches', 'source', 'split', 'data', 'out')
+            if FLAGS[name].present and name not in task.flags]
+  if unread:
+    raise UserError(f'--task={FLAGS.task} does not read --{", --".join(unread)}: it reads '
+                    f'--{", --".join(task.flags)}')
+  result = task.fn(FLAGS.workdir, overrides=overrides,
+                   **{name: FLAGS[name].value for name in task.flags})
   if jax.process_index() == 0:
-    print(json.dumps(result))
+    print(json.dumps({'task': FLAGS.task, **result}))
 
 
 if __name__ == '__main__':
-  cli.run_with_config(main, config_required=False)
+  define_flags()
+  cli.run_with_config(main, config_required=False, pass_overrides=True)

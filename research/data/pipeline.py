@@ -252,3 +252,25 @@ def _gather(tokens: np.ndarray, starts_B: np.ndarray, window: int) -> np.ndarray
   """Reads only the requested windows from the memory-mapped stream."""
   positions_BT = starts_B[:, None] + np.arange(window, dtype=np.int64)[None, :]
   return np.asarray(tokens[positions_BT], dtype=np.int32)
+
+
+def load_token_store(
+    data_config: Any, tokenizer: Tokenizer, *, source: str | None = None, split: str = 'validation'
+) -> TokenStore:
+  """The token store of one split of `source` (default `data_config.source`) encoded with
+  `tokenizer`, built or loaded from the same cache as `load_dataset`'s: evaluating a run on
+  another corpus tokenizes it with the run's own tokenizer."""
+  source = source or data_config.source
+  cache_dir = resolve_cache_dir(data_config.cache_dir)
+  data_config = data_config.copy_and_resolve_references()
+  data_config.source = source
+  _check_config(data_config)
+  data_dir = _tfds_data_dir(data_config, cache_dir)
+  source_key = f'{sources.source_fingerprint(source)}|text_key={data_config.text_key}'
+  return store_lib.build_or_load_store(
+      lambda: sources.load_documents(
+          source, split, data_dir=data_dir, text_key=data_config.text_key
+      ),
+      tokenizer,
+      store_lib.store_cache_path(cache_dir, source_key, split, tokenizer),
+  )
