@@ -13,3 +13,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # libtpu (the ahead-of-time TPU compile tests) locks /tmp/libtpu_lockfile for a process's whole
 # life; test processes only describe TPU topologies, so several may load it at once.
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `slow` start first, so that on several workers (make test runs two) the long
+  ones overlap with the many short ones instead of running alone at the end."""
+  del config
+  items.sort(key=lambda item: item.get_closest_marker('slow') is None)  # stable: order kept

@@ -1,6 +1,7 @@
 """The commands a researcher types, end to end on the real corpus (a tiny config)."""
 
 import json
+import pytest
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ def _run(module, *args, cache):
   return result.stdout
 
 
+@pytest.mark.slow
 def test_train_evaluate_sample_benchmark(tmp_path):
   cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 'run')
   out = _run('research.train', f'--config={TINY}', f'--workdir={workdir}', cache=cache)
@@ -41,6 +43,7 @@ def test_train_evaluate_sample_benchmark(tmp_path):
     assert bench[key] > 0, key
 
 
+@pytest.mark.slow
 def test_encoder_train_then_fill_mask(tmp_path):
   cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 'mlm')
   config = os.path.join(REPO, 'configs/encoder/shakespeare.py:tiny')
@@ -51,6 +54,7 @@ def test_encoder_train_then_fill_mask(tmp_path):
   assert len(lines) == 1 and lines[0].count(',') >= 2  # three candidates with probabilities
 
 
+@pytest.mark.slow
 def test_encoder_decoder_train_then_beam_search(tmp_path):
   cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 't5')
   config = os.path.join(REPO, 'configs/encoder_decoder/shakespeare.py:tiny')

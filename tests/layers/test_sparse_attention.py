@@ -261,6 +261,7 @@ def test_rolling_cache_greedy_tokens_equal_full_cache_and_forward(pattern, overr
   np.testing.assert_array_equal(jnp.argmax(logits[:, 8:-1], -1), rolling)
 
 
+@pytest.mark.slow
 def test_encoder_decoder_rolling_cache_matches_the_teacher_forced_decoder():
   from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
   config = _model_config(**{'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',

@@ -258,6 +258,7 @@ def loss_and_grads(layout):
   return value, grads, params
 
 
+@pytest.mark.slow
 def test_layouts_match_single_device():
   ref_loss, ref_grads, _ = loss_and_grads('single')
   assert 4.0 < ref_loss < 6.0  # about ln(128) at initialisation

@@ -12,6 +12,7 @@ from research.errors import UserError
 from tests import helpers
 
 
+@pytest.mark.slow
 def test_multi_host_slice_compiles_with_fsdp():
   # Widths that TPU tiles (8 x 128) divide, so that shards are not padded.
   config = helpers.tiny_config(**{'mesh.preset': 'fsdp', 'model.scan_layers': True,

@@ -63,6 +63,7 @@ def _assert_same_curve(got: dict[int, float], want: dict[int, float], steps):
   np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_exchange_checkpoints(tmp_path):
   cache = tmp_path / 'cache'
   one, two = tmp_path / 'one', tmp_path / 'two'

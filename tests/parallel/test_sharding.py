@@ -31,6 +31,7 @@ def loss_and_grads(layout, scan_layers=False):
 
 
 @pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.slow
 def test_layouts_match_single_device(scan_layers):
   ref_loss, ref_grads, _ = loss_and_grads('single', scan_layers)
   assert 4.0 < ref_loss < 6.0  # about ln(128) at initialisation

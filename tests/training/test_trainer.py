@@ -1,6 +1,7 @@
 """The training loop: losses fall, micro-batching is exact, resume equals uninterrupted."""
 
 import os
+import pytest
 import signal
 
 import jax
@@ -49,6 +50,7 @@ def test_micro_batches_give_the_same_update():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
   dataset = helpers.PatternDataset()
   overrides = {'train.steps': 40, 'train.checkpoint_every': 100, 'train.eval_every': 100}

@@ -39,6 +39,7 @@ class _Steps:
     self.steps.append(step)
 
 
+@pytest.mark.slow
 def test_study_writes_table_and_figures_and_skips_finished_variants(tmp_path, monkeypatch):
   workdir = str(tmp_path)
   dataset = helpers.PatternDataset()

@@ -79,6 +79,7 @@ def test_cost_cases_follow_the_backend():
       cost.Case('sliding', 'splash'), config.model.attention), causal=True, backend='cpu')
 
 
+@pytest.mark.slow
 def test_quality_command_trains_evaluates_and_resumes(tmp_path):
   config = config_lib.load_config(QUALITY + ':tiny', [('data.vocab_size', '128')])
   dataset = helpers.PatternDataset(vocab_size=128, num_tokens=30_000)
