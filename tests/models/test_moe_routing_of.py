@@ -13,8 +13,8 @@ def test_routing_of_matches_probabilities_and_logged_load():
                                   'model.d_model': 32, 'model.dtype': 'float32'})
   model = models.build_model(config)
   tokens_BT = jax.random.randint(jax.random.key(0), (2, 16), 4, 128)
-  params = jax.jit(model.init)(jax.random.key(1), tokens_BT)['params']
-  routing, (_, info) = jax.jit(lambda p, t: (
+  params = model.init(jax.random.key(1), tokens_BT)['params']
+  routing, (_, info) = (lambda p, t: (
       moe.routing_of(model, {'params': p}, t),
       moe.apply_model(model, {'params': p}, t)))(params, tokens_BT)
   assert sorted(routing) == ['stack/layer_0', 'stack/layer_1']
