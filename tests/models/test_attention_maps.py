@@ -15,11 +15,13 @@ def test_decoder_maps_are_causal_distributions_per_layer_and_head():
                                   'model.attention.implementation': 'xla'})
   model = models.build_model(config)
   tokens_BT = jax.random.randint(jax.random.key(0), (2, 12), 4, 128)
-  params = jax.jit(model.init)(jax.random.key(1), tokens_BT)['params']
-  # One compiled program: the maps and the logits of a plain forward pass.
-  maps, logits_BTV, logits_with_maps_BTV = jax.jit(lambda p, t: (
-      models.attention_maps(model, p, t), model.apply({'params': p}, t),
-      model.apply({'params': p}, t, mutable=[attention.PROBS_COLLECTION])[0]))(params, tokens_BT)
+
+  def run(rng, t):  # one compiled program: init, the maps, and plain logits with and without
+    p = model.init(rng, t)['params']
+    return (models.attention_maps(model, p, t), model.apply({'params': p}, t),
+            model.apply({'params': p}, t, mutable=[attention.PROBS_COLLECTION])[0])
+
+  maps, logits_BTV, logits_with_maps_BTV = jax.jit(run)(jax.random.key(1), tokens_BT)
   assert sorted(maps) == ['stack/layer_0/attn', 'stack/layer_1/attn']
   for probs_BHTS in maps.values():
     assert probs_BHTS.shape == (2, 4, 12, 12)
@@ -31,3 +33,4 @@ def test_decoder_maps_are_causal_distributions_per_layer_and_head():
   assert np.asarray(maps['stack/layer_1/attn'])[:, :, t - s >= 4].max() > 0.0
   # The sown maps change nothing: plain apply gives the same logits.
   np.testing.assert_allclose(logits_BTV, logits_with_maps_BTV, rtol=1e-6)
+

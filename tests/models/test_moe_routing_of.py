@@ -10,14 +10,18 @@ from tests import helpers
 
 def test_routing_of_matches_probabilities_and_logged_load():
   config = helpers.tiny_config(**{'model.moe.num_experts': 4, 'model.moe.d_ff': 32,
-                                  'model.d_model': 32, 'model.dtype': 'float32'})
+                                  'model.d_model': 32, 'model.dtype': 'float32',
+                                  'model.num_layers': 1})
   model = models.build_model(config)
   tokens_BT = jax.random.randint(jax.random.key(0), (2, 16), 4, 128)
-  params = model.init(jax.random.key(1), tokens_BT)['params']
-  routing, (_, info) = (lambda p, t: (
-      moe.routing_of(model, {'params': p}, t),
-      moe.apply_model(model, {'params': p}, t)))(params, tokens_BT)
-  assert sorted(routing) == ['stack/layer_0', 'stack/layer_1']
+
+
+  def run(rng, t):  # one compiled program: initialisation, routing and the layer's own metrics
+    variables = {'params': model.init(rng, t)['params']}
+    return moe.routing_of(model, variables, t), moe.apply_model(model, variables, t)[1]
+
+  routing, info = jax.jit(run)(jax.random.key(1), tokens_BT)
+  assert sorted(routing) == ['stack/layer_0']
   for layer, r in routing.items():
     probs_BTE, experts_BTK = np.asarray(r['probs_BTE']), np.asarray(r['experts_BTK'])
     assert probs_BTE.shape == (2, 16, 4) and experts_BTK.shape == (2, 16, 2)
