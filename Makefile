@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
-.PHONY: install train test bench clean
+.PHONY: install train test notebooks bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ train: $(STAMP)
 # Two workers: most tests are single-threaded tiny models, so both cores stay busy.
 test: $(STAMP) $(TPU_STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# Executes every colab/ notebook top to bottom (5 minutes each at most); one at a time.
+notebooks: $(STAMP)
+	$(PY) -m pytest -q -m notebooks --durations=10 tests/notebooks
 
 bench: $(STAMP)
 	$(PY) -m research.benchmark --config=configs/decoder/gpt2_small.py

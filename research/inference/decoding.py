@@ -67,15 +67,25 @@ def sample_logits(logits_BV, rng, *, temperature: float, top_k: int = 0, top_p: 
   static shapes.
   """
   check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
-  logits_BV = logits_BV.astype(jnp.float32)
   if temperature == 0:
-    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  logits_BV = logits_BV / temperature
+    return jnp.argmax(logits_BV.astype(jnp.float32), axis=-1).astype(jnp.int32)
+  logits_BV = filter_logits(logits_BV, temperature=temperature, top_k=top_k, top_p=top_p)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def filter_logits(logits_BV, *, temperature: float, top_k: int = 0, top_p: float = 1.0):
+  """The float32 logits `sample_logits` draws from (temperature > 0): divided by the
+  temperature, then top-k, then top-p; removed tokens are -inf. softmax of it is the
+  distribution sampled (for plots of how each setting reshapes it)."""
+  check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
+  if temperature == 0:
+    raise UserError('temperature=0 is greedy decoding: there is no distribution to filter')
+  logits_BV = logits_BV.astype(jnp.float32) / temperature
   if 0 < top_k < logits_BV.shape[-1]:
     logits_BV = _top_k_mask(logits_BV, top_k)
   if top_p < 1:
     logits_BV = _top_p_mask(logits_BV, top_p)
-  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+  return logits_BV
 
 
 def check_length(model, prompt_len: int, max_new_tokens: int) -> None:

@@ -51,6 +51,8 @@ IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'splash')
 _NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform, not NaN, softmax
 _FIELD = 'model.attention.implementation'
 _FULL = patterns_lib.Pattern()
+# Attention probabilities are sown here when this collection is mutable (see attention_maps).
+PROBS_COLLECTION = 'attention_probs'
 
 
 def _half(dtype) -> bool:
@@ -160,12 +162,8 @@ def make_mask(segment_ids_q_BT, segment_ids_k_BS, q_index_BT, k_index_BS, *, cau
   return mask_BTS
 
 
-def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
-  """Reference attention in einsums; scores and softmax in float32.
-
-  `bias_HTS` (or [B, H, T, S]) is added to the scores (T5's relative position bias); `scale`
-  multiplies them (default 1/sqrt(head_dim); T5 uses 1, folded into its initialisation).
-  """
+def _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
+  """float32 softmax probabilities, heads split into (key/value group, heads per group)."""
   b, t, h, k = q_BTHK.shape
   g = k_BSGK.shape[2]
   q_BTGRK = q_BTHK.reshape(b, t, g, h // g, k)
@@ -177,7 +175,24 @@ def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
     scores_BGRTS += bias_BHTS.reshape(b, g, h // g, t, -1)
   if mask_BTS is not None:
     scores_BGRTS = jnp.where(mask_BTS[:, None, None], scores_BGRTS, _NEG_INF)
-  probs_BGRTS = jax.nn.softmax(scores_BGRTS, axis=-1).astype(v_BSGK.dtype)
+  return jax.nn.softmax(scores_BGRTS, axis=-1)
+
+
+def attention_probs(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
+  """float32 probs_BHTS: what each query head attends to (the weights attend_xla applies)."""
+  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale)
+  b, g, r, t, s = probs_BGRTS.shape
+  return probs_BGRTS.reshape(b, g * r, t, s)
+
+
+def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
+  """Reference attention in einsums; scores and softmax in float32.
+
+  `bias_HTS` (or [B, H, T, S]) is added to the scores (T5's relative position bias); `scale`
+  multiplies them (default 1/sqrt(head_dim); T5 uses 1, folded into its initialisation).
+  """
+  b, t, h, k = q_BTHK.shape
+  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale).astype(v_BSGK.dtype)
   out_BTGRK = jnp.einsum('bgrts,bsgk->btgrk', probs_BGRTS, v_BSGK)
   return out_BTGRK.reshape(b, t, h, k)
 
@@ -393,6 +408,11 @@ class Attention(nn.Module):
       if spec is None and impl not in ('xla', 'cudnn'):
         impl = 'xla'  # a dense mask (cross-attention, tests): the einsum path
       out_BTHK = attend(impl, q_BTHK, k_BSGK, v_BSGK, mask_BTS, pattern, bias_HTS, self.scale)
+      if self.is_mutable_collection(PROBS_COLLECTION) and not self.is_initializing():
+        # Only when asked for (plots, notebooks): a dense [B, H, T, S] array per layer.
+        dense = spec.dense(pattern) if spec is not None else mask_BTS
+        self.sow(PROBS_COLLECTION, 'probs_BHTS',
+                 attention_probs(q_BTHK, k_BSGK, dense, bias_HTS, self.scale))
     out_BTHK = checkpoint_name(out_BTHK, 'attention_out')
 
     w_out_HKD = self.param('out', nn.with_logical_partitioning(

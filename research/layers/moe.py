@@ -80,6 +80,7 @@ import dataclasses
 import math
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,7 @@ from research.parallel import mesh as mesh_lib
 
 AUX_COLLECTION = 'moe_aux'  # per-layer losses and metrics (sown)
 STATE_COLLECTION = 'moe_state'  # non-gradient state: the aux-free selection bias
+ROUTING_COLLECTION = 'moe_routing'  # per-token probabilities and choices, sown only when asked
 
 SOFTMAX_ORDERS = ('before_top_k', 'after_top_k')
 BALANCES = ('aux_loss', 'aux_free')
@@ -285,6 +287,20 @@ def scalar_metrics(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
       for i in range(value.shape[0]):
         out[f'{name}/{i}'] = value[i]
   return out
+
+
+def routing_of(model, variables, *args, **kwargs) -> dict[str, dict[str, jax.Array]]:
+  """Per-token routing of every MoE layer for one forward pass of `model`.
+
+  Returns {'stack/layer_0': {'probs_BTE': router probabilities (float32), 'experts_BTK': the
+  top_k experts each token selects (aux-free bias included), best first}, ...}. For the
+  token-choice routers ('top_k', 'dropless') these are the token's assignments before capacity;
+  for 'expert_choice' only the preference (experts choose tokens there). A scanned stack gives
+  one entry with a leading layer axis. `variables` is {'params': ..., **model_state}.
+  """
+  _, new = model.apply(variables, *args, mutable=[ROUTING_COLLECTION], **kwargs)
+  flat = flax.traverse_util.flatten_dict(new[ROUTING_COLLECTION], sep='/')
+  return {key.removesuffix('/moe/routing'): value[0] for key, value in flat.items()}
 
 
 def has_experts(model) -> bool:
@@ -541,6 +557,13 @@ class MoE(nn.Module):
     probs_BTE = jax.nn.softmax(logits_BTE, axis=-1)
 
     routing = ROUTERS[c.router](self, p, x_BTD, logits_BTE, probs_BTE, bias_E)
+    if self.is_mutable_collection(ROUTING_COLLECTION) and not self.is_initializing():
+      # Only when asked for (plots, notebooks): see `routing_of`.
+      b, t, _ = x_BTD.shape
+      idx_NK, _ = self._select(logits_BTE.reshape(b * t, e), probs_BTE.reshape(b * t, e),
+                               bias_E)
+      self.sow(ROUTING_COLLECTION, 'routing',
+               dict(probs_BTE=probs_BTE, experts_BTK=idx_NK.reshape(b, t, c.top_k)))
     y_BTD = nn.with_logical_constraint(routing.y_BTD.astype(self.dtype),
                                        ('batch', 'length', 'act_embed'))
     if c.num_shared_experts:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 
+import flax
+
 from research.errors import ConfigError
+from research.layers import attention
 from research.models.transformer import TransformerConfig, transformer_config
 
 FAMILIES = {
@@ -26,3 +29,16 @@ def build_model(config, *, decode: bool = False, deterministic: bool = True):
   cls = model_class(config.model.family)
   cfg = transformer_config(config.model, seq_len=config.data.seq_len)
   return cls(cfg, decode=decode, deterministic=deterministic)
+
+
+def attention_maps(model, params, *args, model_state=None, **kwargs) -> dict:
+  """Every attention layer's float32 probabilities for one forward pass of `model`.
+
+  Returns {'stack/layer_0/attn': probs_BHTS, ...} keyed by module path (cross-attention too);
+  a scanned stack gives one [L, B, H, T, S] entry. `args` and `kwargs` are the model's call
+  arguments (tokens_BT, ...). For plots: each layer holds a dense [B, H, T, S] array.
+  """
+  _, variables = model.apply({'params': params, **(model_state or {})}, *args,
+                             mutable=[attention.PROBS_COLLECTION], **kwargs)
+  flat = flax.traverse_util.flatten_dict(variables[attention.PROBS_COLLECTION], sep='/')
+  return {k.rsplit('/', 1)[0]: v[0] for k, v in flat.items()}

@@ -268,7 +268,8 @@ class Stack(nn.Module):
       if c.remat != 'none':
         block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
       variable_axes = {'params': 0, 'cache': 0, moe_lib.AUX_COLLECTION: 0,
-                       moe_lib.STATE_COLLECTION: 0}
+                       moe_lib.STATE_COLLECTION: 0, attention.PROBS_COLLECTION: 0,
+                       moe_lib.ROUTING_COLLECTION: 0}
       scanned = nn.scan(block_cls, variable_axes=variable_axes,
                         split_rngs={'params': True, 'dropout': True},
                         in_axes=(nn.broadcast,) * len(args), length=c.num_layers,

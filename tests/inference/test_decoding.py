@@ -238,6 +238,19 @@ def test_top_k_then_top_p():
   assert set(np.unique(tokens)) == {0, 1, 2}
 
 
+
+def test_filter_logits_is_the_distribution_sampled():
+  # top-k=4 renormalises to 0.41, 0.29, 0.18, 0.12; top-p=0.75 then keeps three.
+  probs_V = np.asarray(jax.nn.softmax(decoding.filter_logits(LOGITS_V[None], temperature=1.0,
+                                                             top_k=4, top_p=0.75)[0]))
+  kept = np.exp(LOGITS_V[:3]) / np.exp(LOGITS_V[:3]).sum()
+  np.testing.assert_allclose(probs_V[:3], kept, rtol=1e-5)
+  assert probs_V[3:].max() == 0.0
+  hot_V = np.asarray(decoding.filter_logits(LOGITS_V[None], temperature=2.0)[0])
+  np.testing.assert_allclose(hot_V, np.asarray(LOGITS_V) / 2.0, rtol=1e-6)
+  with pytest.raises(UserError, match='greedy'):
+    decoding.filter_logits(LOGITS_V[None], temperature=0.0)
+
 # --- research.sample -----------------------------------------------------------------------------
 
 TEXT = ('ROMEO: But soft, what light through yonder window breaks?\n'
