@@ -37,9 +37,10 @@ train: $(STAMP)
 	$(PY) -m research.sample --workdir=$(WORKDIR) --prompt="ROMEO:" --max_new_tokens=200 \
 	  --temperature=0.8 --top_p=0.95 --seed=0
 
-# Two workers: most tests are single-threaded tiny models, so both cores stay busy.
+# Two workers: most tests are single-threaded tiny models, so both cores stay busy. The
+# notebooks (minutes each) have their own target; CI (.ci/run) runs both.
 test: $(STAMP) $(TPU_STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks' tests
 
 # Executes every colab/ notebook top to bottom (5 minutes each at most); one at a time.
 notebooks: $(STAMP)
