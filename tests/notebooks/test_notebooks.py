@@ -67,6 +67,11 @@ def test_notebook_runs_top_to_bottom(path):
   env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
       '--xla_force_host_platform_device_count=8', '').strip()
   client.execute(env=env)
+  # To look at the figures: LMFORGE_EXECUTED_NOTEBOOKS=DIR make notebooks keeps the outputs.
+  if os.environ.get('LMFORGE_EXECUTED_NOTEBOOKS'):
+    os.makedirs(os.environ['LMFORGE_EXECUTED_NOTEBOOKS'], exist_ok=True)
+    nbformat.write(nb, os.path.join(os.environ['LMFORGE_EXECUTED_NOTEBOOKS'],
+                                    os.path.basename(path)))
   errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs
             if o.output_type == 'error']
   assert not errors
