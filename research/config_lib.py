@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   # scratch. A run that already has a checkpoint of its own resumes from that instead.
   c.init_from = ''
   c.finetune = ml_collections.ConfigDict()
+  # True: the model section (and data.vocab_size) come from init_from's config.json, so that
+  # the architectures match; False: this config defines the model and the rules map it.
+  c.finetune.inherit_model = True
   # Restore rules: (regex, 'load' | 'init') pairs; the first whose regex matches a parameter
   # path in full ('stack/layer_0/attn/query') decides. 'load' takes the source's array (same
   # shape, else an error naming both); 'init' keeps this run's fresh initialisation. Parameters
@@ -287,6 +290,8 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills derived fields and validates what does not need devices or data."""
   c = config
+  if c.get('init_from', '') and c.finetune.inherit_model:
+    _inherit_model(c)
   if c.model.vocab_size == 0:
     c.model.vocab_size = c.data.vocab_size
   if c.model.vocab_size < c.data.vocab_size:
@@ -309,6 +314,21 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
   models.transformer_config(c.model, seq_len=c.data.seq_len)
   return c
+
+
+def _inherit_model(c: ml_collections.ConfigDict) -> None:
+  """Copies init_from's model section and vocabulary into `c` (finetune.inherit_model)."""
+  path = os.path.join(c.init_from, 'config.json')
+  if not os.path.isfile(path):
+    raise ConfigError('init_from', c.init_from, 'has no config.json: give a workdir that '
+                      'research.train or research.convert wrote')
+  source = load_saved_config(path)
+  c.model = source.model
+  if not c.model.max_len:  # the source's position table, not this run's seq_len
+    c.model.max_len = source.data.seq_len
+  c.data.vocab_size = source.data.vocab_size
+  c.data.num_sentinels = source.data.num_sentinels
+  c.finetune.inherit_model = False  # done: the saved config.json stands on its own
 
 
 def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:

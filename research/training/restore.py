@@ -60,6 +60,12 @@ def source_config(workdir: str):
 
 def load_source_params(workdir: str):
   """(config, params) of the latest checkpoint in `workdir`."""
+  config, state = load_source_state(workdir)
+  return config, state.params
+
+
+def load_source_state(workdir: str):
+  """(config, TrainState) of the latest checkpoint in `workdir`, on this process's devices."""
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(workdir):
     raise ConfigError('init_from', workdir, 'is not a directory: give a workdir that '
@@ -71,7 +77,7 @@ def load_source_params(workdir: str):
   manager.close()
   if state is None:
     raise ConfigError('init_from', workdir, 'has no checkpoint: train it first')
-  return config, state.params
+  return config, state
 
 
 def select(target_params, source_params, rules):
