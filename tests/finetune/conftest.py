@@ -16,6 +16,8 @@ from research.training import checkpointing, trainer
 from tests.helpers import tiny_config
 
 LETTERS = 'abcdefgh'
+# Tiny models compile several times faster unpartitioned: these tests are not about sharding.
+ONE_DEVICE = lambda: jax.devices()[:1]
 
 
 def copy_task(n: int, seed: int):
@@ -48,7 +50,8 @@ def tokenizer_path(tmp_path_factory):
 
 def source_config(family='decoder', **overrides):
   base = {'data.vocab_size': 96, 'data.seq_len': 32, 'model.family': family,
-          'model.use_bias': True, 'train.batch_size': 8}
+          'model.use_bias': True, 'model.num_layers': 1, 'model.d_model': 32,
+          'model.num_heads': 2, 'model.num_kv_heads': 0, 'train.batch_size': 8}
   if family == 'encoder_decoder':
     base.update({'model.position': 'relative', 'model.activation': 'gelu',
                  'model.num_kv_heads': 0})
@@ -59,7 +62,7 @@ def source_config(family='decoder', **overrides):
 def make_source_workdir(path, config, tokenizer_file, seed=0):
   """A workdir as research.train leaves it: config.json, tokenizer.model, a checkpoint."""
   os.makedirs(path, exist_ok=True)
-  run = trainer.build_run(config)
+  run = trainer.build_run(config, devices=ONE_DEVICE())
   state = trainer.init_state(run, seed)
   config_lib.save_config(config, os.path.join(path, 'config.json'))
   manager = checkpointing.make_manager(path, keep=1, async_save=False)
