@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from research import config_lib
-from research.training import restore, trainer
+from research.training import peft, restore, trainer
 from tests.finetune.conftest import (ONE_DEVICE, make_source_workdir, sft_config,
                                      source_config)
 
@@ -49,8 +49,9 @@ def test_encoder_decoder_sft_loss_falls(tmp_path, tokenizer_path, copy_data):
 
 
 def test_command_line_lora_then_export(tmp_path, decoder_source, copy_data):
-  """research.train with configs/finetune/sft.py:lora,tiny, then research.export: the merged
-  plain workdir evaluates to the LoRA run's eval loss."""
+  """research.train with configs/finetune/sft.py:lora,tiny (LoRA trains, the base stays
+  bit-identical, no optimizer state for it), then research.export: the merged plain workdir
+  evaluates to the LoRA run's eval loss."""
   train, valid = copy_data
   env = {**os.environ, 'XLA_FLAGS': '', 'JAX_PLATFORMS': 'cpu'}
   run = lambda *args: subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env,
@@ -59,11 +60,29 @@ def test_command_line_lora_then_export(tmp_path, decoder_source, copy_data):
   result = run('research.train', f'--config={REPO}/configs/finetune/sft.py:lora,tiny',
                f'--config.init_from={decoder_source[0]}', f'--config.finetune.train_data={train}',
                f'--config.finetune.eval_data={valid}', '--config.data.seq_len=32',
+               '--config.train.lr=1e-2',
                f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr[-3000:]
   final = json.loads(result.stdout.strip().splitlines()[-1])
   assert 'trainable of' in result.stdout and '(lora)' in result.stdout
   assert '2 bad lines' in result.stdout  # the fixture's two broken lines, reported
+  # LoRA trained: the loss fell, the base weights are bit-identical to the source's, and the
+  # optimizer holds state (Adam's mu and nu) for the LoRA parameters only.
+  losses, rows = _losses(workdir)
+  assert losses[-1] < losses[0] - 0.05, losses
+  lora_config, lora_state = restore.load_source_state(workdir)
+  trained = jax.device_get(lora_state.params)
+  source_params = decoder_source[1]
+  flat = {peft.path_of(kp): x for kp, x in jax.tree_util.tree_leaves_with_path(trained)}
+  for kp, x in jax.tree_util.tree_leaves_with_path(source_params):
+    np.testing.assert_array_equal(flat[peft.path_of(kp)], x)
+  lora_b = [x for path, x in flat.items() if path.endswith('_lora_b')]
+  assert lora_b and all(float(np.abs(x).max()) > 0 for x in lora_b)  # the deltas moved
+  counts = peft.count_params(trained, lora_config.peft)
+  assert rows[0]['train/trainable_params'] == counts['trainable_params'] == sum(
+      x.size for path, x in flat.items() if '_lora_' in path)
+  assert sum(x.size for x in jax.tree.leaves(lora_state.opt_state) if x.ndim) == (
+      2 * counts['trainable_params'])
   result = run('research.export', f'--workdir={workdir}', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout.strip().splitlines()[-1])['merged']
