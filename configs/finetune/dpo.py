@@ -8,9 +8,12 @@ Rows are {"prompt", "chosen", "rejected"}; the policy starts from init_from and 
 reference is that same model (kept in the train state, research/objectives/dpo.py). Logged:
 train/dpo/reward_margin, train/dpo/accuracy (pairs whose implicit reward ranks chosen first),
 chosen/rejected rewards, and each model's own preference accuracy (dpo/policy_accuracy against
-dpo/reference_accuracy). Expected: the margin grows from 0 and dpo/accuracy rises from 0 to
-well above 0.5 within the first hundred steps on a learnable preference (the synthetic task of
-tests/finetune/test_dpo.py reaches a policy accuracy near 1.0 against the reference's 0.5).
+dpo/reference_accuracy).
+
+Expected: train/dpo/reward_margin starts at 0 (policy = reference) and grows, and dpo/accuracy
+rises from 0 on a learnable preference; tests/finetune/test_dpo.py checks, on a synthetic
+copy-vs-reversal task, that the policy's own preference accuracy on held-out pairs ends more
+than 0.3 above the reference's.
 
 Variants: `:lora` (DPO on LoRA deltas: the reference is the base model itself), `:tiny`.
 """

@@ -49,7 +49,7 @@ def usable(line: str) -> bool:
           'gutenberg' not in s.lower() and 'ebook' not in s.lower() and not s.isupper())
 
 
-def play_lines(path: str) -> tuple[list[str], list[str], list[tuple[str, str]], list[tuple[str, str]]]:
+def play_lines(path: str):
   """(train lines, eval lines, train continuation pairs, eval continuation pairs) of a play."""
   with open(path, encoding='utf-8', errors='replace') as f:
     raw = [line.rstrip() for line in f]

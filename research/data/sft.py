@@ -358,7 +358,8 @@ def tokenizer_for(config, workdir: str):
   """The fine-tuning run's tokenizer: its own workdir's (when resuming), else init_from's, else
   data.tokenizer; copied into `workdir` so that sampling and evaluation find it."""
   import os  # pylint: disable=g-import-not-at-top
-  from research.data import pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from research.data import pipeline, tokenizer as tokenizer_lib
   own = os.path.join(workdir, pipeline.WORKDIR_TOKENIZER)
   if os.path.isfile(own):
     return tokenizer_lib.load_tokenizer(own)

@@ -372,7 +372,8 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   first = int(state.step)
   if 'peft' in c:
     counts = peft.count_params(state.params, c.peft)
-    writer.write(first, {f'train/{k}': v for k, v in counts.items()})
+    if first == 0:  # once per run, not again on every resume
+      writer.write(first, {f'train/{k}': v for k, v in counts.items()})
     if jax.process_index() == 0:
       print(f"parameters: {counts['trainable_params']:,} trainable of "
             f"{counts['total_params']:,} ({c.peft.method})", flush=True)

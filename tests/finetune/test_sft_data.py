@@ -98,7 +98,8 @@ def test_batches_are_a_function_of_seed_and_step_and_split_over_processes(
   np.testing.assert_array_equal(np.concatenate(halves), a['inputs'])
   # One epoch visits every packed row exactly once.
   seen = np.concatenate([data.train_batch(0, s, 1)['inputs'] for s in range(n)])
-  assert len({row.tobytes() for row in seen}) == len({r.tobytes() for r in data.train_rows['inputs']})
+  distinct = lambda rows: len({row.tobytes() for row in rows})
+  assert distinct(seen) == distinct(data.train_rows['inputs'])
   # Evaluation covers each example once; the filler rows carry no weight.
   total = sum(data.eval_batch(i, 8)['weights'].sum() for i in range(data.num_eval_batches(8)))
   assert total == data.eval_rows['weights'].sum()
