@@ -4,12 +4,14 @@
 
 Two tasks over eight plays, three of them (`UNSEEN_PLAYS`) from the corpus's validation works,
 which pre-training never reads, and five from its training works:
-  which play   "Which play is this line from?\\n<line>\\nAnswer:" -> " <Title>"
+  which play   "Which play is this line from?\\n<SPEAKER.> <line>\\nAnswer:" -> " <Title>"
   continue     "Continue this speech:\\n<line>\\n" -> "<next line>"
 Each play's usable lines (verse or prose lines of at least MIN_CHARS characters, without stage
 directions, away from the Project Gutenberg front and back matter) are cut at 80 % of the play:
 training questions come from the first part, evaluation questions from the last, so no
-evaluation line (nor its continuation) is ever a training example. For the unseen plays no
+evaluation line (nor its continuation) is ever a training example. The speaker's tag (the
+line above the speech, such as "BRUTUS." or "Ham.") leads the line: the characters of a play
+speak in both parts, so the question is answerable from what fine-tuning teaches. For the unseen plays no
 evaluation line was in pre-training either; for the other five the line was pre-training text,
 but never a question. Sampling uses a fixed seed: the files are byte-identical on every run.
 
@@ -34,7 +36,7 @@ PLAYS = UNSEEN_PLAYS + SEEN_PLAYS
 MIN_CHARS = 25
 MAX_CHARS = 90
 TRAIN_FRACTION = 0.8
-WHICH_PROMPT = 'Which play is this line from?\n{line}\nAnswer:'
+WHICH_PROMPT = 'Which play is this line from?\n{speaker} {line}\nAnswer:'
 CONTINUE_PROMPT = 'Continue this speech:\n{line}\n'
 
 
@@ -49,16 +51,31 @@ def usable(line: str) -> bool:
           'gutenberg' not in s.lower() and 'ebook' not in s.lower() and not s.isupper())
 
 
+def is_speaker_tag(line: str, previous: str) -> bool:
+  """'BRUTUS.', 'Ham.', 'Cor. and Volt.': a short capitalised line ending in '.', after a blank."""
+  s = line.strip()
+  return (not previous.strip() and 2 <= len(s) <= 24 and s.endswith('.') and s[0].isupper() and
+          len(s.split()) <= 4)
+
+
 def play_lines(path: str):
-  """(train lines, eval lines, train continuation pairs, eval continuation pairs) of a play."""
+  """(train lines, eval lines, train continuation pairs, eval continuation pairs) of a play;
+  lines are (speaker tag, text) pairs."""
   with open(path, encoding='utf-8', errors='replace') as f:
     raw = [line.rstrip() for line in f]
   lo, hi = int(0.03 * len(raw)), int(0.97 * len(raw))  # skip front and back matter
   raw = raw[lo:hi]
   cut = int(TRAIN_FRACTION * len(raw))
+  speakers, speaker = [], ''
+  for previous, line in zip([''] + raw, raw):
+    if is_speaker_tag(line, previous):
+      speaker = line.strip()
+    speakers.append(speaker)
   parts = []
-  for part in (raw[:cut], raw[cut:]):
-    lines = [s.strip() for s in part if usable(s)]
+  for lo, hi in ((0, cut), (cut, len(raw))):
+    part = raw[lo:hi]
+    lines = [(speakers[lo + i], s.strip()) for i, s in enumerate(part)
+             if usable(s) and speakers[lo + i]]
     pairs = [(a.strip(), b.strip()) for a, b in zip(part, part[1:]) if usable(a) and usable(b)]
     parts.append((lines, pairs))
   (train_lines, train_pairs), (eval_lines, eval_pairs) = parts
@@ -75,12 +92,13 @@ def build(out: str, *, which_train: int = 150, continue_train: int = 60, which_e
   for play in PLAYS:
     train_lines, eval_lines, train_pairs, eval_pairs = play_lines(paths[play])
     pick = lambda items, n: [items[i] for i in sorted(rng.choice(len(items), n, replace=False))]
-    for line in pick(train_lines, which_train):
-      train_rows.append({'prompt': WHICH_PROMPT.format(line=line), 'response': ' ' + title(play)})
+    for speaker, line in pick(train_lines, which_train):
+      train_rows.append({'prompt': WHICH_PROMPT.format(speaker=speaker, line=line),
+                         'response': ' ' + title(play)})
     for a, b in pick(train_pairs, continue_train):
       train_rows.append({'prompt': CONTINUE_PROMPT.format(line=a), 'response': b})
-    for line in pick(eval_lines, which_eval):
-      prompt = WHICH_PROMPT.format(line=line)
+    for speaker, line in pick(eval_lines, which_eval):
+      prompt = WHICH_PROMPT.format(speaker=speaker, line=line)
       eval_rows.append({'prompt': prompt, 'response': ' ' + title(play)})
       questions.append({'task': 'which_play', 'play': play, 'unseen': play in UNSEEN_PLAYS,
                         'prompt': prompt, 'candidates': [' ' + t for t in titles],
@@ -88,7 +106,7 @@ def build(out: str, *, which_train: int = 150, continue_train: int = 60, which_e
     for a, b in pick(eval_pairs, continue_eval):
       prompt = CONTINUE_PROMPT.format(line=a)
       eval_rows.append({'prompt': prompt, 'response': b})
-      others = [line for line in eval_lines if line not in (a, b)]
+      others = [line for _, line in eval_lines if line not in (a, b)]
       distractors = [others[i] for i in rng.choice(len(others), 3, replace=False)]
       candidates = [b] + distractors
       order = rng.permutation(4)

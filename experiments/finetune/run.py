@@ -6,7 +6,7 @@
 3. fine-tunes it twice from that checkpoint (configs/experiments/finetune/shakespeare.py): full
    SFT (DIR/sft_full) and LoRA (DIR/sft_lora);
 4. scores the held-out questions with each model, base model included, as multiple choice: the
-   candidate with the highest log-likelihood given the prompt is the model's answer (the eight
+   candidate with the highest log-likelihood per token given the prompt is the answer (the eight
    titles for "which play"; the true next line against three others of the same play for
    "continue"), and writes DIR/results.csv and DIR/results.md with the parameter counts.
 """
@@ -39,7 +39,11 @@ _TINY = flags.DEFINE_bool('tiny', False, 'a few steps of everything (smoke test)
 
 
 def score_questions(config, params, tokenizer, questions, *, batch_size: int = 64):
-  """Per question, the index of the candidate with the highest summed log-likelihood."""
+  """Per question, the index of the candidate with the highest log-likelihood per token.
+
+  Per token (the mean over the candidate's tokens and its eos), not summed: a sum favours short
+  candidates ("Tempest" over "Much Ado About Nothing"), which is a length prior, not knowledge.
+  """
   model = models.build_model(config)
   examples, owners = [], []
   for q, question in enumerate(questions):
@@ -56,7 +60,7 @@ def score_questions(config, params, tokenizer, questions, *, batch_size: int = 6
                          batch['segment_ids'])
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     target = jnp.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
-    return jnp.sum(target * batch['weights'], -1)
+    return jnp.sum(target * batch['weights'], -1) / jnp.sum(batch['weights'], -1)
 
   scores = []
   n = len(examples)
@@ -98,9 +102,16 @@ def finetune(variant: str, source: str, data_dir: str, workdir: str, tiny: bool)
                ('finetune.eval_data', os.path.join(data_dir, 'eval.jsonl'))]
   config = config_lib.load_config(spec, overrides)
   path = os.path.join(workdir, f'sft_{variant}')
-  start = time.perf_counter()
-  final = trainer.train(config, path)
-  seconds = time.perf_counter() - start
+  summary = os.path.join(path, 'summary.json')
+  if os.path.isfile(summary):  # finished earlier: reuse its numbers and checkpoint
+    with open(summary) as f:
+      final, seconds = json.load(f)
+  else:
+    start = time.perf_counter()
+    final = trainer.train(config, path)
+    seconds = time.perf_counter() - start
+    with open(summary, 'w') as f:
+      json.dump([final, seconds], f)
   _, state = restore.load_source_state(path)
   return config, state.params, final, seconds
 
