@@ -61,6 +61,6 @@ def test_init_from_loads_the_source_with_a_fresh_optimizer(decoder_source, copy_
   # Without inheritance, a different architecture fails by name.
   bad = sft_config(source, *copy_data, **{'finetune.inherit_model': False, 'model.d_ff': 96})
   run = trainer.build_run(bad, devices=ONE_DEVICE())
-  with pytest.raises(ConfigError, match=r"'stack/layer_0/mlp/b_in' has shape \(128,\) in the "
+  with pytest.raises(ConfigError, match=r"'stack/layer_0/mlp/b_in' has shape \(256,\) in the "
                      r'source but \(96,\)'):
     restore.init_from(run, trainer.init_state(run, 0), source)
