@@ -11,9 +11,9 @@ directions, away from the Project Gutenberg front and back matter) are cut at 80
 training questions come from the first part, evaluation questions from the last, so no
 evaluation line (nor its continuation) is ever a training example. The speaker's tag (the
 line above the speech, such as "BRUTUS." or "Ham.") leads the line: the characters of a play
-speak in both parts, so the question is answerable from what fine-tuning teaches. For the unseen plays no
-evaluation line was in pre-training either; for the other five the line was pre-training text,
-but never a question. Sampling uses a fixed seed: the files are byte-identical on every run.
+speak in both parts, so the question is answerable from what fine-tuning teaches. For the
+unseen plays no evaluation line was in pre-training either; for the other five the line was
+pre-training text, but never a question. Sampling uses a fixed seed: the files are byte-identical on every run.
 
 Files: train.jsonl and eval.jsonl (SFT rows), questions.json (evaluation questions with their
 multiple-choice candidates: the eight titles; the true continuation and three other lines of

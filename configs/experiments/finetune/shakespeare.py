@@ -10,7 +10,8 @@ the 1,680 training questions, packed), the response-only loss, evaluation on the
 questions.
 
 Measured 2026-12-03 on 2 CPU cores shared with other jobs (load average about 7.5), the whole
-command on a fresh DIR: 25 min 42 s wall, 10 min 31 s user + 1 min 16 s sys CPU (pre-training
+command on a fresh DIR (before the speaker tags and per-token scores, at the same cost):
+25 min 42 s wall, 10 min 31 s user + 1 min 16 s sys CPU (pre-training
 16 min of it, at about 850 tokens/s against about 2,800 on a quiet machine). Which-play accuracy
 (8 titles, chance 0.125): pre-trained 0.125, full SFT 0.825 (0.867 on the three unseen plays),
 LoRA r=8 0.138; continue (4 lines, chance 0.25): 0.258 / 0.267 / 0.250; response eval loss:
