@@ -122,12 +122,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.moe.allow_noncausal = False  # permit expert_choice (non-causal) in decoders
 
   c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'causal_lm'  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption'
+  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo'
+  c.objective.name = 'causal_lm'
   c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
   c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
   c.objective.random_token_rate = 0.1  # mlm: ... shown as a random ordinary token; rest kept
   c.objective.noise_density = 0.15  # span_corruption: fraction of raw tokens dropped (T5)
   c.objective.mean_span_length = 3.0  # span_corruption: mean length of a dropped span (T5)
+
+  # Fine-tuning (research/training/restore.py, research/data/sft.py). `init_from` is a workdir
+  # (research.train's, or research.convert's import) whose parameters start this run, with a
+  # fresh optimizer and this run's own schedule; its tokenizer.model is reused. '' starts from
+  # scratch. A run that already has a checkpoint of its own resumes from that instead.
+  c.init_from = ''
+  c.finetune = ml_collections.ConfigDict()
+  # True: the model section (and data.vocab_size) come from init_from's config.json, so that
+  # the architectures match; False: this config defines the model and the rules map it.
+  c.finetune.inherit_model = True
+  # Restore rules: (regex, 'load' | 'init') pairs; the first whose regex matches a parameter
+  # path in full ('stack/layer_0/attn/query') decides. 'load' takes the source's array (same
+  # shape, else an error naming both); 'init' keeps this run's fresh initialisation. Parameters
+  # that PEFT adds (lora/..., *_adapter, soft_prompt) are always 'init'.
+  c.finetune.restore = (('.*', 'load'),)
+  c.finetune.train_data = ''  # JSONL glob: {"prompt", "response"} or {"messages": [...]} rows
+  c.finetune.eval_data = ''  # JSONL glob for eval/ metrics; '' holds out eval_fraction of train
+  c.finetune.eval_fraction = 0.05  # of train_data's examples, when eval_data is ''
+  c.finetune.pack = True  # sft on decoders: first-fit packing with segment ids; else 1 per row
+  # Parameter-efficient fine-tuning (research/training/peft.py): which parameters train.
+  c.peft = ml_collections.ConfigDict()
+  c.peft.method = 'none'  # 'none' (all train) | 'lora' | 'prompt' | 'bitfit' | 'adapter'
+  c.peft.rank = 8  # lora: rank r of the delta B(A(x)); lora A [in, r], B [r, out]
+  c.peft.alpha = 16.0  # lora: the delta is scaled by alpha / rank
+  # lora: parameters (full-path regexes) that get a low-rank delta; defaults to every attention
+  # and feed-forward matrix.
+  c.peft.targets = r'.*/(query|key|value|out|w_in|w_gate|w_out)'
+  c.peft.prompt_tokens = 20  # prompt: soft prompt embeddings prepended to every sequence
+  c.peft.adapter_dim = 16  # adapter: bottleneck width after each attention and MLP sublayer
+  c.peft.train_also = ''  # regex of base parameters that train besides the method's ('': none)
+  # Direct preference optimisation (research/objectives/dpo.py), with objective.name='dpo':
+  # JSONL rows {"prompt", "chosen", "rejected"}; the reference is the init_from model, frozen.
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.beta = 0.1  # KL strength: reward = beta x (log pi(y|x) - log pi_ref(y|x))
+  c.dpo.train_data = ''
+  c.dpo.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -271,6 +308,8 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills derived fields and validates what does not need devices or data."""
   c = config
+  if c.get('init_from', '') and c.finetune.inherit_model:
+    _inherit_model(c)
   if c.model.vocab_size == 0:
     c.model.vocab_size = c.data.vocab_size
   if c.model.vocab_size < c.data.vocab_size:
@@ -285,11 +324,29 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       f'must divide train.batch_size={c.train.batch_size}')
   if c.data.seq_len <= 0:
     raise ConfigError('data.seq_len', c.data.seq_len, 'must be a positive integer')
+  if 'peft' in c:
+    from research.training import peft  # pylint: disable=g-import-not-at-top
+    peft.check_config(c)
   from research.parallel import mesh  # pylint: disable=g-import-not-at-top
   mesh.axis_sizes(c.mesh)  # validates the preset name
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
   models.transformer_config(c.model, seq_len=c.data.seq_len)
   return c
+
+
+def _inherit_model(c: ml_collections.ConfigDict) -> None:
+  """Copies init_from's model section and vocabulary into `c` (finetune.inherit_model)."""
+  path = os.path.join(c.init_from, 'config.json')
+  if not os.path.isfile(path):
+    raise ConfigError('init_from', c.init_from, 'has no config.json: give a workdir that '
+                      'research.train or research.convert wrote')
+  source = load_saved_config(path)
+  c.model = source.model
+  if not c.model.max_len:  # the source's position table, not this run's seq_len
+    c.model.max_len = source.data.seq_len
+  c.data.vocab_size = source.data.vocab_size
+  c.data.num_sentinels = source.data.num_sentinels
+  c.finetune.inherit_model = False  # done: the saved config.json stands on its own
 
 
 def load_config(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
@@ -336,7 +393,7 @@ def load_saved_config(path: str) -> ml_collections.ConfigDict:
         merge(node[key], value, prefix + key + '.')
       else:
         with node.ignore_type():
-          node[key] = _to_tuple(value) if key == 'rules' else value
+          node[key] = _to_tuple(value) if key in ('rules', 'restore') else value
 
   merge(config, saved, '')
   return config

@@ -44,6 +44,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from research.errors import ConfigError
 from research.layers import blockwise
+from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
 from research.layers import positions as positions_lib
 
@@ -356,6 +357,7 @@ class Attention(nn.Module):
   decode: bool = False
   scale: float | None = None  # score scale; None: 1/sqrt(head_dim)
   pattern: patterns_lib.Pattern | None = None
+  peft: peft_lib.PeftConfig = peft_lib.PeftConfig()  # LoRA deltas on the projections
 
   def _proj(self, name, x_BTD, heads, axis_name):
     d = x_BTD.shape[-1]
@@ -363,6 +365,10 @@ class Attention(nn.Module):
         nn.initializers.normal(self.init_std), ('embed', axis_name, 'head_dim')),
                        (d, heads, self.head_dim), jnp.float32)
     y_BTHK = jnp.einsum('btd,dhk->bthk', x_BTD, w_DHK.astype(self.dtype))
+    delta_BTHK = peft_lib.lora_delta(self, self.peft, name, x_BTD, (d,), (heads, self.head_dim),
+                                     self.dtype)
+    if delta_BTHK is not None:
+      y_BTHK += delta_BTHK
     if self.use_bias:
       y_BTHK += self.param(name + '_bias', nn.with_logical_partitioning(
           nn.initializers.zeros, (axis_name, 'head_dim')), (heads, self.head_dim),
@@ -419,6 +425,10 @@ class Attention(nn.Module):
         nn.initializers.normal(self.out_init_std), ('heads', 'head_dim', 'embed')),
                            (self.num_heads, self.head_dim, x_BTD.shape[-1]), jnp.float32)
     y_BTD = jnp.einsum('bthk,hkd->btd', out_BTHK, w_out_HKD.astype(self.dtype))
+    delta_BTD = peft_lib.lora_delta(self, self.peft, 'out', out_BTHK, w_out_HKD.shape[:2],
+                                    w_out_HKD.shape[2:], self.dtype)
+    if delta_BTD is not None:
+      y_BTD += delta_BTD
     if self.use_bias:
       y_BTD += self.param('out_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                                    ('embed',)),

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
+from research.layers import peft as peft_lib
 
 # 'gelu' is the tanh approximation (GPT-2's gelu_new); 'gelu_exact' is erf GELU (BERT).
 # Gated variants multiply act(x W_gate) into x W_in: SwiGLU (Llama), GeGLU (T5 v1.1).
@@ -28,10 +29,17 @@ class MLP(nn.Module):
   init_std: float = 0.02
   out_init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
+  peft: peft_lib.PeftConfig = peft_lib.PeftConfig()  # LoRA deltas on the matrices
 
   def _dense(self, name, shape, axes, std):
     return self.param(name, nn.with_logical_partitioning(nn.initializers.normal(std), axes),
                       shape, jnp.float32).astype(self.dtype)
+
+  def _matmul(self, x_BTI, name, w_IO):
+    y_BTO = jnp.einsum('bti,io->bto', x_BTI, w_IO)
+    delta_BTO = peft_lib.lora_delta(self, self.peft, name, x_BTI, w_IO.shape[:1], w_IO.shape[1:],
+                                    self.dtype)
+    return y_BTO if delta_BTO is None else y_BTO + delta_BTO
 
   @nn.compact
   def __call__(self, x_BTD):
@@ -39,18 +47,18 @@ class MLP(nn.Module):
     d = x_BTD.shape[-1]
     act = ACTIVATIONS[self.activation]
     w_in_DF = self._dense('w_in', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
-    h_BTF = jnp.einsum('btd,df->btf', x_BTD, w_in_DF)
+    h_BTF = self._matmul(x_BTD, 'w_in', w_in_DF)
     if self.use_bias:
       h_BTF += self.param('b_in', nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
                           (self.d_ff,), jnp.float32).astype(self.dtype)
     if self.activation in GATED:
       w_gate_DF = self._dense('w_gate', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
-      h_BTF = act(jnp.einsum('btd,df->btf', x_BTD, w_gate_DF)) * h_BTF
+      h_BTF = act(self._matmul(x_BTD, 'w_gate', w_gate_DF)) * h_BTF
     else:
       h_BTF = act(h_BTF)
     h_BTF = nn.with_logical_constraint(h_BTF, ('batch', 'length', 'mlp'))
     w_out_FD = self._dense('w_out', (self.d_ff, d), ('mlp', 'embed'), self.out_init_std)
-    y_BTD = jnp.einsum('btf,fd->btd', h_BTF, w_out_FD)
+    y_BTD = self._matmul(h_BTF, 'w_out', w_out_FD)
     if self.use_bias:
       y_BTD += self.param('b_out', nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
                           (d,), jnp.float32).astype(self.dtype)

@@ -27,7 +27,8 @@ def model_class(family: str):
 def build_model(config, *, decode: bool = False, deterministic: bool = True):
   """The flax module for `config.model.family`, with hyper-parameters resolved from `config`."""
   cls = model_class(config.model.family)
-  cfg = transformer_config(config.model, seq_len=config.data.seq_len)
+  cfg = transformer_config(config.model, seq_len=config.data.seq_len,
+                           peft_cfg=config.get('peft', None))
   return cls(cfg, decode=decode, deterministic=deterministic)
 
 

@@ -41,6 +41,9 @@ class DecoderLM(nn.Module):
     self.final_norm = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype)
     if not c.tie_embeddings:
       self.unembed = embeddings.Unembed(c.vocab_size, init_std=c.init_std, dtype=c.dtype)
+    if c.peft.prompt_tokens:  # prompt tuning: learned embeddings ahead of every sequence
+      self.soft_prompt = self.param('soft_prompt', nn.initializers.normal(c.init_std),
+                                    (c.peft.prompt_tokens, c.d_model), jnp.float32)
 
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, prefix_BT=None):
     return self.logits(self.hidden(tokens_BT, positions_BT, segment_ids_BT, prefix_BT))
@@ -64,8 +67,32 @@ class DecoderLM(nn.Module):
     if c.position in ('learned', 'sinusoidal'):
       x_BTD = self.positions(x_BTD, positions_BT)
     x_BTD = self.embed_dropout(x_BTD, deterministic=self.deterministic)
+    if c.peft.prompt_tokens:
+      return self._hidden_with_soft_prompt(x_BTD, positions_BT, segment_ids_BT, prefix_BT)
     x_BTD = self.stack(x_BTD, positions_BT, mask)
     return self.final_norm(x_BTD)
+
+  def _hidden_with_soft_prompt(self, x_BTD, positions_BT, segment_ids_BT, prefix_BT):
+    """P soft-prompt vectors lead each row: they take positions 0..P-1 (the tokens' shift by
+    P) and the segment of the row's first token, so one example per row (no packing) sees them.
+    Only the tokens' hidden states come back."""
+    if self.decode:
+      raise NotImplementedError('prompt tuning does not decode with a KV cache')
+    p = self.cfg.peft.prompt_tokens
+    b, t = segment_ids_BT.shape
+    prompt_BPD = jnp.broadcast_to(self.soft_prompt.astype(x_BTD.dtype), (b, p, x_BTD.shape[-1]))
+    x_BLD = jnp.concatenate([prompt_BPD, x_BTD], axis=1)
+    positions_BL = jnp.concatenate(
+        [jnp.broadcast_to(jnp.arange(p), (b, p)), positions_BT + p], axis=1)
+    segment_ids_BL = jnp.concatenate(
+        [jnp.broadcast_to(segment_ids_BT[:, :1], (b, p)), segment_ids_BT], axis=1)
+    index_BL = jnp.broadcast_to(jnp.arange(p + t), (b, p + t))
+    prefix_BL = None if prefix_BT is None else jnp.concatenate(
+        [jnp.ones((b, p), prefix_BT.dtype), prefix_BT], axis=1)
+    mask = attention.MaskSpec(segment_ids_BL, segment_ids_BL, index_BL, index_BL, prefix_BL,
+                              causal=True)
+    x_BLD = self.stack(x_BLD, positions_BL, mask)
+    return self.final_norm(x_BLD[:, p:])
 
   def logits(self, x_BTD):
     """x_BTD (any number of positions) -> float32 logits_BTV. Reads only `head_params`."""

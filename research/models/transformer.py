@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from research.errors import ConfigError
 from research.layers import attention, mlp, norms, positions
 from research.layers import moe as moe_lib
+from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -76,6 +77,9 @@ class TransformerConfig:
   # Attention patterns and implementation (`model.attention`; research/layers/patterns.py).
   attention: patterns_lib.AttentionConfig = dataclasses.field(
       default_factory=patterns_lib.AttentionConfig)
+  # Parameter-efficient fine-tuning (`peft`; research/layers/peft.py): LoRA, soft prompt,
+  # adapters. The default adds nothing.
+  peft: peft_lib.PeftConfig = dataclasses.field(default_factory=peft_lib.PeftConfig)
 
   @property
   def attention_impl(self) -> str:
@@ -88,8 +92,9 @@ class TransformerConfig:
     return self.init_std / (2 * self.num_layers) ** 0.5
 
 
-def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
-  """Validates `config.model` and fills its derived fields (0 means 'derive')."""
+def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> TransformerConfig:
+  """Validates `config.model` and fills its derived fields (0 means 'derive'). `peft_cfg`
+  (`config.peft`) adds the model-side parameter-efficient layers it selects."""
   m = model_cfg
   for field in ('d_model', 'num_layers', 'num_heads', 'vocab_size'):
     if m[field] <= 0:
@@ -143,7 +148,21 @@ def transformer_config(model_cfg, *, seq_len: int) -> TransformerConfig:
       embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
       loss_chunk_size=m.get('loss_chunk_size', 0),
-      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg)
+      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg,
+      peft=peft_section(peft_cfg))
+
+
+def peft_section(peft_cfg) -> peft_lib.PeftConfig:
+  """The model-side part of `config.peft` (None or method 'none', 'bitfit': nothing)."""
+  method = peft_cfg.method if peft_cfg is not None else 'none'
+  if method == 'lora':
+    return peft_lib.PeftConfig(lora_rank=peft_cfg.rank, lora_alpha=float(peft_cfg.alpha),
+                               lora_targets=peft_cfg.targets)
+  if method == 'prompt':
+    return peft_lib.PeftConfig(prompt_tokens=peft_cfg.prompt_tokens)
+  if method == 'adapter':
+    return peft_lib.PeftConfig(adapter_dim=peft_cfg.adapter_dim)
+  return peft_lib.PeftConfig()
 
 
 # Self-attention causality per family: patterns and kernels depend on it.
@@ -203,12 +222,15 @@ class Block(nn.Module):
         position=c.position if name == 'attn' else 'none', rope_theta=c.rope_theta,
         implementation=c.attention.implementation, use_bias=c.use_bias, init_std=c.init_std,
         out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
-        pattern=self.pattern if name == 'attn' else None, name=name)
+        pattern=self.pattern if name == 'attn' else None, peft=c.peft, name=name)
 
   def _residual(self, name, x_BTD, sublayer):
     c = self.cfg
     norm = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype, module_name=f'{name}_norm')
     dropout = nn.Dropout(c.dropout)
+    if c.peft.adapter_dim:  # a bottleneck adapter on the sublayer's output (PEFT)
+      adapter = peft_lib.Adapter(c.peft.adapter_dim, dtype=c.dtype, name=f'{name}_adapter')
+      sublayer = lambda h, f=sublayer: adapter(f(h))
     if c.norm_position == 'post':
       return norm(x_BTD + dropout(sublayer(x_BTD), deterministic=self.deterministic))
     return x_BTD + dropout(sublayer(norm(x_BTD)), deterministic=self.deterministic)
@@ -229,7 +251,7 @@ class Block(nn.Module):
     else:
       mlp_layer = mlp.MLP(d_ff=c.d_ff, activation=c.activation, use_bias=c.use_bias,
                           init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
-                          name='mlp')
+                          peft=c.peft, name='mlp')
     x_BTD = self._residual('mlp', x_BTD, mlp_layer)
     return nn.with_logical_constraint(x_BTD, ('batch', 'length', 'act_embed'))
 

@@ -8,6 +8,10 @@ Each objective is a module in this package with four functions:
   init_args(batch_size, config) -> positional model arguments for initialisation;
   loss_fn(model, params, batch, *, rngs=None) -> (loss_sum, aux), aux holding the summed
       `loss_sum`, `weight_sum` and `correct`, so micro-batches and hosts add up before dividing.
+Optional: load_dataset(config, workdir) when the objective reads its own data (sft, dpo);
+init_model_state(params) for non-gradient state it needs (DPO's frozen reference);
+loss_kwargs(config) for config values its loss takes (DPO's beta); aux['metrics'] for extra
+sums the trainer logs per unit of weight.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ OBJECTIVES = {
     'prefix_lm': 'research.objectives.prefix_lm',
     'mlm': 'research.objectives.mlm',
     'span_corruption': 'research.objectives.span_corruption',
+    'sft': 'research.objectives.sft',
+    'dpo': 'research.objectives.dpo',
 }
 
 Objective = types.ModuleType  # an objective is its module

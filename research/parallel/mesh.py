@@ -119,6 +119,8 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules):
   axis_size = dict(mesh.shape)
 
   def sharding(spec, shape):
+    if not hasattr(shape, 'shape'):  # an empty node (optax's MaskedNode for frozen parameters)
+      return shape
     mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules)
     return NamedSharding(mesh, fit_spec(mesh_spec, shape.shape, axis_size))
 

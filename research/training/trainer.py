@@ -30,7 +30,7 @@ from research.errors import ConfigError
 from research.data import sampler as data_sampler
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib
-from research.training import checkpointing, flops as flops_lib, optimizers
+from research.training import checkpointing, flops as flops_lib, optimizers, peft
 from research.training.metrics import MetricsWriter
 
 
@@ -56,6 +56,8 @@ class Run:
   tx: optax.GradientTransformation
   state_shardings: Any
   batch_sharding: jax.sharding.NamedSharding  # every batch array: rows over the batch axes
+  # PEFT (config.peft): True per trainable parameter; None when every parameter trains.
+  trainable: Any = None
 
   @contextlib.contextmanager
   def context(self):
@@ -64,11 +66,16 @@ class Run:
       yield
 
 
-def init_state_fn(model, tx, init_args, rng) -> TrainState:
-  """The initial TrainState from a PRNG key: what init_state jits and planners trace."""
+def init_state_fn(model, tx, init_args, rng, objective=None) -> TrainState:
+  """The initial TrainState from a PRNG key: what init_state jits and planners trace.
+
+  An objective with `init_model_state(params)` (DPO: the frozen reference) adds its entries.
+  """
   variables = model.init({'params': rng}, *init_args)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k == moe_lib.STATE_COLLECTION}
+  if objective is not None and hasattr(objective, 'init_model_state'):
+    model_state.update(objective.init_model_state(params))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     model_state=model_state)
 
@@ -84,7 +91,7 @@ def _state_initializer(run: 'Run') -> Callable:
   # this process cannot touch (an ahead-of-time compile for a TPU topology).
   init_args = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: run.objective.init_args(divisor, run.config)))
-  return functools.partial(init_state_fn, run.model, run.tx, init_args)
+  return functools.partial(init_state_fn, run.model, run.tx, init_args, objective=run.objective)
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -103,12 +110,19 @@ def build_run(config, *, devices=None) -> Run:
   model = models.build_model(config, deterministic=False)
   eval_model = models.build_model(config)
   tx = optimizers.make_optimizer(config.train)
+  peft_cfg = config.get('peft', None)
+  if peft_cfg is not None:
+    tx = peft.wrap_optimizer(tx, peft_cfg)
   run = Run(config=config, mesh=mesh, rules=rules, model=model, eval_model=eval_model,
             objective=objectives.get_objective(config.objective.name), tx=tx,
             state_shardings=None, batch_sharding=mesh_lib.batch_sharding(mesh, rules))
   with run.context():
     abstract = jax.eval_shape(_state_initializer(run), _abstract_key())
     run.state_shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
+  if peft_cfg is not None and peft_cfg.method != 'none':
+    params = nn.meta.unbox(abstract.params)
+    peft.check_trainable(params, peft_cfg)
+    run.trainable = peft.trainable_mask(params, peft_cfg)
   return run
 
 
@@ -133,16 +147,25 @@ def _split_micro(x, m: int):
   return x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
 
 
+def loss_kwargs(run: Run) -> dict:
+  """Config-derived keyword arguments of the objective's loss (DPO's beta), if it has any."""
+  kwargs_of = getattr(run.objective, 'loss_kwargs', None)
+  return kwargs_of(run.config) if kwargs_of is not None else {}
+
+
 def make_train_step(run: Run) -> Callable:
   """jit(state, batch) -> (state, metrics): summed gradients over micro-batches, one update."""
   model, objective, tx = run.model, run.objective, run.tx
   m = run.config.train.micro_batches
+  trainable = run.trainable
+  extra = loss_kwargs(run)
   schedule = optimizers.make_schedule(run.config.train)
   base_rng = jax.random.key(run.config.seed + 1)
 
   def grads_of(params, model_state, batch, rng):
     grad_fn = jax.grad(lambda p: objective.loss_fn(model, p, batch, rngs={'dropout': rng},
-                                                   model_state=model_state), has_aux=True)
+                                                   model_state=model_state, **extra),
+                       has_aux=True)
     return grad_fn(params)
 
   def step_fn(state: TrainState, batch):
@@ -166,11 +189,15 @@ def make_train_step(run: Run) -> Callable:
           aux[key] = jax.tree.map(lambda x: x / m, aux[key])
     weight_sum = jnp.maximum(aux['weight_sum'], 1.0)
     grads = jax.tree.map(lambda g: g / weight_sum, grads)
+    if trainable is not None:  # PEFT: frozen parameters' gradients are never used
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': aux['loss_sum'] / weight_sum, 'accuracy': aux['correct'] / weight_sum,
                'grad_norm': optax.tree_utils.tree_norm(grads), 'lr': schedule(state.step),
                'target_tokens': aux['weight_sum']}
+    # Objective-specific sums (DPO's rewards), per unit of weight like the loss.
+    metrics.update({k: v / weight_sum for k, v in aux.get('metrics', {}).items()})
     model_state = state.model_state
     if 'moe_loss_sum' in aux:  # MoE: 'loss' stays the cross-entropy; the aux loss beside it
       metrics['moe/aux_loss_total'] = aux['moe_loss_sum'] / weight_sum
@@ -187,9 +214,10 @@ def make_train_step(run: Run) -> Callable:
 def make_eval_step(run: Run) -> Callable:
   """jit(params, batch, model_state={}) -> summed loss, weights and correct predictions."""
   model, objective = run.eval_model, run.objective
+  extra = loss_kwargs(run)
 
   def eval_fn(params, batch, model_state):
-    aux = objective.loss_fn(model, params, batch, model_state=model_state)[1]
+    aux = objective.loss_fn(model, params, batch, model_state=model_state, **extra)[1]
     return {k: aux[k] for k in ('loss_sum', 'weight_sum', 'correct')}
 
   with run.context():
@@ -315,7 +343,9 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   os.makedirs(workdir, exist_ok=True)
   if dataset is None:
     from research.data import pipeline  # pylint: disable=g-import-not-at-top
-    dataset = pipeline.load_dataset(c.data, workdir=workdir)
+    # Objectives with their own data (sft, dpo: JSONL files) load it themselves.
+    load = getattr(run.objective, 'load_dataset', pipeline.load_dataset)
+    dataset = load(c.data, workdir=workdir) if load is pipeline.load_dataset else load(c, workdir)
   if dataset.tokenizer.vocab_size > c.model.vocab_size:
     raise ConfigError('model.vocab_size', c.model.vocab_size,
                       f'is smaller than the tokenizer vocabulary ({dataset.tokenizer.vocab_size})')
@@ -327,6 +357,9 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   state = checkpointing.restore(manager, abstract_state(run))
   if state is None:
     state = init_state(run, c.seed)
+    if c.get('init_from', ''):
+      from research.training import restore  # pylint: disable=g-import-not-at-top
+      state, _ = restore.init_from(run, state, c.init_from)
   else:
     logging.info('resumed from step %d', int(state.step))
   train_step, eval_step = make_train_step(run), make_eval_step(run)
@@ -337,6 +370,13 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   peak, _ = flops_lib.peak_flops()  # CPUs have no published peak: measured there
   writer = MetricsWriter(workdir)
   first = int(state.step)
+  if 'peft' in c:
+    counts = peft.count_params(state.params, c.peft)
+    if first == 0:  # once per run, not again on every resume
+      writer.write(first, {f'train/{k}': v for k, v in counts.items()})
+    if jax.process_index() == 0:
+      print(f"parameters: {counts['trainable_params']:,} trainable of "
+            f"{counts['total_params']:,} ({c.peft.method})", flush=True)
   last = c.train.steps
   bar = tqdm(total=last, initial=first, disable=jax.process_index() != 0, dynamic_ncols=True,
              unit='step', desc='train')
