@@ -77,7 +77,6 @@ def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
                      overrides=()) -> dict:
   """Validation metrics of the latest (or `step`) checkpoint in `workdir`; `overrides` as in
   research.evaluation.common.load_run_config (data locations)."""
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
   if overrides:
     from research.evaluation import common  # pylint: disable=g-import-not-at-top
     config = common.load_run_config(workdir, overrides)
@@ -86,7 +85,7 @@ def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
     config = config_lib.finalize(config)
   run, state = load_state(workdir, config, step=step)
-  dataset = pipeline.load_dataset(config.data, workdir=workdir)
+  dataset = trainer.load_dataset(run, workdir)  # an SFT/DPO run: its own held-out examples
   # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it).
   metrics = trainer.evaluate(run, state.params, dataset, num_batches=batches,
                              model_state=state.model_state)

@@ -327,6 +327,15 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def load_dataset(run: Run, workdir: str):
+  """The run's data: the token streams of `config.data`, or the objective's own examples when it
+  reads them itself (sft, dpo: JSONL files)."""
+  if hasattr(run.objective, 'load_dataset'):
+    return run.objective.load_dataset(run.config, workdir)
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.load_dataset(run.config.data, workdir=workdir)
+
+
 def _is_due(step: int, every: int, last: int) -> bool:
   return step % every == 0 or step == last
 
@@ -342,10 +351,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   run = build_run(c, devices=devices)  # validates the config against the devices first
   os.makedirs(workdir, exist_ok=True)
   if dataset is None:
-    from research.data import pipeline  # pylint: disable=g-import-not-at-top
-    # Objectives with their own data (sft, dpo: JSONL files) load it themselves.
-    load = getattr(run.objective, 'load_dataset', pipeline.load_dataset)
-    dataset = load(c.data, workdir=workdir) if load is pipeline.load_dataset else load(c, workdir)
+    dataset = load_dataset(run, workdir)
   if dataset.tokenizer.vocab_size > c.model.vocab_size:
     raise ConfigError('model.vocab_size', c.model.vocab_size,
                       f'is smaller than the tokenizer vocabulary ({dataset.tokenizer.vocab_size})')

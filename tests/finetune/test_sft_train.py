@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from research import config_lib
+from research import config_lib, evaluate
 from research.training import peft, restore, trainer
 from tests.finetune.conftest import (ONE_DEVICE, make_source_workdir, sft_config,
                                      source_config)
@@ -32,6 +32,9 @@ def test_decoder_sft_loss_falls(tmp_path, decoder_source, copy_data):
   counts = rows[0]
   assert counts['train/trainable_params'] == counts['train/total_params'] > 0
   assert os.path.isfile(tmp_path / 'sft' / 'tokenizer.model')  # the source's, for sampling
+  # research.evaluate scores the run on its own held-out examples, not the pre-training text.
+  again = evaluate.evaluate_workdir(str(tmp_path / 'sft'), batches=config.train.eval_batches)
+  np.testing.assert_allclose(again['loss'], final['eval/loss'], rtol=1e-5)
 
 
 def test_encoder_decoder_sft_loss_falls(tmp_path, tokenizer_path, copy_data):
