@@ -62,7 +62,7 @@ def _check_workdir(workdir: str) -> None:
                     f'--workdir={workdir} first')
 
 
-def _build_run(config) -> trainer.Run:
+def build_run_here(config) -> trainer.Run:
   """The training mesh if it fits the devices here, else one device (e.g. sampling on a laptop)."""
   try:
     return trainer.build_run(config)
@@ -82,7 +82,7 @@ def restore_variables(config, workdir: str, step: int | None = None):
   the non-gradient collections the model reads ({'moe_state': ...}, the aux-free MoE selection
   bias; {} for other models), which sampling must pass with the params.
   """
-  run = _build_run(config)
+  run = build_run_here(config)
   manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
                                        async_save=False)
   try:

@@ -96,7 +96,7 @@ def restore(workdir: str, config, *, step: int | None = None,
   from research import evaluate, sample  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
-  run = None if batched else sample._build_run(config)  # pylint: disable=protected-access
+  run = None if batched else sample.build_run_here(config)
   run, state = evaluate.load_state(workdir, config, step=step, run=run)
   return RestoredRun(config=config, run=run, params=state.params, model_state=state.model_state,
                      step=int(state.step), tokenizer=tokenizer)
