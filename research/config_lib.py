@@ -36,8 +36,8 @@ DEFAULT_RULES = (
 def base_config() -> ml_collections.ConfigDict:
   """Every field lmforge reads, with its default. Config files start from this."""
   c = ml_collections.ConfigDict()
-  c.name = 'base'
-  c.seed = 0
+  c.name = 'base'  # a label saved with the run (config.json)
+  c.seed = 0  # parameter initialisation and batch order (batches are a function of seed, step)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'shakespeare'  # 'shakespeare' | 'tfds:NAME' | 'text:GLOB'
@@ -53,9 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.family = 'decoder'  # 'decoder' | 'encoder' | 'encoder_decoder'
   c.model.vocab_size = 0  # 0: data.vocab_size; larger pads (e.g. GPT-2's 50,257 -> 50,304)
-  c.model.d_model = 256
-  c.model.num_layers = 4
-  c.model.num_heads = 4
+  c.model.d_model = 256  # residual stream width
+  c.model.num_layers = 4  # transformer blocks (encoder_layers/decoder_layers for T5)
+  c.model.num_heads = 4  # query heads
   c.model.num_kv_heads = 0  # 0: num_heads (multi-head); fewer: grouped-query attention
   c.model.head_dim = 0  # 0: d_model // num_heads
   c.model.d_ff = 0  # 0: 4 x d_model (ReLU/GELU) or 8/3 x d_model rounded to 256 (SwiGLU)
@@ -71,8 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_len = 0  # table length for learned/sinusoidal positions; 0: data.seq_len
   c.model.tie_embeddings = True
   c.model.use_bias = False
-  c.model.dropout = 0.0
-  c.model.init_std = 0.02
+  c.model.dropout = 0.0  # on attention and feed-forward outputs, in training only
+  c.model.init_std = 0.02  # normal initialisation of the weight matrices
   c.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | float32 | ...
   c.model.scan_layers = False  # one nn.scan over layers: constant compile time in depth
   c.model.remat = 'none'  # see research.models.transformer.REMAT_POLICIES
@@ -163,45 +163,48 @@ def base_config() -> ml_collections.ConfigDict:
   # JSONL rows {"prompt", "chosen", "rejected"}; the reference is the init_from model, frozen.
   c.dpo = ml_collections.ConfigDict()
   c.dpo.beta = 0.1  # KL strength: reward = beta x (log pi(y|x) - log pi_ref(y|x))
+  # JSONL glob of preference rows; experiments.finetune.build_data --preferences builds some.
   c.dpo.train_data = ''
   c.dpo.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1000
+  c.train.steps = 1000  # optimizer steps in total (a resumed run continues to this)
   c.train.batch_size = 32  # global batch, in sequences
   c.train.micro_batches = 1  # gradient accumulation: batch_size is split into this many
-  c.train.optimizer = 'adamw'
-  c.train.lr = 1e-3
+  c.train.optimizer = 'adamw'  # see research/training/optimizers.py
+  c.train.lr = 1e-3  # peak learning rate, reached after warmup_steps
   c.train.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant' (all after linear warmup)
-  c.train.warmup_steps = 100
+  c.train.warmup_steps = 100  # linear warmup from 0
   c.train.min_lr_ratio = 0.1  # cosine/linear decay to lr x this
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.eps = 1e-8
-  c.train.weight_decay = 0.1
+  c.train.weight_decay = 0.1  # decoupled (AdamW)
   c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
-  c.train.log_every = 50
-  c.train.eval_every = 250
-  c.train.eval_batches = 8  # 0: the whole validation split
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 3
-  c.train.async_checkpoints = True
+  c.train.log_every = 50  # steps between train/ metrics in metrics.jsonl and the bar
+  c.train.eval_every = 250  # steps between validation losses (and at the last step)
+  # Validation batches per evaluation during training: eval_batches x batch_size x seq_len
+  # tokens (0: the whole split, which research.evaluate always uses; quote that one).
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 500  # steps between checkpoints (and at the last step)
+  c.train.keep_checkpoints = 3  # the latest N are kept
+  c.train.async_checkpoints = True  # write checkpoints while training continues
   c.train.prefetch = 2  # batches transferred to the devices ahead of the step using them; 0: none
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.preset = ''  # '' | 'dp' | 'fsdp' | 'fsdp_tp' | 'fsdp_ep' | 'ep' (research.parallel.mesh)
   c.mesh.data = -1  # -1: all devices not used by the other axes
-  c.mesh.fsdp = 1
-  c.mesh.expert = 1
-  c.mesh.tensor = 1
-  c.mesh.rules = DEFAULT_RULES
+  c.mesh.fsdp = 1  # parameters, gradients and optimizer state sharded (ZeRO-3)
+  c.mesh.expert = 1  # MoE experts sharded
+  c.mesh.tensor = 1  # heads, MLP and vocabulary sharded (Megatron)
+  c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes (DEFAULT_RULES above)
 
   c.sample = ml_collections.ConfigDict()  # what `make train` prints at the end
-  c.sample.prompt = 'ROMEO:'
+  c.sample.prompt = 'ROMEO:'  # research.sample's defaults (its flags override them)
   c.sample.max_new_tokens = 200
-  c.sample.temperature = 0.8
-  c.sample.top_k = 0
-  c.sample.top_p = 0.95
+  c.sample.temperature = 0.8  # 0: greedy
+  c.sample.top_k = 0  # 0: off
+  c.sample.top_p = 0.95  # 1: off
 
   # research.evaluate --task=generation|few_shot (research/evaluation/). Saved with the run, so a
   # run's config can carry its task's prompt format; `--config.eval.k=5` overrides at evaluation.

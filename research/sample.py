@@ -7,6 +7,11 @@ What "sample" means follows the run's model family:
   encoder_decoder  the prompt as encoder input, the target decoded by sampling or, with
                    --beam_size > 1, length-normalised beam search (--length_penalty).
 
+An option that does not apply to the run's family is an error (exit 2), not a silent no-op:
+--beam_size/--length_penalty on a decoder, sampling options on an encoder's fill-mask or on
+beam search, a [MASK] prompt on a decoder or encoder-decoder, a span-corruption (T5) prompt
+without a sentinel such as <extra_id_0>.
+
 Everything comes from the workdir that research.train wrote: config.json, tokenizer.model and
 the latest (or --step) checkpoint. Flags: --max_new_tokens=200 --temperature=0.8 (0: greedy)
 --top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1. Each sample is printed as
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from typing import Sequence
 
 from absl import app, flags, logging
 import jax
@@ -103,6 +109,47 @@ def restore_params(config, workdir: str, step: int | None = None):
   return restore_variables(config, workdir, step)[0]
 
 
+# Flags that mean something only for some families (the others: workdir, prompt, step, apply to
+# all). `top_k` is the number of candidates in fill-mask.
+_APPLIES = {
+    'decoder': {'max_new_tokens', 'temperature', 'top_k', 'top_p', 'seed', 'num_samples'},
+    'encoder': {'top_k'},
+    'encoder_decoder': {'max_new_tokens', 'temperature', 'top_k', 'top_p', 'seed', 'num_samples',
+                        'beam_size', 'length_penalty'},
+}
+_SAMPLING = ('temperature', 'top_k', 'top_p', 'seed')
+_WHAT = {'decoder': 'continues the prompt', 'encoder': 'fills each [MASK] (fill-mask)',
+         'encoder_decoder': 'decodes a target for the prompt'}
+
+
+def check_applicable(config, prompt: str, given: set[str], *, beam_size: int = 1) -> None:
+  """Raises UserError for an option or prompt that the run's family would silently ignore.
+
+  `given`: the option names the user set explicitly (flags present on the command line).
+  """
+  family = config.model.family
+  objective = config.objective.name
+  unused = sorted(given - _APPLIES[family] - {'workdir', 'prompt', 'step'})
+  if family == 'encoder_decoder' and beam_size > 1:
+    unused += [f for f in _SAMPLING if f in given]  # beam search is deterministic
+  elif family == 'encoder_decoder':
+    unused += ['length_penalty'] if 'length_penalty' in given else []
+  if unused:
+    raise UserError(f'--{", --".join(unused)}: not used by this {family} run ({objective}), '
+                    f'which {_WHAT[family]}'
+                    + (' with beam search' if family == 'encoder_decoder' and beam_size > 1 else '')
+                    + '; drop the option')
+  if family != 'encoder' and '[MASK]' in prompt:
+    sentinel = ('; span corruption marks a gap with a sentinel: <extra_id_0>'
+                if objective == 'span_corruption' else '')
+    raise UserError(f'--prompt has [MASK], but this {family} run ({objective}) does not fill '
+                    f'masks: fill-mask needs an encoder (MLM) run{sentinel}')
+  if objective == 'span_corruption' and '<extra_id_' not in prompt:
+    raise UserError('--prompt has no sentinel: this run was trained on span corruption and '
+                    'predicts the text of each gap, so mark one, e.g. '
+                    '--prompt="To be, or not to <extra_id_0>, that is the question"')
+
+
 def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
   ids = tokens_N.tolist()
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
@@ -138,12 +185,18 @@ def _seq2seq(model, variables, tokenizer, prompt_ids, *, max_new_tokens, tempera
 
 def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int,
            top_p: float, seed: int, num_samples: int = 1, step: int | None = None,
-           beam_size: int = 1, length_penalty: float = 0.6) -> list[str]:
+           beam_size: int = 1, length_penalty: float = 0.6,
+           given: Sequence[str] = ()) -> list[str]:
   """`num_samples` continuations of `prompt`, each returned as prompt + continuation.
+
+  `given` names the options the caller set on purpose (the command's flags that are present):
+  those that do not apply to the run's family are errors. Beam search on a decoder is always
+  one, whether named or not.
 
   Raises:
     UserError: no run in `workdir`, an empty prompt, a prompt (plus continuation) longer than a
-      learned/sinusoidal position table, or invalid sampling settings.
+      learned/sinusoidal position table, invalid sampling settings, or options that do not
+      apply to the run (check_applicable).
   """
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
 
@@ -154,6 +207,8 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
     raise UserError(f'--num_samples={num_samples}: must be a positive integer')
   decoding.check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
   config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
+  given = set(given) | ({'beam_size'} if beam_size > 1 else set())
+  check_applicable(config, prompt, given, beam_size=beam_size)
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
   prompt_ids = tokenizer.encode(prompt)
   model = models.build_model(config)
@@ -183,6 +238,10 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
           for row in tokens_BN]
 
 
+_OPTIONS = ('max_new_tokens', 'temperature', 'top_k', 'top_p', 'seed', 'num_samples',
+            'beam_size', 'length_penalty')
+
+
 @exit_on_user_error
 def main(argv):
   if len(argv) > 1:
@@ -191,10 +250,11 @@ def main(argv):
   distributed.initialize_from_flags()  # before anything touches a JAX backend
   if not FLAGS.workdir:
     raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
+  given = [name for name in _OPTIONS if FLAGS[name].present]
   texts = sample(FLAGS.workdir, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
                  temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
                  seed=FLAGS.seed, num_samples=FLAGS.num_samples, step=FLAGS.step,
-                 beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
+                 beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty, given=given)
   if jax.process_index() != 0:
     return
   for i, text in enumerate(texts):
@@ -205,5 +265,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.quiet_backends()  # before JAX starts: no TPU probing on a machine without one
   define_flags()
-  app.run(main)
+  cli.run_plain(main)

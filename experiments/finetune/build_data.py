@@ -17,7 +17,10 @@ pre-training text, but never a question. Sampling uses a fixed seed: the files a
 
 Files: train.jsonl and eval.jsonl (SFT rows), questions.json (evaluation questions with their
 multiple-choice candidates: the eight titles; the true continuation and three other lines of
-the same play's evaluation part).
+the same play's evaluation part), and prefs.jsonl and prefs_eval.jsonl: preference rows for DPO
+(configs/finetune/dpo.py), {"prompt", "chosen", "rejected"}, one per which-play question of
+train.jsonl / eval.jsonl: the true title chosen, another of the eight titles (drawn with its
+own seed, so the SFT files do not change) rejected.
 """
 
 from __future__ import annotations
@@ -121,7 +124,28 @@ def build(out: str, *, which_train: int = 150, continue_train: int = 60, which_e
       f.writelines(json.dumps(row) + '\n' for row in rows)
   with open(os.path.join(out, 'questions.json'), 'w') as f:
     json.dump(questions, f, indent=1)
-  return {'train': len(train_rows), 'eval': len(eval_rows), 'questions': len(questions)}
+  prefs_rng = np.random.default_rng([seed, 1])  # its own stream: the files above stay as they were
+  prefs = {name: preference_rows(rows, titles, prefs_rng)
+           for name, rows in (('prefs.jsonl', train_rows), ('prefs_eval.jsonl', eval_rows))}
+  for name, rows in prefs.items():
+    with open(os.path.join(out, name), 'w') as f:
+      f.writelines(json.dumps(row) + '\n' for row in rows)
+  return {'train': len(train_rows), 'eval': len(eval_rows), 'questions': len(questions),
+          'preferences': len(prefs['prefs.jsonl']),
+          'preferences_eval': len(prefs['prefs_eval.jsonl'])}
+
+
+def preference_rows(rows, titles, rng) -> list[dict]:
+  """A DPO pair per which-play row: its true title chosen, another title rejected."""
+  pairs = []
+  for row in rows:
+    if not row['prompt'].startswith(WHICH_PROMPT.split('\n', 1)[0]):
+      continue
+    true = row['response'].strip()
+    others = [t for t in titles if t != true]
+    pairs.append({'prompt': row['prompt'], 'chosen': row['response'],
+                  'rejected': ' ' + others[rng.integers(len(others))]})
+  return pairs
 
 
 _OUT = flags.DEFINE_string('out', 'runs/ft_data', 'directory for the JSONL files')

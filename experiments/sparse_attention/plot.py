@@ -74,20 +74,45 @@ def cost_plots(rows, out_dir: str, subtitle: str) -> list[str]:
   ]
 
 
+def by_variant(lm_rows) -> dict[str, list[float]]:
+  """Validation losses per LM variant (one per seed), in the order the variants first appear."""
+  losses: dict[str, list[float]] = {}
+  for r in lm_rows:
+    losses.setdefault(r['variant'], []).append(float(r['eval_loss']))
+  return losses
+
+
+def mean_std(values) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for a single value)."""
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def quality_plot(lm_rows, retrieval_rows, out_dir: str, subtitle: str) -> str:
-  """Validation loss per LM variant, and retrieval accuracy per variant (chance marked)."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  """Validation loss per LM variant (mean over seeds, +/- one standard deviation, each seed a
+  dot; the axis starts at 0, so bar heights compare honestly), and retrieval accuracy per
+  variant (chance marked)."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
   ax = axes[0]
-  names = [r['variant'] for r in lm_rows]
-  losses = [r['eval_loss'] for r in lm_rows]
-  bars = ax.bar(range(len(names)), losses, color='tab:blue')
-  ax.bar_label(bars, fmt='%.3f', fontsize=8)
+  losses = by_variant(lm_rows)
+  names = list(losses)
+  stats = [mean_std(v) for v in losses.values()]
+  seeds = max((len(v) for v in losses.values()), default=0)
+  bars = ax.bar(range(len(names)), [m for m, _ in stats], yerr=[sd for _, sd in stats],
+                capsize=4, color='tab:blue', alpha=0.75, ecolor='black')
+  for i, values in enumerate(losses.values()):
+    ax.plot([i] * len(values), values, 'o', color='black', markersize=3, zorder=3)
+  ax.bar_label(bars, [f'{m:.3f}' + (f'\n\u00b1{sd:.3f}' if seeds > 1 else '') for m, sd in stats],
+               fontsize=8, padding=3)
   ax.set_xticks(range(len(names)), names, rotation=30, ha='right', fontsize=8)
   ax.set_ylabel('validation loss (nats / token)')
-  ax.set_title('Shakespeare: validation loss')
-  if losses:
-    lo, hi = min(losses), max(losses)
-    ax.set_ylim(lo - 0.1 * max(hi - lo, 0.05), hi + 0.1 * max(hi - lo, 0.05))
+  ax.set_title(f'Shakespeare: validation loss, {seeds} seed{"s" if seeds != 1 else ""}\n'
+               '(mean \u00b1 1 s.d.; dots: each seed)' if seeds > 1 else
+               'Shakespeare: validation loss (1 seed)')
+  if stats:
+    ax.set_ylim(0, max(max(v) for v in losses.values()) * 1.2)
   ax = axes[1]
   names = [r['variant'] for r in retrieval_rows]
   acc = [r['retrieval_accuracy'] for r in retrieval_rows]

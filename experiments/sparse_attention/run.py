@@ -48,7 +48,7 @@ KINDS = ('cost', 'quality')
 COST_COLUMNS = ('case', 'pattern', 'implementation', 'length', 'time_s', 'time_min_s',
                 'time_max_s', 'repeats', 'memory_bytes', 'device_peak_bytes', 'compile_s',
                 'attended_keys', 'model_flops', 'tflops_per_s', 'note')
-QUALITY_COLUMNS = ('task', 'variant', 'pattern', 'window', 'num_layers', 'receptive_field',
+QUALITY_COLUMNS = ('task', 'variant', 'seed', 'pattern', 'window', 'num_layers', 'receptive_field',
                    'distance', 'eval_loss', 'retrieval_accuracy', 'chance', 'flops_per_token',
                    'train_time_s', 'steps', 'name')
 
@@ -89,6 +89,9 @@ def default_section() -> ml_collections.ConfigDict:
   s.targets.min_speedup = 8.0
   # quality
   s.variants = ('full', 'sliding@16', 'sliding@64', 'sliding*3,full@16')
+  # Each LM variant trains once per seed (initialisation and batch order: config.seed); the
+  # differences between variants are about 1 %, so one seed cannot tell them from noise.
+  s.seeds = (0, 1, 2)
   s.retrieval = ml_collections.ConfigDict()
   s.retrieval.variants = ('full', 'sliding@8', 'sliding*3,full@8')
   s.retrieval.seq_len = 128
@@ -137,6 +140,8 @@ def section(config) -> ml_collections.ConfigDict:
   cost.parse_cases(s.cases)
   for v in list(s.variants) + list(s.retrieval.variants):
     quality.parse_variant(v)
+  if not s.seeds or len(set(s.seeds)) != len(s.seeds):
+    raise ConfigError('sparse_attention.seeds', s.seeds, 'give one or more distinct seeds')
   return s
 
 
@@ -403,15 +408,18 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
   num_layers = config.model.num_layers
 
   lm_variants = [quality.parse_variant(v) for v in s.variants]
-  for i, v in enumerate(lm_variants):
-    directory = os.path.join(workdir, 'lm', v.slug)
+  runs = [(v, seed) for v in lm_variants for seed in s.seeds]
+  for i, (v, seed) in enumerate(runs):
+    # Seed 0 keeps the directory it had before seeds existed, so old runs resume.
+    directory = os.path.join(workdir, 'lm', v.slug if seed == 0 else f'{v.slug}_seed{seed}')
     done = _read_json(os.path.join(directory, 'result.json'))
     if done is None:
       if dataset is None:
         from research.data import pipeline  # pylint: disable=g-import-not-at-top
         dataset = pipeline.load_dataset(config.data, workdir=workdir)
-      c = _run_config(config, quality.variant_overrides(v), f'{config.name}/lm/{v.name}')
-      log(f'[lm {i + 1}/{len(lm_variants)}] {v.name}: {c.train.steps} steps of '
+      c = _run_config(config, {**quality.variant_overrides(v), 'seed': seed},
+                      f'{config.name}/lm/{v.name}/seed{seed}')
+      log(f'[lm {i + 1}/{len(runs)}] {v.name}, seed {seed}: {c.train.steps} steps of '
           f'{c.train.batch_size} x {c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
@@ -419,7 +427,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
       if loss is None:
         loss = trainer.evaluate(trainer.build_run(c), _restore_params(c, directory), dataset,
                                 num_batches=c.train.eval_batches)['eval/loss']
-      done = {'task': 'shakespeare', 'variant': v.name, 'pattern': v.pattern,
+      done = {'task': 'shakespeare', 'variant': v.name, 'seed': seed, 'pattern': v.pattern,
               'window': v.window, 'num_layers': num_layers,
               'receptive_field': quality.receptive_field(v, num_layers),
               'eval_loss': float(loss), 'flops_per_token': _flops_per_token(c),
@@ -427,7 +435,9 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
               'name': c.name}
       with open(os.path.join(directory, 'result.json'), 'w') as f:
         json.dump(done, f, indent=1)
-      log(f"  {v.name}: validation loss {done['eval_loss']:.4f} ({done['train_time_s']} s)")
+      log(f"  {v.name}, seed {seed}: validation loss {done['eval_loss']:.4f} "
+          f"({done['train_time_s']} s)")
+    done.setdefault('seed', 0)  # written before seeds existed
     rows.append(done)
     write_csv(os.path.join(workdir, 'results.csv'), rows, QUALITY_COLUMNS)
 
@@ -501,11 +511,21 @@ def quality_markdown(lm_rows, retrieval_rows, env, config, seconds: float) -> st
            f'## {config.data.source}: validation loss', '',
            f'{config.train.steps} steps of {config.train.batch_size} x {config.data.seq_len} '
            'tokens each.', '',
-           '| variant | receptive field (tokens) | validation loss | FLOPs / token | train s |',
-           '|---|---:|---:|---:|---:|']
-  for x in lm_rows:
-    lines.append(f"| {x['variant']} | {_rf(x['receptive_field'])} | {x['eval_loss']:.4f} | "
-                 f"{x['flops_per_token']:.3g} | {x['train_time_s']} |")
+           f'Seeds {list(s.seeds)} (initialisation and batch order); validation loss '
+           f'over {config.train.eval_batches} batches of {config.train.batch_size} x '
+           f'{config.data.seq_len} tokens, the same batches for every run: mean, sample '
+           'standard deviation over seeds, and each seed.', '',
+           '| variant | receptive field (tokens) | validation loss, mean | s.d. | per seed | '
+           'FLOPs / token | train s (mean) |',
+           '|---|---:|---:|---:|---|---:|---:|']
+  from experiments.sparse_attention import plot  # pylint: disable=g-import-not-at-top
+  for variant, losses in plot.by_variant(lm_rows).items():
+    rows = [x for x in lm_rows if x['variant'] == variant]
+    mean, sd = plot.mean_std(losses)
+    per_seed = ', '.join(f"{x['eval_loss']:.4f} ({x.get('seed', 0)})" for x in rows)
+    train_s = sum(float(x['train_time_s']) for x in rows) / len(rows)
+    lines.append(f"| {variant} | {_rf(rows[0]['receptive_field'])} | {mean:.4f} | {sd:.4f} | "
+                 f"{per_seed} | {rows[0]['flops_per_token']:.3g} | {train_s:.1f} |")
   r = s.retrieval
   lines += ['', '## Long-range retrieval', '',
             f'Sequences of {r.seq_len} tokens: a key and {r.value_repeats} copies of its value '

@@ -65,6 +65,7 @@ def get_config(arg=None):
     c.train.checkpoint_every = 4
     s = c.sparse_attention
     s.variants = ('full', 'sliding@8')
+    s.seeds = (0,)
     s.retrieval.variants = ('sliding@4', 'sliding*1,full@4')
     s.retrieval.seq_len = 32
     s.retrieval.value_repeats = 2
