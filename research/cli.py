@@ -53,6 +53,14 @@ def quiet_logs() -> None:
   """Keep the console to our progress lines: JAX/absl INFO chatter goes away."""
   logging.getLogger('absl').setLevel(logging.WARNING)
   logging.getLogger('jax').setLevel(logging.WARNING)
+  # TFDS draws nested progress bars while it prepares a dataset (the Shakespeare corpus on the
+  # first run); nested bars leave cursor-up escape codes ("[A") in any log. The training bar is
+  # the only progress shown.
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tfds.disable_progress_bar()
 
 
 HELP_ARGS = ('--help', '-h', '-help', '--helpshort', '--helpfull', '-?')

@@ -4,7 +4,10 @@ Prints one JSON line of metrics. Tasks (research/evaluation/, each an importable
 
   python -m research.evaluate --workdir=runs/shk                 # --task=validation
       loss (nats/token), perplexity, next-token accuracy and target tokens over the whole
-      validation split (or --batches batches) of the run's own data source.
+      validation split (or --batches batches) of the run's own data source; "covers" says
+      which. This is the validation loss to quote: the trainer's eval/loss covers only
+      train.eval_batches batches. SFT/DPO runs are scored on their held-out examples (DPO:
+      preference accuracy and reward margin over pairs, no perplexity).
   python -m research.evaluate --workdir=runs/shk --task=perplexity --source=text:'notes/*.txt' \
       --split=validation
       the same on any source ('shakespeare' | 'tfds:NAME' | 'text:GLOB'; default the run's),
@@ -89,7 +92,12 @@ def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
   # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it).
   metrics = trainer.evaluate(run, state.params, dataset, num_batches=batches,
                              model_state=state.model_state)
-  return {'step': int(state.step), **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
+  out = {'step': int(state.step), **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
+  out['batches'], out['split_batches'] = int(out['batches']), int(out['split_batches'])
+  # Which loss is this? The trainer's eval/loss covers train.eval_batches batches only.
+  out['covers'] = ('the whole validation split' if out['batches'] >= out['split_batches'] else
+                   f"{out['batches']} of {out['split_batches']} validation batches (--batches)")
+  return out
 
 
 def main(config, argv, overrides):

@@ -3,6 +3,7 @@
 import json
 import pytest
 import os
+import re
 import subprocess
 import sys
 
@@ -12,18 +13,39 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, 'configs/decoder/shakespeare.py:tiny')
 
 
-def _run(module, *args, cache):
+# What `make train` must not print: absl/glog-format log lines, cursor-up codes that nested
+# progress bars leave, libtpu's probing for a TPU.
+NOISE = (re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d', re.M), re.compile(re.escape('\x1b[A')),
+         re.compile(r'TPU accelerator type|TPU_WORKER_HOSTNAMES|libtpu'))
+# issue 15 removes these: preparing the Shakespeare TFDS dataset on a fresh cache still logs
+# them (the data path is being rewritten); until then they are tolerated.
+ISSUE_15_TFDS = re.compile(r'Variant folder .* has no dataset_info\.json|'
+                           r'Downloading and preparing dataset|'
+                           r'Dataset shakespeare downloaded and prepared')
+
+
+def noisy_lines(output: str) -> list[str]:
+  lines = [l for l in re.split(r'[\r\n]', output) if not ISSUE_15_TFDS.search(l)]
+  return [l for l in lines if any(p.search(l) for p in NOISE)]
+
+
+def _run(module, *args, cache, with_stderr=False, platforms_unset=False):
   env = helpers.subprocess_env(LMFORGE_CACHE=cache)
+  if platforms_unset:  # as a user's shell: JAX picks its platforms (libtpu probes, if installed)
+    env.pop('JAX_PLATFORMS', None)
   result = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
+  return (result.stdout, result.stderr) if with_stderr else result.stdout
 
 
 @pytest.mark.slow
 def test_train_evaluate_sample_benchmark(tmp_path):
   cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 'run')
-  out = _run('research.train', f'--config={TINY}', f'--workdir={workdir}', cache=cache)
+  out, err = _run('research.train', f'--config={TINY}', f'--workdir={workdir}', cache=cache,
+                  with_stderr=True)
+  assert not noisy_lines(out + err), noisy_lines(out + err)  # a fresh cache, as on a new clone
+  assert 'research.evaluate scores all' in err  # the eval lines say what they cover
   final = json.loads(out.strip().splitlines()[-1])
   assert final['step'] == 20 and final['eval/loss'] < 6.0  # ln(512) = 6.24 at initialisation
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
@@ -31,10 +53,13 @@ def test_train_evaluate_sample_benchmark(tmp_path):
 
   ev = json.loads(_run('research.evaluate', f'--workdir={workdir}', cache=cache).splitlines()[-1])
   assert ev['step'] == 20 and ev['tokens'] > 10_000  # the whole validation split
+  assert ev['covers'] == 'the whole validation split' and ev['batches'] == ev['split_batches']
   assert abs(ev['perplexity'] - 2.718281828 ** ev['loss']) < 1e-3 * ev['perplexity']
 
-  text = _run('research.sample', f'--workdir={workdir}', '--prompt=ROMEO:',
-              '--max_new_tokens=20', '--temperature=0.8', '--top_p=0.95', '--seed=0', cache=cache)
+  text, err = _run('research.sample', f'--workdir={workdir}', '--prompt=ROMEO:',
+                   '--max_new_tokens=20', '--temperature=0.8', '--top_p=0.95', '--seed=0',
+                   cache=cache, with_stderr=True, platforms_unset=True)
+  assert not noisy_lines(text + err), noisy_lines(text + err)  # make test installs libtpu
   assert 'ROMEO:' in text and len(text.strip()) > len('ROMEO:')
 
   bench = json.loads(_run('research.benchmark', f'--config={TINY}', '--steps=2',
@@ -43,22 +68,5 @@ def test_train_evaluate_sample_benchmark(tmp_path):
     assert bench[key] > 0, key
 
 
-@pytest.mark.slow
-def test_encoder_train_then_fill_mask(tmp_path):
-  cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 'mlm')
-  config = os.path.join(REPO, 'configs/encoder/shakespeare.py:tiny')
-  _run('research.train', f'--config={config}', f'--workdir={workdir}', cache=cache)
-  out = _run('research.sample', f'--workdir={workdir}',
-             '--prompt=To be, or not to [MASK], that is the question', '--top_k=3', cache=cache)
-  lines = [l for l in out.splitlines() if l.startswith('[MASK] at piece')]
-  assert len(lines) == 1 and lines[0].count(',') >= 2  # three candidates with probabilities
-
-
-@pytest.mark.slow
-def test_encoder_decoder_train_then_beam_search(tmp_path):
-  cache, workdir = str(tmp_path / 'cache'), str(tmp_path / 't5')
-  config = os.path.join(REPO, 'configs/encoder_decoder/shakespeare.py:tiny')
-  _run('research.train', f'--config={config}', f'--workdir={workdir}', cache=cache)
-  out = _run('research.sample', f'--workdir={workdir}', '--prompt=Good night, sweet prince',
-             '--beam_size=4', '--num_samples=2', '--max_new_tokens=8', cache=cache)
-  assert sum(l.startswith('Good night, sweet prince =>') for l in out.splitlines()) == 2
+# The encoder (fill-mask) and encoder-decoder (beam search) commands run end to end in
+# tests/test_readme.py, as the README gives them.

@@ -22,6 +22,10 @@ import numpy as np
 from experiments.scaling_laws import laws
 from research.errors import UserError
 
+# Epoch AI's Chinchilla points, shipped in the repository with their attribution (data/README.md).
+EPOCH_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                         'epoch_chinchilla_points.csv')
+
 LMFORGE = 'lmforge'
 EPOCH = 'epoch'
 LMFORGE_REQUIRED = ('params', 'tokens', 'loss')

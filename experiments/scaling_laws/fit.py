@@ -4,8 +4,8 @@ r"""Fits scaling laws to (N, D, C, loss) points, with seeded bootstrap confidenc
         [--approaches=1,2,3,kaplan] [--bootstrap=200] [--seed=0] [--drop_highest=K]
 
 writes `fit.json` (every coefficient with its 95% interval and its bootstrap samples) and PNG plots
-into --out, and prints a table. On Epoch's Chinchilla points (../shared/data) with the default 200
-resamples it takes under a minute on 2 CPU cores and gives E = 1.82, A = 478, B = 2143,
+into --out, and prints a table. On Epoch's Chinchilla points
+(experiments/scaling_laws/data/epoch_chinchilla_points.csv) with the default 200 resamples it takes under a minute on 2 CPU cores and gives E = 1.82, A = 478, B = 2143,
 alpha = 0.347, beta = 0.367, inside Epoch's published intervals.
 
 Approaches (`--approaches` names; fit.json keys):

@@ -12,6 +12,10 @@ or stored log-probs, stays right when the data or seq_len change, and a resumed 
 its own checkpoint. The cost is one extra forward pass per step (no backward) and one more copy
 of the parameters; the optimizer holds no state for it.
 
+Evaluation (eval_metrics) reports eval/loss (the DPO loss, per pair), eval/accuracy (= the
+preference accuracy, dpo/accuracy), the same dpo/ metrics and eval/pairs; no perplexity, which
+would be exp of a per-pair loss and mean nothing.
+
 Logged (per pair): train/loss, train/accuracy (= dpo/accuracy: pairs with r(chosen) >
 r(rejected)), dpo/reward_margin, dpo/chosen_reward, dpo/rejected_reward, and the preference
 accuracy of each model by itself, dpo/policy_accuracy and dpo/reference_accuracy (pairs where
@@ -65,6 +69,16 @@ def sequence_logprobs(model, params, batch, side: str, *, rngs=None):
   logp_BTV = jax.nn.log_softmax(logits_BTV, axis=-1)
   target_BT = jnp.take_along_axis(logp_BTV, batch[f'{side}_targets'][..., None], axis=-1)[..., 0]
   return jnp.sum(target_BT * batch[f'{side}_weights'], axis=-1)
+
+
+def eval_metrics(totals) -> dict[str, float]:
+  """The evaluation summary of summed `loss_fn` aux over held-out pairs (trainer.evaluate)."""
+  pairs = max(float(totals['weight_sum']), 1.0)
+  out = {'eval/loss': float(totals['loss_sum']) / pairs,
+         'eval/accuracy': float(totals['correct']) / pairs,
+         'eval/pairs': float(totals['weight_sum'])}
+  out.update({f'eval/{k}': float(v) / pairs for k, v in totals['metrics'].items()})
+  return out
 
 
 def loss_fn(model, params, batch, *, rngs=None, model_state=None, beta: float = 0.1):

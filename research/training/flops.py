@@ -1,16 +1,16 @@
 """FLOP accounting shared by MFU logging, the planner and the scaling-law module.
 
-FLOPs per token = 6 x matmul parameters (unembedding included; embedding lookups are not
-matmuls) + 12 x (heads x head_dim) x the sum over layers of their mean attended keys. The 6
-counts forward (2) and backward (4) FLOPs per multiply-add; attention has two matmuls (QK^T and
-PV), hence 12. The mean attended keys is (T+1)/2 for causal masks and T for bidirectional ones,
-so a full causal layer costs 6 x d_model x T per token: DESIGN.md's "6 x layers x d_model x
-context, halved for causal masks" (PaLM's 12·L·H·Q·T before halving). Sparse attention patterns
-(`model.attention`, research/layers/patterns.py) count the keys each layer's pattern lets a
-query see, exactly, on one unpacked row: about W for a causal window of W (the first queries
-see fewer), 2W - 1 for a bidirectional one, plus the global tokens (Longformer), the visible
-blocks (BigBird), or the chunk (chunked). These are model FLOPs: a block-sparse kernel computes
-somewhat more (whole tiles) and a masked dense one the full T.
+FLOPs per token = 6 x matmul parameters (unembedding included; embedding lookups are not matmuls) +
+12 x (heads x head_dim) x the sum over layers of their mean attended keys. The 6 counts forward (2)
+and backward (4) FLOPs per multiply-add; attention has two matmuls (QK^T and PV), hence 12. The mean
+attended keys is (T+1)/2 for causal masks and T for bidirectional ones, so a full causal layer costs
+6 x d_model x T per token: the "6 x layers x d_model x context, halved for causal masks" of
+docs/ARCHITECTURE.md (FLOP conventions), PaLM's 12·L·H·Q·T before halving. Sparse attention patterns
+(`model.attention`, research/layers/patterns.py) count the keys each layer's pattern lets a query
+see, exactly, on one unpacked row: about W for a causal window of W (the first queries see fewer),
+2W - 1 for a bidirectional one, plus the global tokens (Longformer), the visible blocks (BigBird),
+or the chunk (chunked). These are model FLOPs: a block-sparse kernel computes somewhat more (whole
+tiles) and a masked dense one the full T.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from research.layers import patterns as patterns_lib
 from research.models.transformer import TransformerConfig
 
-# Dense bf16 peak FLOP/s per chip (DESIGN.md).
+# Dense bf16 peak FLOP/s per chip (docs/ARCHITECTURE.md, FLOP conventions).
 PEAK_FLOPS = {
     'h100': 989e12, 'h200': 989e12, 'a100': 312e12,
     'tpu v4': 275e12, 'tpu v5 lite': 197e12, 'tpu v5e': 197e12, 'tpu v5p': 459e12,

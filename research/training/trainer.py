@@ -212,13 +212,15 @@ def make_train_step(run: Run) -> Callable:
 
 
 def make_eval_step(run: Run) -> Callable:
-  """jit(params, batch, model_state={}) -> summed loss, weights and correct predictions."""
+  """jit(params, batch, model_state={}) -> summed loss, weights, correct predictions and the
+  objective's own metric sums (aux['metrics'], e.g. DPO's rewards)."""
   model, objective = run.eval_model, run.objective
   extra = loss_kwargs(run)
 
   def eval_fn(params, batch, model_state):
     aux = objective.loss_fn(model, params, batch, model_state=model_state, **extra)[1]
-    return {k: aux[k] for k in ('loss_sum', 'weight_sum', 'correct')}
+    return {**{k: aux[k] for k in ('loss_sum', 'weight_sum', 'correct')},
+            'metrics': aux.get('metrics', {})}
 
   with run.context():
     step = jax.jit(eval_fn, in_shardings=(run.state_shardings.params, run.batch_sharding,
@@ -286,9 +288,24 @@ def host_eval_batch(run: Run, dataset, index: int) -> dict[str, np.ndarray]:
                                                  global_batch=c.train.batch_size))
 
 
+def token_eval_metrics(totals) -> dict[str, float]:
+  """Loss per target token, its perplexity, next-token accuracy and the tokens scored: the
+  summary of every objective whose loss is a mean over tokens."""
+  loss = float(totals['loss_sum'] / totals['weight_sum'])
+  return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
+          'eval/accuracy': float(totals['correct'] / totals['weight_sum']),
+          'eval/tokens': float(totals['weight_sum'])}
+
+
 def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None,
              model_state=None):
-  """Validation loss, perplexity and accuracy over `num_batches` (0/None: the whole split)."""
+  """Validation metrics over `num_batches` (0/None: the whole split).
+
+  The objective's `eval_metrics(totals)` summarises when it has one (DPO: preference accuracy
+  and reward margin over pairs, no perplexity); else `token_eval_metrics`. `eval/batches` and
+  `eval/split_batches` say what the numbers cover: the trainer scores train.eval_batches of
+  the split, research.evaluate all of it, so the two losses of one checkpoint differ.
+  """
   c = run.config
   eval_step = eval_step or make_eval_step(run)
   available = dataset.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
@@ -298,10 +315,28 @@ def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | No
     out = eval_step(params, device_batch(run, host_eval_batch(run, dataset, i)), model_state)
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
-  loss = float(totals['loss_sum'] / totals['weight_sum'])
-  return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
-          'eval/accuracy': float(totals['correct'] / totals['weight_sum']),
-          'eval/tokens': float(totals['weight_sum'])}
+  summarise = getattr(run.objective, 'eval_metrics', token_eval_metrics)
+  return {**summarise(totals), 'eval/batches': float(n), 'eval/split_batches': float(available)}
+
+
+def describe_eval(ev: dict[str, float]) -> str:
+  """One line: the headline metrics and what they cover, e.g. 'eval loss 4.5790, perplexity
+  97.4; 8 of 45 validation batches (train.eval_batches=8: 32,768 tokens; research.evaluate
+  scores all 45)'."""
+  if 'eval/perplexity' in ev:
+    head = f"eval loss {ev['eval/loss']:.4f}, perplexity {ev['eval/perplexity']:.1f}"
+  else:
+    head = f"eval loss {ev['eval/loss']:.4f}, accuracy {ev['eval/accuracy']:.3f}"
+  head += ''.join(f", {k.split('/')[-1].replace('_', ' ')} {ev[k]:.3f}"
+                  for k in sorted(ev) if k.startswith('eval/') and k.count('/') == 2
+                  and k.endswith('margin'))
+  unit = 'pairs' if 'eval/pairs' in ev else 'tokens'
+  n, total = int(ev['eval/batches']), int(ev['eval/split_batches'])
+  amount = f"{ev.get(f'eval/{unit}', 0):,.0f} {unit}"
+  if n >= total:
+    return f'{head}; the whole validation split ({total} batches, {amount})'
+  return (f'{head}; {n} of {total} validation batches (train.eval_batches={n}: {amount}; '
+          f'research.evaluate scores all {total})')
 
 
 class _Preemption:
@@ -384,13 +419,18 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
       print(f"parameters: {counts['trainable_params']:,} trainable of "
             f"{counts['total_params']:,} ({c.peft.method})", flush=True)
   last = c.train.steps
+  # smoothing=0: the rate (and so the ETA) is the average since the start. Steps are
+  # dispatched asynchronously and the host waits only at log steps, so tqdm's default moving
+  # average swings between "instant" steps and the one that waits (ETA 1:40 <-> 13:42).
   bar = tqdm(total=last, initial=first, disable=jax.process_index() != 0, dynamic_ncols=True,
-             unit='step', desc='train')
+             unit='step', desc='train', smoothing=0)
   pending, final, t_log, s_log = [], {}, time.perf_counter(), first
   batches = prefetched_train_batches(run, dataset, first, last, c.train.get('prefetch', 2))
   with _Preemption() as preemption:
     for step in range(first + 1, last + 1):
       state, metrics = train_step(state, next(batches))  # batch index step - 1
+      if step == first + 1:
+        bar.unpause()  # the first call compiled the step: keep compile time out of the rate
       pending.append(metrics)
       logged = None
       if _is_due(step, c.train.log_every, last):
@@ -411,8 +451,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
                       model_state=state.model_state)
         writer.write(step, ev)
         final.update(ev)
-        bar.write(f"step {step}: eval loss {ev['eval/loss']:.4f} "
-                  f"(perplexity {ev['eval/perplexity']:.1f})")
+        bar.write(f'step {step}: {describe_eval(ev)}')
         t_log = time.perf_counter()  # evaluation time is not training throughput
       for hook in hooks:
         hook(step, state, logged)

@@ -53,3 +53,12 @@ def test_dpo_policy_beats_reference(tmp_path, decoder_source, tokenizer_path):
   assert policy_acc > 0.7
   jax.tree.map(np.testing.assert_array_equal,
                jax.device_get(state.model_state[dpo.REFERENCE]), reference)
+
+  # The trainer's (and research.evaluate's) summary: preference metrics over pairs, and no
+  # perplexity (exp of a per-pair DPO loss means nothing).
+  ev = trainer.evaluate(run, state.params, data, model_state=state.model_state)
+  assert 'eval/perplexity' not in ev and 'eval/tokens' not in ev
+  assert ev['eval/pairs'] == 64 and ev['eval/batches'] == ev['eval/split_batches']
+  assert ev['eval/accuracy'] == ev['eval/dpo/accuracy'] and ev['eval/dpo/reward_margin'] > 0
+  line = trainer.describe_eval(ev)
+  assert 'perplexity' not in line and 'reward margin' in line and '64 pairs' in line, line

@@ -6,13 +6,14 @@ import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[3]
-# Reference data lives beside the repository, never inside it (see ../shared/data/README.md).
-EPOCH_CSV = REPO.parent / 'shared' / 'data' / 'epoch_chinchilla_points.csv'
+from experiments.scaling_laws import data
+
+# Epoch's Chinchilla points ship with the repository (experiments/scaling_laws/data/README.md):
+# every clone runs the reproduction, so a missing file is a failure, not a skip.
+EPOCH_CSV = pathlib.Path(data.EPOCH_CSV)
 
 
 @pytest.fixture(scope='session')
 def epoch_csv() -> pathlib.Path:
-  if not EPOCH_CSV.exists():
-    pytest.skip(f'reference data {EPOCH_CSV} is absent')
+  assert EPOCH_CSV.is_file(), f'{EPOCH_CSV} is missing from the checkout'
   return EPOCH_CSV
