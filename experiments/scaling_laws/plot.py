@@ -50,6 +50,13 @@ def _figure(ncols: int = 1) -> tuple[Figure, list]:
   return fig, axes
 
 
+def _legend_below(fig: Figure, ax, ncols: int) -> None:
+  """The axes' legend under the figure, outside the plotting area, so it never covers a point
+  whatever the data (constrained layout makes room for it)."""
+  fig.legend(*ax.get_legend_handles_labels(), loc='outside lower center', ncols=ncols,
+             fontsize='small', frameon=False)
+
+
 def _ok(results: Mapping, name: str):
   fit = results.get(name)
   return fit if fit is not None and hasattr(fit, 'values') else None
@@ -125,7 +132,7 @@ def plot_isoflops(data: data_lib.ScalingData, results: Mapping) -> Figure | None
   ax.set_xlabel(PARAMS_LABEL)
   ax.set_ylabel(LOSS_LABEL)
   ax.set_title(f'IsoFLOP profiles ({len(minima)} budgets with a minimum)')
-  ax.legend(fontsize='small', loc='upper right')
+  _legend_below(fig, ax, ncols=3)  # inside, a corner always held some run's point
   return fig
 
 
@@ -149,7 +156,7 @@ def plot_fitted_vs_observed(data: data_lib.ScalingData, results: Mapping) -> Fig
   ax.set_xlabel(f'observed {LOSS_LABEL}')
   ax.set_ylabel(f'predicted {LOSS_LABEL}')
   ax.set_title('Fitted against observed loss')
-  ax.legend(fontsize='small', loc='upper left')  # points lie along the diagonal
+  _legend_below(fig, ax, ncols=1)  # the diagonal crosses both upper corners: no free corner
   return fig
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import matplotlib
 import matplotlib.ticker
@@ -21,14 +22,25 @@ def _ideal(ax, xs, anchor_x, anchor_y, slope, label, style):
   ax.plot(xs, ys, style, color='0.55', linewidth=1, label=label)
 
 
+def _stop_reason(note: str) -> str:
+  """'skipped: its T x T scores need about 24.0 GiB, more than sparse_attention.max_dense_bytes=
+  7.5 GiB' -> 'its T x T scores need 24.0 GiB > the 7.5 GiB limit' (on two lines)."""
+  match = re.search(r'need about ([\d.]+ GiB), more than .*?=([\d.]+ GiB)', note)
+  if match:
+    return f'its T x T scores need\n  {match.group(1)} > the {match.group(2)} limit'
+  return note.split(':', 1)[-1].strip()[:40]
+
+
 def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1.0) -> str:
   """One line per case of `key` vs length on log-log axes, with slope-1 and slope-2 guides
-  through the smallest measured point of the cheapest and the costliest case."""
+  through the smallest measured point of the cheapest and the costliest case. A case whose
+  longer lengths were skipped (rows with a note and no value) ends in an x, and its legend entry
+  says from which length and why, so a line that stops is never a mystery."""
   cases = []
   for r in rows:
     if r['case'] not in cases:
       cases.append(r['case'])
-  fig, ax = plt.subplots(figsize=(7.5, 5))
+  fig, ax = plt.subplots(figsize=(10.5, 5))
   points = {}
   for case in cases:
     pts = sorted((r['length'], r[key] * scale) for r in rows
@@ -36,10 +48,20 @@ def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1
     if not pts:
       continue
     points[case] = pts
+    skipped = sorted((r['length'], r['note']) for r in rows if r['case'] == case
+                     and r.get(key) in (None, '') and r.get('note'))
+    label = case
+    if skipped:
+      label += (f'\n  stops at {_length_label(pts[-1][0])}: {_length_label(skipped[0][0])} skipped,'
+                f'\n  {_stop_reason(skipped[0][1])}')
     # The mask-only control overlaps full attention (same work): dashed and hollow, both show.
     control = 'mask-only' in case
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o--' if control else 'o-', label=case,
-            markerfacecolor='none' if control else None, markersize=9 if control else 6)
+    line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o--' if control else 'o-',
+                    label=label, markerfacecolor='none' if control else None,
+                    markersize=9 if control else 6)
+    if skipped:
+      ax.plot([pts[-1][0]], [pts[-1][1]], 'x', color=line.get_color(), markersize=14,
+              markeredgewidth=2)
   if points:
     lengths = sorted({p[0] for pts in points.values() for p in pts})
     first = {case: pts[0] for case, pts in points.items()}
@@ -56,9 +78,9 @@ def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, which='both', alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7.5, loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, bbox_inches='tight')  # the legend beside the axes stays whole
   plt.close(fig)
   return path
 

@@ -342,8 +342,8 @@ def run_cost(config, workdir: str, *, log: Callable[[str], None] = print) -> lis
         f"{'' if ch['ok'] is None else (' met' if ch['ok'] else ' MISSED')}")
   subtitle = (f"{env['device']}, B={s.batch} H={s.heads} K={s.head_dim}, "
               f"W={att.window}, block {att.block_size}")
-  measured = [r for r in rows if r.get('time_s')]
-  plot.cost_plots(measured, workdir, subtitle)
+  # Skipped rows go too: the plot marks where a case stops and says why.
+  plot.cost_plots([r for r in rows if r.get('time_s') or r.get('note')], workdir, subtitle)
   _atomic_write(os.path.join(workdir, 'results.md'), cost_markdown(rows, checks, env, s, att))
   with open(os.path.join(workdir, 'environment.json'), 'w') as f:
     json.dump({**env, 'checks': checks}, f, indent=1)

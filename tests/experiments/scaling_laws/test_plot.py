@@ -35,6 +35,9 @@ def test_axes_are_labelled_with_units(isoflop_results):
   assert 'parameters N' in ax_n.get_ylabel() and 'tokens D' in ax_d.get_ylabel()
   fitted = plot.plot_fitted_vs_observed(sweep, results).axes[0]
   assert fitted.get_xlabel() == 'observed loss (nats/token)'
+  # Legends that could cover points sit outside the axes, in the figure.
+  for figure in (plot.plot_isoflops(sweep, results), plot.plot_fitted_vs_observed(sweep, results)):
+    assert figure.axes[0].get_legend() is None and len(figure.legends) == 1
 
 
 def test_skipped_fits_leave_their_plots_out(tmp_path):

@@ -69,6 +69,27 @@ def test_cost_command_writes_tables_and_plots(tmp_path):
   assert '## Targets' in text and 'sliding/blockwise: time growth 256 -> 512' in text
 
 
+def test_plots_say_where_a_case_stops_and_show_the_spread_over_seeds(tmp_path):
+  from experiments.sparse_attention import plot  # pylint: disable=g-import-not-at-top
+  note = ('skipped: its T x T scores need about 24.0 GiB, more than '
+          'sparse_attention.max_dense_bytes=7.5 GiB')
+  rows = [{'case': 'full/xla', 'length': t, 'time_s': 0.1 * t} for t in (1024, 2048)]
+  rows += [{'case': 'full/xla', 'length': 4096, 'time_s': None, 'note': note},
+           {'case': 'sliding/blockwise', 'length': 4096, 'time_s': 0.2}]
+  path = plot.log_log(rows, 'time_s', 's', 'title', str(tmp_path / 't.png'))
+  assert os.path.getsize(path) > 0
+  assert plot._stop_reason(note) == 'its T x T scores need\n  24.0 GiB > the 7.5 GiB limit'  # pylint: disable=protected-access
+
+  lm = [{'variant': v, 'seed': s, 'eval_loss': loss} for v, s, loss in (
+      ('full', 0, 3.0), ('full', 1, 3.2), ('sliding@16', 0, 3.1), ('sliding@16', 1, 3.1))]
+  assert plot.by_variant(lm) == {'full': [3.0, 3.2], 'sliding@16': [3.1, 3.1]}
+  mean, sd = plot.mean_std([3.0, 3.2])
+  assert mean == pytest.approx(3.1) and sd == pytest.approx(0.1414, abs=1e-4)
+  retrieval = [{'variant': 'full', 'retrieval_accuracy': 1.0, 'receptive_field': math.inf,
+                'chance': 0.0625}]
+  assert os.path.getsize(plot.quality_plot(lm, retrieval, str(tmp_path), 'sub')) > 0
+
+
 def test_cost_cases_follow_the_backend():
   config = config_lib.load_config(COST)
   names = [c.name for c in run.cost_cases(config.sparse_attention, 'cpu')]
