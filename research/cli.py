@@ -34,7 +34,8 @@ def quiet_backends(environ=os.environ) -> str | None:
   if environ.get('JAX_PLATFORMS') or environ.get('JAX_PLATFORM_NAME'):
     return None
   from research import xla_flags  # pylint: disable=g-import-not-at-top
-  if xla_flags.gpu_expected(environ) or xla_flags._find_spec('libtpu') is None:  # pylint: disable=protected-access
+  has_libtpu = xla_flags._find_spec('libtpu') is not None  # pylint: disable=protected-access
+  if xla_flags.gpu_expected(environ) or not has_libtpu:
     return None
   try:
     from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top

@@ -1,22 +1,23 @@
-"""Evaluate a trained run: python -m research.evaluate --workdir=runs/shk [--task=NAME].
+"""Evaluate a trained run: python -m research.evaluate --workdir=runs/shakespeare [--task=NAME].
 
 Prints one JSON line of metrics. Tasks (research/evaluation/, each an importable function):
 
-  python -m research.evaluate --workdir=runs/shk                 # --task=validation
+  python -m research.evaluate --workdir=runs/shakespeare         # --task=validation
       loss (nats/token), perplexity, next-token accuracy and target tokens over the whole
       validation split (or --batches batches) of the run's own data source; "covers" says
       which. This is the validation loss to quote: the trainer's eval/loss covers only
       train.eval_batches batches. SFT/DPO runs are scored on their held-out examples (DPO:
       preference accuracy and reward margin over pairs, no perplexity).
-  python -m research.evaluate --workdir=runs/shk --task=perplexity --source=text:'notes/*.txt' \
-      --split=validation
+  python -m research.evaluate --workdir=runs/shakespeare --task=perplexity \
+      --source=text:'notes/*.txt' --split=validation
       the same on any source ('shakespeare' | 'tfds:NAME' | 'text:GLOB'; default the run's),
       tokenized with the run's tokenizer.
-  python -m research.evaluate --workdir=runs/shk --task=generation --data=pairs.jsonl --out=ev
+  python -m research.evaluate --workdir=runs/shakespeare --task=generation --data=pairs.jsonl \
+      --out=ev
       BLEU, chrF (sacrebleu) and ROUGE-1/2/L F (rouge-score), 0-100, of greedy generations for
       {"input", "reference" | "references"} lines; --out writes the predictions beside the
       metrics.
-  python -m research.evaluate --workdir=runs/shk --task=few_shot --data=qa.jsonl \
+  python -m research.evaluate --workdir=runs/shakespeare --task=few_shot --data=qa.jsonl \
       --config.eval.k=3
       exact-match accuracy with k examples of {"input", "target"} lines in each prompt.
 
@@ -107,7 +108,7 @@ def main(config, argv, overrides):
     raise UserError("--config: evaluation reads the run's saved config.json; change its eval "
                     'section with --config.eval.FIELD=VALUE alone')
   if not FLAGS.workdir:
-    raise UserError('--workdir is required, e.g. --workdir=runs/shk')
+    raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
   task = evaluation.get_task(FLAGS.task)
   unread = [name for name in ('batches', 'source', 'split', 'data', 'out')
             if FLAGS[name].present and name not in task.flags]

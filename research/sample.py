@@ -1,4 +1,6 @@
-"""Sample from a trained run: python -m research.sample --workdir=runs/shk --prompt="ROMEO:".
+"""Sample from a trained run.
+
+  python -m research.sample --workdir=runs/shakespeare --prompt="ROMEO:"
 
 What "sample" means follows the run's model family:
   decoder          the prompt continued (greedy, temperature, top-k, top-p; KV cache);
@@ -17,7 +19,7 @@ the latest (or --step) checkpoint. Flags: --max_new_tokens=200 --temperature=0.8
 --top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1. Each sample is printed as
 prompt + continuation, stopping at the end-of-document token.
 
-In a notebook:  texts = sample('runs/shk', 'ROMEO:', max_new_tokens=100, temperature=0.8,
+In a notebook:  texts = sample('runs/shakespeare', 'ROMEO:', max_new_tokens=100, temperature=0.8,
 top_k=0, top_p=0.95, seed=0)
 """
 

@@ -1,8 +1,8 @@
 """Decoder-only LM on the complete works of Shakespeare: the `make train` default.
 
 Run:
-  python -m research.train --config=configs/decoder/shakespeare.py --workdir=runs/shk
-  python -m research.sample --workdir=runs/shk --prompt="ROMEO:" --max_new_tokens=200 \
+  python -m research.train --config=configs/decoder/shakespeare.py --workdir=runs/shakespeare
+  python -m research.sample --workdir=runs/shakespeare --prompt="ROMEO:" --max_new_tokens=200 \
       --temperature=0.8 --top_p=0.95 --seed=0
 
 A 4-layer, 256-wide RoPE/SwiGLU/RMSNorm/GQA decoder (3.7M parameters) over a 2,048-piece BPE

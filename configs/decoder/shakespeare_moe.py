@@ -2,8 +2,9 @@
 experts in every layer, at the dense model's active parameters.
 
 Train and sample:
-  python -m research.train --config=configs/decoder/shakespeare_moe.py --workdir=runs/shk_moe
-  python -m research.sample --workdir=runs/shk_moe --prompt="ROMEO:"
+  python -m research.train --config=configs/decoder/shakespeare_moe.py \
+      --workdir=runs/shakespeare_moe
+  python -m research.sample --workdir=runs/shakespeare_moe --prompt="ROMEO:"
 Benchmark the dispatch paths against the dense model of the same active parameters (one JSON
 line each; BENCHMARKS.md, "MoE dispatch"):
   python -m research.benchmark --config=configs/decoder/shakespeare_moe.py:dense --batch_size=16

@@ -1,14 +1,24 @@
 """Direct preference optimisation of a (fine-tuned) decoder workdir on JSONL preference pairs.
 
 Run:
-  python -m research.train --config=configs/finetune/dpo.py --config.init_from=runs/shk_sft \
-      --config.dpo.train_data=prefs.jsonl --workdir=runs/shk_dpo
+  python -m experiments.finetune.build_data --out=runs/ft_data   # prefs.jsonl, prefs_eval.jsonl
+  python -m research.train --config=configs/finetune/dpo.py \
+      --config.init_from=runs/shakespeare_lora_merged \
+      --config.dpo.train_data=runs/ft_data/prefs.jsonl \
+      --config.dpo.eval_data=runs/ft_data/prefs_eval.jsonl --workdir=runs/shakespeare_dpo
+  python -m research.evaluate --workdir=runs/shakespeare_dpo
+
+(runs/shakespeare_lora_merged is the README's fine-tuning chain: SFT with LoRA, then
+research.export; any decoder workdir will do.) build_data's pairs are the which-play questions
+with the true title chosen and another title rejected.
 
 Rows are {"prompt", "chosen", "rejected"}; the policy starts from init_from and the frozen
 reference is that same model (kept in the train state, research/objectives/dpo.py). Logged:
 train/dpo/reward_margin, train/dpo/accuracy (pairs whose implicit reward ranks chosen first),
 chosen/rejected rewards, and each model's own preference accuracy (dpo/policy_accuracy against
-dpo/reference_accuracy).
+dpo/reference_accuracy). Evaluation (the trainer's eval lines and research.evaluate) reports
+the DPO loss, the preference accuracy and the reward margin over held-out pairs, and no
+perplexity: exp of a per-pair loss means nothing.
 
 Expected: train/dpo/reward_margin starts at 0 (policy = reference) and grows, and dpo/accuracy
 rises from 0 on a learnable preference; tests/finetune/test_dpo.py checks, on a synthetic

@@ -1,11 +1,12 @@
 """Supervised fine-tuning of a pre-trained workdir on JSONL prompt/response (or chat) rows.
 
-Run (after pre-training runs/shk with configs/decoder/shakespeare.py, and writing the worked
-example's data with `python -m experiments.finetune.build_data --out=runs/ft_data`):
-  python -m research.train --config=configs/finetune/sft.py --config.init_from=runs/shk \
+Run (after pre-training runs/shakespeare with configs/decoder/shakespeare.py, and writing the
+worked example's data with `python -m experiments.finetune.build_data --out=runs/ft_data`):
+  python -m research.train --config=configs/finetune/sft.py --config.init_from=runs/shakespeare \
       --config.finetune.train_data=runs/ft_data/train.jsonl \
-      --config.finetune.eval_data=runs/ft_data/eval.jsonl --workdir=runs/shk_sft
-  python -m research.export --workdir=runs/shk_lora --out=runs/shk_lora_merged  # after :lora
+      --config.finetune.eval_data=runs/ft_data/eval.jsonl --workdir=runs/shakespeare_sft
+  python -m research.export --workdir=runs/shakespeare_lora \
+      --out=runs/shakespeare_lora_merged  # after :lora
 
 The model (architecture and vocabulary) comes from init_from's config.json
 (finetune.inherit_model), its parameters from its latest checkpoint by `finetune.restore`, the

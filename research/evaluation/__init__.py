@@ -9,7 +9,7 @@ Each task is a function of the workdir and keyword options that returns a dict o
 notebook calls it directly:
 
   from research.evaluation import few_shot
-  few_shot.few_shot('runs/shk', data='qa.jsonl', overrides=[('eval.k', '5')])
+  few_shot.few_shot('runs/shakespeare', data='qa.jsonl', overrides=[('eval.k', '5')])
 
 `TASKS` maps a name to its function and the command-line flags it reads.
 """
