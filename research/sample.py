@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -152,6 +153,24 @@ def check_applicable(config, prompt: str, given: set[str], *, beam_size: int = 1
                     '--prompt="To be, or not to <extra_id_0>, that is the question"')
 
 
+_SENTINEL = re.compile(r'<extra_id_(\d+)>')
+
+
+def gap_fillers(target: str, prompt: str) -> str:
+  """A span-corruption target as the text of the prompt's gaps, on one line.
+
+  The target lists each gap's sentinel and its text ('<extra_id_0> yonder <extra_id_1> ...');
+  decoding runs on to max_new_tokens, so the text is cut where the first sentinel the prompt
+  does not have begins (T5's own post-processing). Line breaks and tabs are shown as \\n and
+  \\t: a gap that the model fills with line breaks (a briefly trained one does) would otherwise
+  print as blank lines.
+  """
+  gaps = [int(i) for i in _SENTINEL.findall(prompt)]
+  end = f'<extra_id_{max(gaps) + 1 if gaps else 0}>'
+  target = target.split(end, 1)[0]
+  return target.replace('\n', '\\n').replace('\t', '\\t').strip()
+
+
 def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
   ids = tokens_N.tolist()
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
@@ -224,8 +243,10 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
                     max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, num_samples=num_samples, beam_size=beam_size,
                     length_penalty=length_penalty)
-    return [f'{prompt} => {tokenizer.decode(_continuation_ids(r, tokenizer.eos_id))}'
-            for r in rows]
+    targets = [tokenizer.decode(_continuation_ids(r, tokenizer.eos_id)) for r in rows]
+    if config.objective.name == 'span_corruption':
+      targets = [gap_fillers(t, prompt) for t in targets]
+    return [f'{prompt} => {t}' for t in targets]
   decoding.check_length(model, len(prompt_ids), max_new_tokens)  # before the slow restore
   params, model_state = restore_variables(config, workdir, step)
   prompt_BP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))

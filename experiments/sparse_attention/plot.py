@@ -112,16 +112,47 @@ def mean_std(values) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def paired_differences(lm_rows) -> dict[str, list[float]]:
+  """Each variant's loss minus the first variant's, seed by seed (variants after the first)."""
+  first_variant = lm_rows[0]['variant']
+  base = {r.get('seed', 0): float(r['eval_loss']) for r in lm_rows if r['variant'] == first_variant}
+  out: dict[str, list[float]] = {}
+  for r in lm_rows:
+    if r['variant'] != first_variant and r.get('seed', 0) in base:
+      out.setdefault(r['variant'], []).append(float(r['eval_loss']) - base[r.get('seed', 0)])
+  return out
+
+
+def _paired_panel(ax, lm_rows) -> None:
+  first = lm_rows[0]['variant']
+  diffs = paired_differences(lm_rows)
+  names = list(diffs)
+  stats = [mean_std(v) for v in diffs.values()]
+  ax.bar(range(len(names)), [m for m, _ in stats], yerr=[sd for _, sd in stats], capsize=4,
+         color='tab:orange', alpha=0.75, ecolor='black')
+  for i, values in enumerate(diffs.values()):
+    ax.plot([i] * len(values), values, 'o', color='black', markersize=3, zorder=3)
+  ax.axhline(0, color='0.3', lw=1)
+  span = max((abs(v) for vs in diffs.values() for v in vs), default=0.01) * 1.3
+  ax.set_ylim(-span, span)  # symmetric about 0: better and worse get the same room
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right', fontsize=8)
+  ax.set_ylabel(f'validation loss minus {first} (nats / token)')
+  ax.set_title(f'Difference to {first}, paired by seed\n(below 0: better; mean \u00b1 1 s.d.)')
+
+
 def quality_plot(lm_rows, retrieval_rows, out_dir: str, subtitle: str) -> str:
   """Validation loss per LM variant (mean over seeds, +/- one standard deviation, each seed a
-  dot; the axis starts at 0, so bar heights compare honestly), and retrieval accuracy per
+  dot; the axis starts at 0, so bar heights compare honestly); with several seeds, each
+  variant's difference to the first one paired by seed (a seed fixes initialisation and batch
+  order for all variants, so this is where a real difference shows); and retrieval accuracy per
   variant (chance marked)."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-  ax = axes[0]
   losses = by_variant(lm_rows)
+  seeds = max((len(v) for v in losses.values()), default=0)
+  panels = 3 if seeds > 1 else 2
+  fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.8))
+  ax = axes[0]
   names = list(losses)
   stats = [mean_std(v) for v in losses.values()]
-  seeds = max((len(v) for v in losses.values()), default=0)
   bars = ax.bar(range(len(names)), [m for m, _ in stats], yerr=[sd for _, sd in stats],
                 capsize=4, color='tab:blue', alpha=0.75, ecolor='black')
   for i, values in enumerate(losses.values()):
@@ -135,7 +166,9 @@ def quality_plot(lm_rows, retrieval_rows, out_dir: str, subtitle: str) -> str:
                'Shakespeare: validation loss (1 seed)')
   if stats:
     ax.set_ylim(0, max(max(v) for v in losses.values()) * 1.2)
-  ax = axes[1]
+  if panels == 3:
+    _paired_panel(axes[1], lm_rows)
+  ax = axes[-1]
   names = [r['variant'] for r in retrieval_rows]
   acc = [r['retrieval_accuracy'] for r in retrieval_rows]
   colors = ['tab:green' if math.isinf(float(r['receptive_field'])) else 'tab:red'

@@ -515,17 +515,27 @@ def quality_markdown(lm_rows, retrieval_rows, env, config, seconds: float) -> st
            f'over {config.train.eval_batches} batches of {config.train.batch_size} x '
            f'{config.data.seq_len} tokens, the same batches for every run: mean, sample '
            'standard deviation over seeds, and each seed.', '',
+           'A seed fixes the initialisation and the batch order for every variant alike, so the '
+           'spread over seeds moves all variants together; the paired column compares each '
+           'variant with the first one seed by seed (mean and s.d. of the differences).', '',
            '| variant | receptive field (tokens) | validation loss, mean | s.d. | per seed | '
-           'FLOPs / token | train s (mean) |',
-           '|---|---:|---:|---:|---|---:|---:|']
+           'paired difference to the first | FLOPs / token | train s (mean) |',
+           '|---|---:|---:|---:|---|---:|---:|---:|']
   from experiments.sparse_attention import plot  # pylint: disable=g-import-not-at-top
+  first = {x.get('seed', 0): x['eval_loss'] for x in lm_rows
+           if x['variant'] == lm_rows[0]['variant']} if lm_rows else {}
   for variant, losses in plot.by_variant(lm_rows).items():
     rows = [x for x in lm_rows if x['variant'] == variant]
     mean, sd = plot.mean_std(losses)
     per_seed = ', '.join(f"{x['eval_loss']:.4f} ({x.get('seed', 0)})" for x in rows)
+    diffs = [x['eval_loss'] - first[x.get('seed', 0)] for x in rows if x.get('seed', 0) in first]
+    paired = ''
+    if variant != lm_rows[0]['variant'] and diffs:
+      d_mean, d_sd = plot.mean_std(diffs)
+      paired = f'{d_mean:+.4f} \u00b1 {d_sd:.4f}'
     train_s = sum(float(x['train_time_s']) for x in rows) / len(rows)
     lines.append(f"| {variant} | {_rf(rows[0]['receptive_field'])} | {mean:.4f} | {sd:.4f} | "
-                 f"{per_seed} | {rows[0]['flops_per_token']:.3g} | {train_s:.1f} |")
+                 f"{per_seed} | {paired} | {rows[0]['flops_per_token']:.3g} | {train_s:.1f} |")
   r = s.retrieval
   lines += ['', '## Long-range retrieval', '',
             f'Sequences of {r.seq_len} tokens: a key and {r.value_repeats} copies of its value '
