@@ -111,3 +111,9 @@ def test_quiet_backends_only_without_a_tpu(monkeypatch):
   assert cli.quiet_backends({'JAX_PLATFORMS': 'tpu'}) is None  # the user's choice stands
   monkeypatch.setattr(hardware_utils, 'num_available_tpu_chips_and_device_id', lambda: (4, 5))
   assert cli.quiet_backends({}) is None  # a TPU VM keeps its TPU
+
+
+def test_span_corruption_targets_show_the_gaps_on_one_line():
+  prompt = 'But soft, what light through <extra_id_0> window breaks?'
+  assert sample.gap_fillers('<extra_id_0> yonder<extra_id_1> more', prompt) == '<extra_id_0> yonder'
+  assert sample.gap_fillers('<extra_id_0>.\n\n', prompt) == r'<extra_id_0>.\n\n'

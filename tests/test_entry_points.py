@@ -45,7 +45,7 @@ def test_train_evaluate_sample_benchmark(tmp_path):
   out, err = _run('research.train', f'--config={TINY}', f'--workdir={workdir}', cache=cache,
                   with_stderr=True)
   assert not noisy_lines(out + err), noisy_lines(out + err)  # a fresh cache, as on a new clone
-  assert 'research.evaluate scores all' in err  # the eval lines say what they cover
+  assert 'research.evaluate scores all' in out  # the eval lines say what they cover
   final = json.loads(out.strip().splitlines()[-1])
   assert final['step'] == 20 and final['eval/loss'] < 6.0  # ln(512) = 6.24 at initialisation
   assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
