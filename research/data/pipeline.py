@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import time
@@ -225,28 +226,22 @@ def _check_config(data_config: Any):
 
 
 def _load_source(data_config: Any, source: str, workdir: str | None) -> Dataset:
-  directory = _prepared_directory(data_config, source)
+  workdir_path = os.path.join(workdir, WORKDIR_TOKENIZER) if workdir else None
+  resumed = bool(workdir_path) and os.path.exists(workdir_path)
+  directory = _prepared_directory(data_config, source, workdir_path if resumed else '')
   manifest = prepared.read_manifest(directory)
   tokenizer = _tokenizer_of(directory, manifest, source)
-  workdir_path = os.path.join(workdir, WORKDIR_TOKENIZER) if workdir else None
-  if workdir_path and os.path.exists(workdir_path):
-    saved = tokenizer_lib.load_tokenizer(workdir_path)
-    if saved.sha256 != tokenizer.sha256:
-      if sources.kind_of(source) == 'prepared':
-        raise errors.ConfigError(
-            'data.source', source,
-            f'was tokenized by another tokenizer than this run\'s {workdir_path}: resume on the '
-            'data the run started with, or start a new workdir')
-      # The cache was rebuilt differently: prepare again with the run's own tokenizer.
-      config = data_config.copy_and_resolve_references()
-      config.tokenizer = workdir_path
-      return _load_source(config, source, None)
+  if resumed and tokenizer_lib.load_tokenizer(workdir_path).sha256 != tokenizer.sha256:
+    raise errors.ConfigError(
+        'data.source', source,
+        f"was tokenized by another tokenizer than this run's {workdir_path}: resume on the data "
+        'the run started with, or start a new workdir')
   if tokenizer.vocab_size != data_config.vocab_size:
     raise errors.ConfigError(
         'data.vocab_size', data_config.vocab_size,
         f'the tokenizer of {directory} has {tokenizer.vocab_size} ids: set '
         f'data.vocab_size={tokenizer.vocab_size}')
-  if workdir_path and not os.path.exists(workdir_path):
+  if workdir_path and not resumed:
     os.makedirs(workdir, exist_ok=True)
     tokenizer.save(workdir_path)
   dataset = Dataset(tokenizer=tokenizer, train=prepared.open_split(directory, manifest, 'train'),
@@ -272,9 +267,13 @@ def _tokenizer_of(directory: str, manifest: dict[str, Any], source: str) -> Toke
   return Tokenizer(proto, name=os.fspath(path))
 
 
-def _prepared_directory(data_config: Any, source: str) -> str:
+def _prepared_directory(data_config: Any, source: str, run_tokenizer: str = '') -> str:
   """`prepared:PATH`'s PATH (checked against data.tokenizer), or the cache directory of
-  `source` prepared with the configured tokenizer, preparing it there first if needed."""
+  `source` prepared with the configured tokenizer, preparing it there first if needed.
+
+  `run_tokenizer` is a resumed run's tokenizer.model: the cached preparation is used only if it
+  was tokenized by exactly that file; else the source is prepared again with it.
+  """
   if sources.kind_of(source) == 'prepared':
     directory = source[len('prepared:'):]
     if data_config.tokenizer:
@@ -297,6 +296,9 @@ def _prepared_directory(data_config: Any, source: str) -> str:
       validation_fraction=data_config.get('validation_fraction', 0.01),
       data_dir=_tfds_data_dir(data_config, source, cache_dir) or '')
   directory = os.path.join(cache_dir, 'prepared', _cache_name(source, settings))
+  if run_tokenizer and not _tokenized_by(directory, run_tokenizer):
+    settings = dataclasses.replace(settings, tokenizer=run_tokenizer)
+    directory = os.path.join(cache_dir, 'prepared', _cache_name(source, settings))
   settings = dataclasses.replace(settings, out=directory)
   if os.path.exists(os.path.join(directory, prepared.MANIFEST)):
     return directory
@@ -306,6 +308,17 @@ def _prepared_directory(data_config: Any, source: str) -> str:
       logging.info('Preparing %s into %s', source, directory)
       prepare.prepare(settings)
   return directory
+
+
+def _tokenized_by(directory: str, tokenizer_path: str) -> bool:
+  """Whether the prepared `directory` exists and was tokenized by the file `tokenizer_path`."""
+  try:
+    with open(os.path.join(directory, prepared.MANIFEST)) as f:
+      saved = json.load(f)['tokenizer_sha256']
+  except (OSError, ValueError, KeyError):
+    return False
+  with open(tokenizer_path, 'rb') as f:
+    return prepared.sha256_bytes(f.read()) == saved
 
 
 def _cache_name(source: str, settings: Any) -> str:

@@ -168,6 +168,25 @@ def read_task(task: Task, *, text_key: str = 'text', validation_fraction: float 
     yield document
 
 
+def load_documents(source: str, split: str, *, data_dir: str | None, text_key: str = 'text',
+                   validation_fraction: float = 0.01) -> list[str]:
+  """Every document of `split`, in memory: for small corpora, tests and notebooks. Training
+  never calls this: it reads prepared shards (`research.data.prepare`)."""
+  if split not in SPLITS:
+    raise errors.UserError(f'split={split!r}: use one of {SPLITS}')
+  problems = Problems()
+  documents = [d.text for task in list_tasks(source, data_dir=data_dir, text_key=text_key)
+               for d in read_task(task, text_key=text_key, data_dir=data_dir,
+                                  validation_fraction=validation_fraction, problems=problems)
+               if d.split == split]
+  if problems.counts:
+    logging.warning('%s: skipped %s', source, problems.describe())
+  if not documents:
+    raise errors.ConfigError(
+        'data.source', source, f'its {split} split has no non-empty documents: check the data')
+  return documents
+
+
 def source_fingerprint(source: str, tasks: list[Task]) -> str:
   """A string that changes when the documents of `source` may have changed."""
   if source == 'shakespeare':
