@@ -80,5 +80,9 @@ def train_batches(builder: BatchBuilder, first: int, stop: int, *, workers: int 
   steps = grain.MapDataset.range(first, stop).map(builder.train)
   if workers <= 0:
     return iter(steps)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; a notebook or a test has none
+    flags.FLAGS.mark_as_parsed()
   return iter(steps.to_iter_dataset().mp_prefetch(
       grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=max(buffer, 1))))
