@@ -78,8 +78,8 @@ def train_batches(builder: BatchBuilder, first: int, stop: int, *, workers: int 
   import grain  # pylint: disable=g-import-not-at-top
 
   steps = grain.MapDataset.range(first, stop).map(builder.train)
-  if workers <= 0:
-    return iter(steps)
+  if workers <= 0:  # indexing, not iter(): that would start Grain's prefetch threads
+    return (steps[i] for i in range(len(steps)))
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   if not flags.FLAGS.is_parsed():  # Grain reads its absl flags; a notebook or a test has none

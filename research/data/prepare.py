@@ -138,12 +138,20 @@ def _local_runner():
 def _run(build, settings: Settings, tasks, beam_args, **kwargs):
   beam = _import_beam()
   runner = None if _runner_given(beam_args) else _local_runner()
-  with beam.Pipeline(runner=runner,
-                     options=pipeline_options(settings, beam_args)) as pipeline:
-    tasks_pc = (pipeline
-                | 'Tasks' >> beam.Create(tasks)
-                | 'Spread' >> beam.Reshuffle())
-    build(beam, tasks_pc, settings, tasks, **kwargs)
+  beam_logger = std_logging.getLogger('apache_beam')
+  level = beam_logger.level
+  beam_logger.setLevel(std_logging.CRITICAL)  # it logs a failing step's traceback; we raise it
+  try:
+    with beam.Pipeline(runner=runner,
+                       options=pipeline_options(settings, beam_args)) as pipeline:
+      tasks_pc = (pipeline
+                  | 'Tasks' >> beam.Create(tasks)
+                  | 'Spread' >> beam.Reshuffle())
+      build(beam, tasks_pc, settings, tasks, **kwargs)
+  except errors.UserError as e:  # Beam appends " [while running 'Step']": one line is enough
+    raise errors.UserError(str(e).split(" [while running '")[0]) from None
+  finally:
+    beam_logger.setLevel(level)
 
 
 def _import_beam():

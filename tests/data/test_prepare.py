@@ -188,3 +188,15 @@ def test_command_line_prints_counts_and_bad_flags_exit_2(jsonl_corpus, prepared_
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: data.source='csv:/x': use ")
   assert 'Traceback' not in bad.stderr
+
+
+def test_a_source_without_the_text_field_stops_with_one_line(jsonl_corpus, tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'research.data.prepare', f'--source=jsonl:{jsonl_corpus}/*.jsonl.gz',
+       '--text_key=body', '--vocab_size=512', f'--out={tmp_path}/x'],
+      capture_output=True, text=True, env=helpers.subprocess_env(), check=False)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].endswith(
+      'no training text to sample a tokenizer from: check the source and --text_key')
+  assert 'Traceback' not in done.stderr
+  assert not os.path.exists(f'{tmp_path}/x/manifest.json')
