@@ -41,7 +41,7 @@ def bench_prepare(args) -> dict:
   command = [sys.executable, '-m', 'research.data.prepare', f'--source={args.source}',
              f'--out={args.out}', f'--workers={args.workers}']
   command += [f'--tokenizer={args.tokenizer}'] if args.tokenizer else [
-      f'--vocab_size={args.vocab_size}', '--num_sentinels=0']
+      f'--vocab_size={args.vocab_size}']
   start = time.perf_counter()
   child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True)
