@@ -119,7 +119,8 @@ def pipeline_options(settings: Settings, beam_args: Sequence[str]):
   if not _runner_given(args):
     args += [f'--direct_num_workers={settings.workers}',
              '--direct_running_mode=' + ('multi_processing' if settings.workers > 1
-                                         else 'in_memory')]
+                                         else 'in_memory'),
+             '--default_sdk_harness_log_level=WARNING']  # worker processes' start-up chatter
   return po.PipelineOptions(args)
 
 
