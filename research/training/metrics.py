@@ -59,7 +59,7 @@ def drop_rows_after(workdir: str, step: int) -> int:
   """Resuming from `step`: rows logged after it (by a run that crashed or stopped later) are
   removed, so that each step appears once and steps only increase. Returns how many."""
   path = os.path.join(workdir, 'metrics.jsonl')
-  if jax.process_index() != 0 or not os.path.isfile(path):
+  if jax.process_index() != 0 or not os.path.isfile(path):  # (a device file is not a log)
     return 0
   with open(path) as f:
     lines = f.readlines()

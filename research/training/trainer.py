@@ -25,7 +25,7 @@ import optax
 from tqdm.auto import tqdm
 
 from research import config_lib, models, objectives
-from research.errors import ConfigError
+from research.errors import ConfigError, UserError
 from research.data import sampler as data_sampler
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib
@@ -336,6 +336,8 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
     with workdir_lock.hold(workdir):  # before anything in the workdir is written
       resume_check.check_resume(config, workdir)
       return _train_locked(run, workdir, dataset=dataset, hooks=hooks)
+  except UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     user_error = guards.io_user_error(e, workdir)  # permission / disk full: one line
     if user_error is None:
