@@ -92,6 +92,9 @@ class Saver:
 
   def save(self, step: int, state, *, force: bool = False) -> None:
     self.wait()  # the previous save completes (or fails) before the next begins
+    if jax.process_count() > 1:  # process 0's manifests are written before anyone prunes
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'lmforge:saved_before_{step}')
     self.prune()
     if jax.process_index() == 0:
       self._check_writable(step)
@@ -139,6 +142,9 @@ class Saver:
 
   def finish(self) -> None:
     self.wait()
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('lmforge:saved_at_finish')
     self.prune()
 
   def close(self) -> None:
