@@ -335,6 +335,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ('keep_checkpoints', 'max_nonfinite_skips'):
     if c.train[field] <= 0:
       raise ConfigError(f'train.{field}', c.train[field], 'must be a positive integer')
+  if not 0 < c.train.preemption_exit_code < 256:
+    raise ConfigError('train.preemption_exit_code', c.train.preemption_exit_code,
+                      'must be an exit status from 1 to 255 (143 is 128 + SIGTERM)')
   if c.train.keep_every < 0:
     raise ConfigError('train.keep_every', c.train.keep_every, 'must be >= 0 (0: no milestones)')
   if c.train.batch_size % c.train.micro_batches:

@@ -151,9 +151,9 @@ class Saver:
     """On the way out after an error: good saves in flight still complete."""
     try:
       self.wait()
-    except SaveFailed:
-      pass
-    self.manager.close()
+      self.manager.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # the error being raised already says what went wrong
 
 
 def _first_line(e: BaseException) -> str:
@@ -278,6 +278,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         break
       integrity.warn(f'checkpoint step {candidate} is damaged: {why}; trying an older one')
     if step is None:
+      if steps:
+        raise UserError(f'{directory} holds no intact checkpoint (steps {sorted(steps)} are all '
+                        'damaged): rerun research.train to train one')
       return None
   else:
     why = integrity.problem(integrity.step_dir(directory, step))

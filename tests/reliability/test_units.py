@@ -124,3 +124,32 @@ def test_nonfinite_guard_message_names_step_and_last_good():
                      match=r'step 8: loss inf, grad_norm nan .*last good checkpoint is step 6 '
                            r'\(/w/checkpoints/6\)'):
     guard.check(7, [ok, bad])
+
+
+def test_a_failed_background_save_surfaces_at_the_next_step_naming_it(tmp_path):
+  # The write itself fails after save() returned (a disk that fills mid-write): the next
+  # step boundary raises, naming the step lost and the last good one, instead of hanging.
+  class Manager:
+    directory = str(tmp_path / 'checkpoints')
+
+    def all_steps(self):
+      return []
+
+    def save(self, step, args, force=False):
+      del step, args, force
+      return True
+
+    def is_saving_in_progress(self):
+      return False
+
+    def wait_until_finished(self):
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file: No space left on device')
+
+  os.makedirs(Manager.directory)
+  saver = checkpointing.Saver(Manager(), str(tmp_path), keep=3)
+  saver.last_good = 8
+  saver.save(10, state=None)
+  with pytest.raises(checkpointing.SaveFailed,
+                     match=r'checkpoint step 10 was not saved .*No space left on device.*last '
+                           r'good checkpoint is step 8'):
+    saver.poll()
