@@ -60,6 +60,7 @@ def _wait_for_row(workdir: str, min_step: int, proc, timeout: float = 240, *,
   raise AssertionError(f'no metrics row for step {min_step} within {timeout} s')
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_last_good_checkpoint_then_resumes(runner, workdir):
   # Row: loss diverges (lr=1e6) -> stop, exit 2, one line; no NaN checkpoint; valid JSON.
   result = runner.run(runner.train_args(workdir, '--config.train.steps=16',

@@ -8,12 +8,15 @@ import json
 import math
 import os
 
+import jax
 import pytest
 
 from research.errors import UserError
 from research.training import (checkpointing, guards, integrity, metrics as metrics_lib,
                                resume_check, trainer, workdir_lock)
 from tests import helpers
+
+ONE_DEVICE = jax.devices()[:1]  # one compile for one device: these tests are about the loop
 
 
 def _steps(workdir):
@@ -25,11 +28,11 @@ def test_skip_drops_nonfinite_updates_then_stops_after_max_skips(tmp_path):
   # checkpoints written are the finite ones, and the run stops after 3 skips in a row.
   config = helpers.tiny_config(**{'train.lr': 1e6, 'train.warmup_steps': 0, 'train.steps': 20,
                                   'train.on_nonfinite': 'skip', 'train.max_nonfinite_skips': 3,
-                                  'train.checkpoint_every': 2, 'train.log_every': 5,
+                                  'train.checkpoint_every': 1, 'train.log_every': 1,
                                   'train.eval_every': 1000, 'train.keep_checkpoints': 50})
   workdir = str(tmp_path)
   with pytest.raises(guards.TrainingStopped, match='3 steps in a row skipped'):
-    trainer.train(config, workdir, dataset=helpers.PatternDataset())
+    trainer.train(config, workdir, dataset=helpers.PatternDataset(), devices=ONE_DEVICE)
   rows = metrics_lib.read_metrics(workdir)
   assert any(r.get('train/nonfinite', 0) > 0 for r in rows)
   saved = _steps(workdir)
@@ -37,7 +40,7 @@ def test_skip_drops_nonfinite_updates_then_stops_after_max_skips(tmp_path):
   for step in saved:  # every checkpoint is complete and finite
     path = integrity.step_dir(os.path.join(workdir, 'checkpoints'), step)
     assert integrity.problem(path) is None and integrity.has_manifest(path)
-  run = trainer.build_run(config)
+  run = trainer.build_run(config, devices=ONE_DEVICE)
   manager = checkpointing.make_manager(workdir)
   state = checkpointing.restore(manager, trainer.abstract_state(run))
   manager.close()
@@ -49,7 +52,7 @@ def test_retention_keeps_newest_good_and_milestones_and_evaluate_names_edited_fi
   config = helpers.tiny_config(**{'train.steps': 10, 'train.checkpoint_every': 2,
                                   'train.keep_checkpoints': 2, 'train.keep_every': 4,
                                   'train.eval_every': 1000})
-  trainer.train(config, str(tmp_path), dataset=helpers.PatternDataset())
+  trainer.train(config, str(tmp_path), dataset=helpers.PatternDataset(), devices=ONE_DEVICE)
   assert _steps(str(tmp_path)) == [4, 8, 10]
   # research.evaluate on a hand-edited config.json (the fault table's row; research.sample is
   # run as a command in test_faults.py): one line naming the field, before any compile.
