@@ -40,8 +40,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'shakespeare'  # 'shakespeare' | 'tfds:NAME' | 'text:GLOB'
-  c.data.text_key = 'text'  # feature holding the text, for tfds sources
+  # 'shakespeare' | 'prepared:PATH' (python -m research.data.prepare's --out, local or gs://)
+  # | 'tfds:NAME' | 'text:GLOB' | 'jsonl:GLOB' | 'parquet:GLOB' (prepared into the cache on
+  # first use). See research/data/sources.py and research/data/pipeline.py.
+  c.data.source = 'shakespeare'
+  c.data.text_key = 'text'  # the text's feature, field or column (tfds, jsonl, parquet)
+  # A mixture instead of data.source: 'NAME=WEIGHT,...' over the named sources below; each row
+  # of a batch comes from one source, drawn by weight; eval reports eval/NAME/loss per source.
+  c.data.mixture = ''
+  c.data.sources = ''  # 'NAME=SOURCE,...', e.g. 'web=prepared:/data/fw,code=prepared:/data/py'
+  c.data.validation_fraction = 0.01  # jsonl/parquet documents held out (by hash of their key)
+  # Grain worker processes building batches (objective transforms included) on each host; 0
+  # builds them in a background thread of the trainer. Pods: a few per host.
+  c.data.workers = 0
   c.data.vocab_size = 4096  # sentencepiece vocabulary (specials, sentinels, byte fallback incl.)
   c.data.tokenizer = ''  # '' trains one on the train split (cached); else a .model path
   c.data.tokenizer_type = 'bpe'  # 'bpe' | 'unigram'

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from research import config_lib, models, objectives
 from research.errors import ConfigError, UserError
-from research.data import sampler as data_sampler
+from research.data import loader
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib
 from research.training import checkpointing, flops as flops_lib, optimizers, peft
@@ -233,39 +233,35 @@ def device_batch(run: Run, host_batch: dict[str, np.ndarray]) -> dict[str, jax.A
           for k, v in host_batch.items()}
 
 
-def _row_rngs(*key: int, global_batch: int) -> list[np.random.Generator]:
-  """One generator per global row, this process's rows only: objectives that draw noise
-  (masking, span corruption) then give the same batch whatever the number of processes."""
-  rows = range(global_batch)[data_sampler.process_slice(global_batch, jax.process_index(),
-                                                        jax.process_count())]
-  return [np.random.default_rng([*key, row]) for row in rows]
+def batch_builder(run: Run, dataset) -> loader.BatchBuilder:
+  """This process's host batches of `dataset` for `run` (research.data.loader)."""
+  return loader.BatchBuilder(dataset=dataset, config=run.config,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
 
 
 def host_train_batch(run: Run, dataset, step: int) -> dict[str, np.ndarray]:
   """This process's rows of the training batch at `step`: a pure function of (seed, step)."""
-  c = run.config
-  window_len = run.objective.window_len(c)
-  windows = dataset.train_batch(c.seed, step, c.train.batch_size, window_len - 1,
-                                jax.process_index(), jax.process_count())
-  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
-                                  rngs=_row_rngs(c.seed, step, global_batch=c.train.batch_size))
+  return batch_builder(run, dataset).train(step)
 
 
 def prefetched_train_batches(run: Run, dataset, first: int, stop: int, depth: int = 2):
   """Device batches for steps first..stop-1, each transfer issued `depth` steps ahead.
 
   When the loop takes batch s (and then dispatches its step, which returns at once), batches
-  s+1..s+depth are already on their way to the devices; batch s+depth+1 is built on the host
-  while step s runs. Batches stay a pure function of (seed, step): prefetching changes only
-  when the work is done. depth=0 builds each batch just before its step.
+  s+1..s+depth are already on their way to the devices. Host batches come from
+  `research.data.loader.train_batches`: built just in time here, or by `data.workers` Grain
+  processes ahead of time. Batches stay a pure function of (seed, step): prefetching changes
+  only when the work is done. depth=0 builds each batch just before its step.
   """
+  host = loader.train_batches(batch_builder(run, dataset), first, stop,
+                              workers=run.config.data.get('workers', 0), buffer=depth)
   queue = collections.deque()
-  steps = iter(range(first, stop))
 
   def put():
-    step = next(steps, None)
-    if step is not None:
-      queue.append(device_batch(run, host_train_batch(run, dataset, step)))
+    batch = next(host, None)
+    if batch is not None:
+      queue.append(device_batch(run, batch))
 
   for _ in range(depth):
     put()
@@ -277,32 +273,52 @@ def prefetched_train_batches(run: Run, dataset, first: int, stop: int, depth: in
 
 
 def host_eval_batch(run: Run, dataset, index: int) -> dict[str, np.ndarray]:
-  c = run.config
-  window_len = run.objective.window_len(c)
-  windows = dataset.eval_batch(index, c.train.batch_size, window_len - 1, jax.process_index(),
-                               jax.process_count())
-  # Evaluation noise is fixed (not the run's seed) so runs compare on identical batches.
-  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
-                                  rngs=_row_rngs(2**31 - 1, index,
-                                                 global_batch=c.train.batch_size))
+  return batch_builder(run, dataset).eval(index)
+
+
+# Objectives whose targets are the text's own tokens in order: their loss converts to bits per
+# byte of text.
+_BPB_OBJECTIVES = ('causal_lm', 'prefix_lm')
 
 
 def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None,
              model_state=None):
-  """Validation loss, perplexity and accuracy over `num_batches` (0/None: the whole split)."""
+  """Validation loss, perplexity and accuracy over `num_batches` per evaluation set (0/None: the
+  whole split), and bits per byte where the data knows its bytes.
+
+  A mixture reports each source as eval/NAME/... and their token-weighted total as eval/...
+  """
   c = run.config
   eval_step = eval_step or make_eval_step(run)
-  available = dataset.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
-  n = min(num_batches or available, available)
-  totals = None
-  for i in range(n):
-    out = eval_step(params, device_batch(run, host_eval_batch(run, dataset, i)), model_state)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  builder = batch_builder(run, dataset)
+  sets = dataset.eval_sets() if hasattr(dataset, 'eval_sets') else {'': dataset}
+  metrics, grand = {}, None
+  for name, eval_set in sets.items():
+    available = eval_set.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
+    totals = None
+    for i in range(min(num_batches or available, available)):
+      out = eval_step(params, device_batch(run, builder.eval(i, eval_set)), model_state)
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    bytes_per_token = getattr(getattr(eval_set, 'validation', None), 'bytes_per_token', None)
+    if bytes_per_token and c.objective.name in _BPB_OBJECTIVES:
+      totals['bytes'] = totals['weight_sum'] * bytes_per_token
+    prefix = f'eval/{name}/' if name else 'eval/'
+    metrics.update(_eval_metrics(totals, prefix))
+    grand = totals if grand is None else {k: grand[k] + totals[k] for k in grand if k in totals}
+  if len(sets) > 1:
+    metrics.update(_eval_metrics(grand, 'eval/'))
+  return metrics
+
+
+def _eval_metrics(totals, prefix: str) -> dict[str, float]:
   loss = float(totals['loss_sum'] / totals['weight_sum'])
-  return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
-          'eval/accuracy': float(totals['correct'] / totals['weight_sum']),
-          'eval/tokens': float(totals['weight_sum'])}
+  metrics = {f'{prefix}loss': loss, f'{prefix}perplexity': float(np.exp(loss)),
+             f'{prefix}accuracy': float(totals['correct'] / totals['weight_sum']),
+             f'{prefix}tokens': float(totals['weight_sum'])}
+  if 'bytes' in totals:  # nats per token -> bits per byte of the text those tokens spell
+    metrics[f'{prefix}bpb'] = float(totals['loss_sum'] / np.log(2) / totals['bytes'])
+  return metrics
 
 
 def load_dataset(run: Run, workdir: str):
