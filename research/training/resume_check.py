@@ -26,6 +26,7 @@ RESUMABLE = (
     'train.prefetch',
     'mesh.',  # any layout: checkpoints restore onto any mesh
     'data.cache_dir', 'data.data_dir',  # where caches live, not what they hold
+    'data.workers',  # how batches are built (they stay a function of (seed, step)), not which
     'sample.', 'eval.',  # read by research.sample / research.evaluate, not by training
 )
 
