@@ -411,6 +411,7 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
   batches = prefetched_train_batches(run, dataset, first, last, c.train.get('prefetch', 2))
   with guards.Interrupts() as interrupts, contextlib.ExitStack() as on_error:
     on_error.callback(saver.close)  # a failure still lets good saves in flight complete
+    on_error.callback(bar.close)  # the error's one line then starts a line of its own
     for step in range(first + 1, last + 1):
       state, metrics = train_step(state, next(batches))  # batch index step - 1
       pending.append(metrics)
