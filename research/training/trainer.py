@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -26,11 +25,12 @@ import optax
 from tqdm.auto import tqdm
 
 from research import config_lib, models, objectives
-from research.errors import ConfigError
+from research.errors import ConfigError, UserError
 from research.data import loader
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib
 from research.training import checkpointing, flops as flops_lib, optimizers, peft
+from research.training import guards, metrics as metrics_lib, resume_check, workdir_lock
 from research.training.metrics import MetricsWriter
 
 
@@ -203,8 +203,9 @@ def make_train_step(run: Run) -> Callable:
       metrics['moe/aux_loss_total'] = aux['moe_loss_sum'] / weight_sum
       metrics.update(aux['moe_metrics'])
       model_state = {**model_state, **aux['model_state']}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         model_state=model_state), metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return guards.guard_step(run.config.train, state, new_state, metrics)
 
   with run.context():
     return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_sharding),
@@ -320,29 +321,6 @@ def _eval_metrics(totals, prefix: str) -> dict[str, float]:
   return metrics
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (save, then exit cleanly)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def load_dataset(run: Run, workdir: str):
   """The run's data: the token streams of `config.data`, or the objective's own examples when it
   reads them itself (sft, dpo: JSONL files)."""
@@ -358,13 +336,33 @@ def _is_due(step: int, every: int, last: int) -> bool:
 
 def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
           devices=None) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns final metrics.
+  """Trains `config` in `workdir`, resuming from its newest intact checkpoint. Returns final
+  metrics; after SIGTERM or SIGINT (a checkpoint saved) they hold `preempted_at` and
+  `preempted_by` (the signal's name).
 
   `hooks` are called as hook(step, state, metrics) after every step (metrics only on log steps,
   else None): experiments observe the run through them without forking the loop.
+
+  Raises:
+    UserError: the workdir is in use or holds a run with another config (nothing written), a
+      step was not finite, a checkpoint could not be saved, or the disk refused a write.
   """
-  c = config
-  run = build_run(c, devices=devices)  # validates the config against the devices first
+  run = build_run(config, devices=devices)  # validates the config against the devices first
+  try:
+    with workdir_lock.hold(workdir):  # before anything in the workdir is written
+      resume_check.check_resume(config, workdir)
+      return _train_locked(run, workdir, dataset=dataset, hooks=hooks)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    user_error = guards.io_user_error(e, workdir)  # permission / disk full: one line
+    if user_error is None:
+      raise
+    raise user_error from e
+
+
+def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]:
+  c = run.config
   os.makedirs(workdir, exist_ok=True)
   if dataset is None:
     dataset = load_dataset(run, workdir)
@@ -374,9 +372,13 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   if jax.process_index() == 0:
     config_lib.save_config(c, os.path.join(workdir, 'config.json'))
 
-  manager = checkpointing.make_manager(workdir, keep=c.train.keep_checkpoints,
-                                       async_save=c.train.async_checkpoints)
-  state = checkpointing.restore(manager, abstract_state(run))
+  manager = checkpointing.make_manager(workdir, async_save=c.train.async_checkpoints)
+  config_json = resume_check.as_json(c)
+  saver = checkpointing.Saver(manager, workdir, keep=c.train.keep_checkpoints,
+                              keep_every=c.train.keep_every, config_json=config_json)
+  state = checkpointing.restore_good(manager, abstract_state(run), workdir,
+                                     move_damaged=jax.process_index() == 0,
+                                     config_json=config_json)
   if state is None:
     state = init_state(run, c.seed)
     if c.get('init_from', ''):
@@ -384,14 +386,17 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
       state, _ = restore.init_from(run, state, c.init_from)
   else:
     logging.info('resumed from step %d', int(state.step))
+    saver.last_good = int(state.step)
   train_step, eval_step = make_train_step(run), make_eval_step(run)
 
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_step = flops_lib.flops_per_step(cfg, c)
   peak, _ = flops_lib.peak_flops()  # CPUs have no published peak: measured there
-  writer = MetricsWriter(workdir)
   first = int(state.step)
+  metrics_lib.drop_rows_after(workdir, first if saver.last_good is not None else -1)
+  writer = MetricsWriter(workdir)
+  guard = guards.NonFiniteGuard(c.train, saver)
   if 'peft' in c:
     counts = peft.count_params(state.params, c.peft)
     if first == 0:  # once per run, not again on every resume
@@ -404,10 +409,13 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
              unit='step', desc='train')
   pending, final, t_log, s_log = [], {}, time.perf_counter(), first
   batches = prefetched_train_batches(run, dataset, first, last, c.train.get('prefetch', 2))
-  with _Preemption() as preemption:
+  with guards.Interrupts() as interrupts, contextlib.ExitStack() as on_error:
+    on_error.callback(saver.close)  # a failure still lets good saves in flight complete
+    on_error.callback(bar.close)  # the error's one line then starts a line of its own
     for step in range(first + 1, last + 1):
       state, metrics = train_step(state, next(batches))  # batch index step - 1
       pending.append(metrics)
+      saver.poll()  # a failed background save surfaces here, at the next step
       logged = None
       if _is_due(step, c.train.log_every, last):
         host = jax.device_get(pending)  # the only host sync between logs
@@ -419,6 +427,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
             flops_per_step * (step - s_log) / (now - t_log) / run.mesh.size / 1e12)
         logged['train/mfu'] = logged['train/tflops_per_sec_per_device'] * 1e12 / peak
         writer.write(step, logged)
+        guard.check(s_log + 1, host)  # after the row is written: the log shows the bad step
         bar.set_postfix(loss=f"{logged['train/loss']:.3f}", tok_s=f'{tokens_per_sec:,.0f}')
         pending, t_log, s_log = [], time.perf_counter(), step
         final.update(logged)
@@ -432,16 +441,19 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
         t_log = time.perf_counter()  # evaluation time is not training throughput
       for hook in hooks:
         hook(step, state, logged)
-      if preemption.requested:
-        checkpointing.save(manager, step, state, force=True)
-        bar.write(f'SIGTERM: saved a checkpoint at step {step}; rerun to resume')
-        final['preempted_at'] = step
+      if interrupts.requested or _is_due(step, c.train.checkpoint_every, last):
+        guard.check(s_log + 1, jax.device_get(pending))  # steps not yet logged, then params
+        guard.check_params(step, state)
+        saver.save(step, state, force=bool(interrupts.requested))
+      if interrupts.requested:
+        saver.wait()
+        bar.write(f'{interrupts.requested}: saved a checkpoint at step {step}; rerun to resume')
+        final['preempted_at'], final['preempted_by'] = step, interrupts.requested
         break
-      if _is_due(step, c.train.checkpoint_every, last):
-        checkpointing.save(manager, step, state)
       bar.update(1)
+    on_error.pop_all()
   bar.close()
-  manager.wait_until_finished()
+  saver.finish()
   manager.close()
   writer.close()
   final['step'] = int(state.step)
