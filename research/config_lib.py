@@ -40,8 +40,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0  # parameter initialisation and batch order (batches are a function of seed, step)
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = 'shakespeare'  # 'shakespeare' | 'tfds:NAME' | 'text:GLOB'
-  c.data.text_key = 'text'  # feature holding the text, for tfds sources
+  # 'shakespeare' | 'prepared:PATH' (python -m research.data.prepare's --out, local or gs://)
+  # | 'tfds:NAME' | 'text:GLOB' | 'jsonl:GLOB' | 'parquet:GLOB' (prepared into the cache on
+  # first use). See research/data/sources.py and research/data/pipeline.py.
+  c.data.source = 'shakespeare'
+  c.data.text_key = 'text'  # the text's feature, field or column (tfds, jsonl, parquet)
+  # A mixture instead of data.source: 'NAME=WEIGHT,...' over the named sources below; each row
+  # of a batch comes from one source, drawn by weight; eval reports eval/NAME/loss per source.
+  c.data.mixture = ''
+  c.data.sources = ''  # 'NAME=SOURCE,...', e.g. 'web=prepared:/data/fw,code=prepared:/data/py'
+  c.data.validation_fraction = 0.01  # jsonl/parquet documents held out (by hash of their key)
+  # Grain worker processes building batches (objective transforms included) on each host; 0
+  # builds them in a background thread of the trainer. Pods: a few per host.
+  c.data.workers = 0
   c.data.vocab_size = 4096  # sentencepiece vocabulary (specials, sentinels, byte fallback incl.)
   c.data.tokenizer = ''  # '' trains one on the train split (cached); else a .model path
   c.data.tokenizer_type = 'bpe'  # 'bpe' | 'unigram'
@@ -187,8 +198,19 @@ def base_config() -> ml_collections.ConfigDict:
   # tokens (0: the whole split, which research.evaluate always uses; quote that one).
   c.train.eval_batches = 8
   c.train.checkpoint_every = 500  # steps between checkpoints (and at the last step)
-  c.train.keep_checkpoints = 3  # the latest N are kept
+  # The newest N good checkpoints are kept (good: written completely, parameters finite); older
+  # ones are deleted only once a newer one is known to be good.
+  c.train.keep_checkpoints = 3
+  c.train.keep_every = 0  # also keep every checkpoint whose step is a multiple of this; 0: none
   c.train.async_checkpoints = True  # write checkpoints while training continues
+  # A non-finite loss or gradient norm (checked on device, read at log and checkpoint steps):
+  # 'stop' ends the run (exit 2) naming the step and the last good checkpoint; 'skip' drops
+  # that step's update, and stops after max_nonfinite_skips consecutive skipped steps.
+  c.train.on_nonfinite = 'stop'
+  c.train.max_nonfinite_skips = 10
+  # Exit status of research.train after SIGTERM (preemption: a checkpoint is saved first), so a
+  # scheduler does not mark the job finished. SIGINT (Ctrl-C) saves the same way and exits 130.
+  c.train.preemption_exit_code = 143
   c.train.prefetch = 2  # batches transferred to the devices ahead of the step using them; 0: none
 
   c.mesh = ml_collections.ConfigDict()
@@ -322,6 +344,16 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                 'checkpoint_every'):
     if c.train[field] <= 0:
       raise ConfigError(f'train.{field}', c.train[field], 'must be a positive integer')
+  if c.train.on_nonfinite not in ('stop', 'skip'):
+    raise ConfigError('train.on_nonfinite', c.train.on_nonfinite, "use 'stop' or 'skip'")
+  for field in ('keep_checkpoints', 'max_nonfinite_skips'):
+    if c.train[field] <= 0:
+      raise ConfigError(f'train.{field}', c.train[field], 'must be a positive integer')
+  if not 0 < c.train.preemption_exit_code < 256:
+    raise ConfigError('train.preemption_exit_code', c.train.preemption_exit_code,
+                      'must be an exit status from 1 to 255 (143 is 128 + SIGTERM)')
+  if c.train.keep_every < 0:
+    raise ConfigError('train.keep_every', c.train.keep_every, 'must be >= 0 (0: no milestones)')
   if c.train.batch_size % c.train.micro_batches:
     raise ConfigError('train.micro_batches', c.train.micro_batches,
                       f'must divide train.batch_size={c.train.batch_size}')

@@ -1,12 +1,17 @@
 """Train a model: python -m research.train --config=configs/decoder/shakespeare.py --workdir=DIR.
 
 Any config field can be overridden (--config.train.steps=200). Rerunning with the same workdir
-resumes from its latest checkpoint.
+resumes from its newest intact checkpoint.
+
+Exit status: 0 when the run reached train.steps; train.preemption_exit_code (143) after SIGTERM
+and 130 after SIGINT, each once a checkpoint is saved; 2 with one line on stderr when the run
+cannot continue (see research.errors), e.g. a non-finite step, a lost save, a workdir in use.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from absl import flags
 
@@ -22,7 +27,11 @@ def main(config, argv):
     from research.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
   final = trainer.train(config, _WORKDIR.value)
-  print(json.dumps(final, sort_keys=True))
+  print(json.dumps(final, sort_keys=True), flush=True)
+  if 'preempted_at' in final:  # saved, but not finished: a scheduler must not count it done
+    from research.training import guards  # pylint: disable=g-import-not-at-top
+    sys.exit(config.train.preemption_exit_code if final['preempted_by'] == 'SIGTERM'
+             else guards.SIGINT_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -48,7 +48,7 @@ def test_train_evaluate_sample_benchmark(tmp_path):
   assert 'research.evaluate scores all' in out  # the eval lines say what they cover
   final = json.loads(out.strip().splitlines()[-1])
   assert final['step'] == 20 and final['eval/loss'] < 6.0  # ln(512) = 6.24 at initialisation
-  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
+  assert sorted(os.listdir(workdir)) == ['.lock', 'checkpoints', 'config.json', 'metrics.jsonl',
                                          'tensorboard', 'tokenizer.model']
 
   ev = json.loads(_run('research.evaluate', f'--workdir={workdir}', cache=cache).splitlines()[-1])

@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.data.source = 'shakespeare'
   c.data.vocab_size = 50_257
   c.data.seq_len = 2048
+  c.data.workers = 4  # Grain processes per host build the batches (objective included)
 
   c.model.family = 'decoder'
   c.model.vocab_size = 50_304
@@ -64,6 +65,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1000
 
   if arg == 'tiny':
+    c.data.workers = 0
     config_lib.shrink_for_smoke_test(c)
     c.model.vocab_size = 0  # the shrunk data vocabulary
     c.model.d_ff = 0

@@ -23,6 +23,7 @@ def get_config(arg=None):
   c.data.source = 'shakespeare'
   c.data.vocab_size = 50_257
   c.data.seq_len = 1024
+  c.data.workers = 4  # Grain processes per host build the batches (objective included)
 
   c.model.family = 'decoder'
   c.model.vocab_size = 50_304

@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.data.vocab_size = 30_522
   c.data.num_sentinels = 0  # no span corruption: only [MASK] is reserved
   c.data.seq_len = 128
+  c.data.workers = 4  # Grain processes per host build the batches (objective included)
 
   c.model.family = 'encoder'
   c.model.d_model = 768
@@ -77,6 +78,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 10_000
 
   if arg == 'tiny':
+    c.data.workers = 0
     c.data.source = 'shakespeare'
     c.data.vocab_size = 512
     c.data.num_sentinels = 100  # shares the cached Shakespeare tokenizer of the other tiny runs

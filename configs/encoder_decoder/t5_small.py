@@ -26,6 +26,7 @@ def t5_v1_1(c, *, d_model: int, num_layers: int, num_heads: int, d_ff: int):
   c.data.source = 'shakespeare'
   c.data.vocab_size = 32_000
   c.data.seq_len = 512
+  c.data.workers = 4  # Grain processes per host build the batches (objective included)
   c.data.num_sentinels = 100
 
   c.model.family = 'encoder_decoder'

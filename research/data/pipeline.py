@@ -1,16 +1,21 @@
 """What the trainer calls: config in, tokenizer and per-process batches out.
 
-`load_dataset` resolves `data.source`, gets a tokenizer (from the workdir when resuming, from
-`data.tokenizer`, or trained on the train split and cached), and builds or loads the token
-stores of both splits. Everything is cached under `data.cache_dir` (default `$LMFORGE_CACHE`,
-else `~/.cache/lmforge`):
+`load_dataset(config.data)` opens prepared corpora (`research.data.prepared`):
 
-  tfds/                    the Shakespeare TFDS dataset (array_record)
-  tokenizers/*.model       trained tokenizers, keyed by (source, vocab_size, type, sentinels)
-  tokens/*.npy(.json)      token stores, keyed by (source, split, tokenizer bytes)
+  `data.source='prepared:PATH'`   a directory `python -m research.data.prepare` wrote (local or
+                                  gs://); its tokenizer comes with it.
+  any other source                prepared on first use into the cache, by the same Beam
+                                  pipeline on the local DirectRunner (seconds for Shakespeare),
+                                  with the tokenizer `data.tokenizer` or one trained on a sample
+                                  (`data.vocab_size`, `data.tokenizer_type`, `data.num_sentinels`).
+  `data.mixture='a=0.7,b=0.3'`    named sources of `data.sources` (each any of the above, one
+                                  tokenizer for all), drawn per row by weight.
 
-The tokenizer is also copied to `workdir/tokenizer.model`: sampling and evaluation then need only
-the workdir, and a resumed run reuses exactly that file rather than retraining.
+The cache is `data.cache_dir` (default `$LMFORGE_CACHE`, else `~/.cache/lmforge`):
+`tfds/` holds the Shakespeare TFDS build, `prepared/` the prepared corpora, keyed by the source's
+fingerprint and the tokenizer settings. The tokenizer is also copied to
+`workdir/tokenizer.model`: sampling and evaluation then need only the workdir, and a resumed run
+checks that its data was tokenized by exactly that file.
 
 Batches are [rows, seq_len + 1] int32 windows (inputs are [:, :-1], targets [:, 1:]); each
 process reads only its own rows of the global batch (see `research.data.sampler`).
@@ -19,9 +24,10 @@ process reads only its own rows of the global batch (see `research.data.sampler`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
+import json
 import os
+import re
 import time
 from typing import Any
 
@@ -29,111 +35,151 @@ from absl import logging
 import numpy as np
 
 from research import errors
+from research.data import prepared
 from research.data import sampler
 from research.data import sources
-from research.data import store as store_lib
 from research.data import tokenizer as tokenizer_lib
-from research.data.store import TokenStore
+from research.data.prepared import PreparedSplit
 from research.data.tokenizer import Tokenizer
 
 WORKDIR_TOKENIZER = 'tokenizer.model'
-# Bump when the tokenizer training recipe changes, to invalidate cached tokenizers.
-TOKENIZER_RECIPE_VERSION = 1
+# Bump when the tokenizer training recipe changes, to invalidate cached preparations.
+TOKENIZER_RECIPE_VERSION = 2
 
 
 @dataclasses.dataclass
 class Dataset:
-  """A tokenizer and the train and validation token streams, with batch readers."""
+  """A tokenizer and the train and validation token streams of one source, with batch readers."""
 
   tokenizer: Tokenizer
-  train: TokenStore
-  validation: TokenStore
+  train: PreparedSplit
+  validation: PreparedSplit
 
-  def train_batch(
-      self,
-      seed: int,
-      step: int,
-      global_batch: int,
-      seq_len: int,
-      process_index: int = 0,
-      process_count: int = 1,
-  ) -> np.ndarray:
+  def train_batch(self, seed: int, step: int, global_batch: int, seq_len: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's rows of training batch `step`.
 
     Returns:
       int32 [global_batch // process_count, seq_len + 1]: inputs [:, :-1], targets [:, 1:].
     """
-    window = _window(self.train, seq_len, 'train')
+    window = _window(self.train, seq_len)
     starts_B = sampler.train_window_starts(seed, step, global_batch, self.train.num_tokens, window)
     rows = sampler.process_slice(global_batch, process_index, process_count)
-    return _gather(self.train.tokens, starts_B[rows], window)
+    return self.train.gather(starts_B[rows], window)
 
-  def eval_batch(
-      self,
-      batch_index: int,
-      global_batch: int,
-      seq_len: int,
-      process_index: int = 0,
-      process_count: int = 1,
-  ) -> np.ndarray:
+  def eval_batch(self, batch_index: int, global_batch: int, seq_len: int,
+                 process_index: int = 0, process_count: int = 1) -> np.ndarray:
     """This process's rows of validation batch `batch_index` (windows in order, see sampler)."""
-    window = _window(self.validation, seq_len, 'validation')
-    starts_B = sampler.eval_window_starts(
-        batch_index, global_batch, self.validation.num_tokens, window
-    )
+    window = _window(self.validation, seq_len)
+    starts_B = sampler.eval_window_starts(batch_index, global_batch, self.validation.num_tokens,
+                                          window)
     rows = sampler.process_slice(global_batch, process_index, process_count)
-    return _gather(self.validation.tokens, starts_B[rows], window)
+    return self.validation.gather(starts_B[rows], window)
 
   def num_eval_batches(self, global_batch: int, seq_len: int) -> int:
     """Batches in one pass over validation: whole batches only, at least one."""
-    window = _window(self.validation, seq_len, 'validation')
+    window = _window(self.validation, seq_len)
     return sampler.num_eval_batches(global_batch, self.validation.num_tokens, window)
 
+  def eval_sets(self) -> dict[str, 'Dataset']:
+    """What evaluation reports separately: one set, unnamed."""
+    return {'': self}
 
-def load_dataset(data_config: Any, *, workdir: str | None = None) -> Dataset:
-  """Builds (or loads from the cache) the tokenizer and token stores that `data_config` names."""
+
+@dataclasses.dataclass
+class MixtureDataset:
+  """Named datasets with one tokenizer; each training row comes from one, drawn by weight.
+
+  Evaluation reports each component's validation split (`eval/NAME/loss`) and their total.
+  """
+
+  tokenizer: Tokenizer
+  components: dict[str, Dataset]
+  weights: dict[str, float]
+
+  def train_batch(self, seed: int, step: int, global_batch: int, seq_len: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    names = list(self.components)
+    choice_B = sampler.mixture_choices(seed, step, global_batch,
+                                       [self.weights[n] for n in names])
+    rows = sampler.process_slice(global_batch, process_index, process_count)
+    window = seq_len + 1
+    out = np.empty((rows.stop - rows.start, window), np.int32)
+    for k, name in enumerate(names):
+      split = self.components[name].train
+      _window(split, seq_len)
+      starts_B = sampler.window_starts((seed, step, k), global_batch, split.num_tokens, window)
+      mine_B = np.flatnonzero(choice_B[rows] == k)
+      out[mine_B] = split.gather(starts_B[rows][mine_B], window)
+    return out
+
+  def eval_sets(self) -> dict[str, Dataset]:
+    return dict(self.components)
+
+  def num_eval_batches(self, global_batch: int, seq_len: int) -> int:
+    return sum(d.num_eval_batches(global_batch, seq_len) for d in self.components.values())
+
+
+def load_dataset(data_config: Any, *, workdir: str | None = None) -> Dataset | MixtureDataset:
+  """The prepared corpus (or mixture) that `data_config` names, preparing it first if needed."""
   start = time.perf_counter()
   _check_config(data_config)
-  cache_dir = resolve_cache_dir(data_config.cache_dir)
-  source = data_config.source
-  data_dir = _tfds_data_dir(data_config, cache_dir)
-  source_key = f'{sources.source_fingerprint(source)}|text_key={data_config.text_key}'
-  load = functools.partial(
-      sources.load_documents, source, data_dir=data_dir, text_key=data_config.text_key
-  )
-  train_documents = functools.cache(lambda: load('train'))
+  mixture = parse_mixture(data_config)
+  if not mixture:
+    dataset = _load_source(data_config, data_config.source, workdir)
+    _log(data_config.source, dataset, time.perf_counter() - start)
+    return dataset
+  named = parse_sources(data_config)
+  components = {name: _load_source(data_config, named[name], workdir) for name in mixture}
+  digests = {name: d.tokenizer.sha256 for name, d in components.items()}
+  if len(set(digests.values())) > 1:
+    raise errors.ConfigError('data.mixture', data_config.mixture,
+                             f'its sources were tokenized differently ({digests}): prepare them '
+                             'with one --tokenizer')
+  for name, dataset in components.items():
+    _log(f'{name} ({named[name]})', dataset, time.perf_counter() - start)
+  return MixtureDataset(tokenizer=next(iter(components.values())).tokenizer,
+                        components=components, weights=mixture)
 
-  tokenizer = _get_tokenizer(data_config, cache_dir, source_key, train_documents, workdir)
-  train = store_lib.build_or_load_store(
-      train_documents,
-      tokenizer,
-      store_lib.store_cache_path(cache_dir, source_key, 'train', tokenizer),
-  )
-  validation = store_lib.build_or_load_store(
-      lambda: load('validation'),
-      tokenizer,
-      store_lib.store_cache_path(cache_dir, source_key, 'validation', tokenizer),
-  )
-  for split, token_store in (('train', train), ('validation', validation)):
-    if token_store.num_tokens < data_config.seq_len + 1:
-      raise errors.ConfigError(
-          'data.seq_len',
-          data_config.seq_len,
-          f'the {split} split of {source} has only {token_store.num_tokens} tokens: use at most '
-          f'{token_store.num_tokens - 1}',
-      )
-  logging.info(
-      'Dataset %s: vocab %d, train %d tokens / %d documents, validation %d tokens / %d '
-      'documents, ready in %.1f s',
-      source,
-      tokenizer.vocab_size,
-      train.num_tokens,
-      train.num_documents,
-      validation.num_tokens,
-      validation.num_documents,
-      time.perf_counter() - start,
-  )
-  return Dataset(tokenizer=tokenizer, train=train, validation=validation)
+
+def parse_mixture(data_config: Any) -> dict[str, float]:
+  """`data.mixture` 'a=0.7,b=0.3' -> {'a': 0.7, 'b': 0.3} normalised; {} when unset."""
+  text = data_config.get('mixture', '')
+  if not text:
+    return {}
+  named = parse_sources(data_config)
+  weights = {}
+  for entry in text.split(','):
+    name, sep, weight = entry.strip().partition('=')
+    try:
+      value = float(weight)
+    except ValueError:
+      value = -1.0
+    if not sep or value <= 0 or not re.fullmatch(r'[A-Za-z0-9_.-]+', name):
+      raise errors.ConfigError('data.mixture', text,
+                               "use 'NAME=WEIGHT,...' with positive weights, e.g. "
+                               "'fineweb=0.7,code=0.3'")
+    if name not in named:
+      raise errors.ConfigError('data.mixture', text,
+                               f'{name!r} is not in data.sources (has {sorted(named)}): set '
+                               f"--config.data.sources='{name}=prepared:PATH,...'")
+    weights[name] = value
+  total = sum(weights.values())
+  return {name: w / total for name, w in weights.items()}
+
+
+def parse_sources(data_config: Any) -> dict[str, str]:
+  """`data.sources` 'a=prepared:/x,b=jsonl:/y/*.jsonl' -> {'a': 'prepared:/x', ...}."""
+  named = {}
+  for entry in filter(None, (e.strip() for e in data_config.get('sources', '').split(','))):
+    name, sep, source = entry.partition('=')
+    if not sep or not source or not re.fullmatch(r'[A-Za-z0-9_.-]+', name):
+      raise errors.ConfigError('data.sources', data_config.sources,
+                               "use 'NAME=SOURCE,...', e.g. 'fineweb=prepared:/data/fw,"
+                               "code=prepared:/data/code'")
+    sources.kind_of(source)
+    named[name] = source
+  return named
 
 
 def load_tokenizer_from_workdir(workdir: str) -> Tokenizer:
@@ -141,8 +187,7 @@ def load_tokenizer_from_workdir(workdir: str) -> Tokenizer:
   path = os.path.join(workdir, WORKDIR_TOKENIZER)
   if not os.path.exists(path):
     raise errors.UserError(
-        f'{path} does not exist: --workdir must be the workdir of a training run'
-    )
+        f'{path} does not exist: --workdir must be the workdir of a training run')
   return tokenizer_lib.load_tokenizer(path)
 
 
@@ -152,9 +197,24 @@ def resolve_cache_dir(cache_dir: str) -> str:
   return os.path.abspath(os.path.expanduser(chosen))
 
 
+def load_split(data_config: Any, tokenizer_path: str, *, source: str | None = None,
+               split: str = 'validation') -> PreparedSplit:
+  """One split of `source` (default `data.source`) tokenized by the tokenizer at
+  `tokenizer_path`: evaluating a run on another corpus uses the run's own tokenizer."""
+  source = source or data_config.source
+  data_config = data_config.copy_and_resolve_references()
+  data_config.source = source
+  data_config.tokenizer = tokenizer_path
+  _check_config(data_config)
+  directory = _prepared_directory(data_config, source)
+  manifest = prepared.read_manifest(directory)
+  return prepared.open_split(directory, manifest, split)
+
+
 def _check_config(data_config: Any):
   if not isinstance(data_config.source, str) or not data_config.source:
     raise errors.ConfigError('data.source', data_config.source, f'use {sources.SOURCE_FORMS}')
+  sources.kind_of(data_config.source)
   for field in ('vocab_size', 'seq_len'):
     value = data_config[field]
     if not isinstance(value, int) or value < 1:
@@ -165,112 +225,135 @@ def _check_config(data_config: Any):
     )
 
 
-def _tfds_data_dir(data_config: Any, cache_dir: str) -> str | None:
+def _load_source(data_config: Any, source: str, workdir: str | None) -> Dataset:
+  workdir_path = os.path.join(workdir, WORKDIR_TOKENIZER) if workdir else None
+  resumed = bool(workdir_path) and os.path.exists(workdir_path)
+  directory = _prepared_directory(data_config, source, workdir_path if resumed else '')
+  manifest = prepared.read_manifest(directory)
+  tokenizer = _tokenizer_of(directory, manifest, source)
+  if resumed and tokenizer_lib.load_tokenizer(workdir_path).sha256 != tokenizer.sha256:
+    raise errors.ConfigError(
+        'data.source', source,
+        f"was tokenized by another tokenizer than this run's {workdir_path}: resume on the data "
+        'the run started with, or start a new workdir')
+  if tokenizer.vocab_size != data_config.vocab_size:
+    raise errors.ConfigError(
+        'data.vocab_size', data_config.vocab_size,
+        f'the tokenizer of {directory} has {tokenizer.vocab_size} ids: set '
+        f'data.vocab_size={tokenizer.vocab_size}')
+  if workdir_path and not resumed:
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer.save(workdir_path)
+  dataset = Dataset(tokenizer=tokenizer, train=prepared.open_split(directory, manifest, 'train'),
+                    validation=prepared.open_split(directory, manifest, 'validation'))
+  for split in (dataset.train, dataset.validation):
+    _window(split, data_config.seq_len)
+  return dataset
+
+
+def _tokenizer_of(directory: str, manifest: dict[str, Any], source: str) -> Tokenizer:
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  path = epath.Path(directory) / prepared.TOKENIZER
+  try:
+    proto = path.read_bytes()
+  except FileNotFoundError:
+    raise errors.ConfigError('data.source', source,
+                             f'{path} is missing: prepare the corpus again') from None
+  if prepared.sha256_bytes(proto) != manifest['tokenizer_sha256']:
+    raise errors.ConfigError('data.source', source,
+                             f'{path} is not the tokenizer its manifest was written with: '
+                             'prepare the corpus again')
+  return Tokenizer(proto, name=os.fspath(path))
+
+
+def _prepared_directory(data_config: Any, source: str, run_tokenizer: str = '') -> str:
+  """`prepared:PATH`'s PATH (checked against data.tokenizer), or the cache directory of
+  `source` prepared with the configured tokenizer, preparing it there first if needed.
+
+  `run_tokenizer` is a resumed run's tokenizer.model: the cached preparation is used only if it
+  was tokenized by exactly that file; else the source is prepared again with it.
+  """
+  if sources.kind_of(source) == 'prepared':
+    directory = source[len('prepared:'):]
+    if data_config.tokenizer:
+      given = tokenizer_lib.load_tokenizer(os.path.expanduser(data_config.tokenizer))
+      saved = prepared.read_manifest(directory)['tokenizer_sha256']
+      if given.sha256 != saved:
+        raise errors.ConfigError(
+            'data.tokenizer', data_config.tokenizer,
+            f'is not the tokenizer {directory} was prepared with: leave data.tokenizer empty '
+            '(the corpus brings its own) or prepare the corpus with this one')
+    return directory
+  from research.data import prepare  # pylint: disable=g-import-not-at-top
+
+  cache_dir = resolve_cache_dir(data_config.cache_dir)
+  settings = prepare.Settings(
+      source=source, out='', text_key=data_config.text_key,
+      tokenizer=os.path.expanduser(data_config.tokenizer) if data_config.tokenizer else '',
+      vocab_size=data_config.vocab_size, tokenizer_type=data_config.tokenizer_type,
+      num_sentinels=data_config.num_sentinels,
+      validation_fraction=data_config.get('validation_fraction', 0.01),
+      data_dir=_tfds_data_dir(data_config, source, cache_dir) or '')
+  directory = os.path.join(cache_dir, 'prepared', _cache_name(source, settings))
+  if run_tokenizer and not _tokenized_by(directory, run_tokenizer):
+    settings = dataclasses.replace(settings, tokenizer=run_tokenizer)
+    directory = os.path.join(cache_dir, 'prepared', _cache_name(source, settings))
+  settings = dataclasses.replace(settings, out=directory)
+  if os.path.exists(os.path.join(directory, prepared.MANIFEST)):
+    return directory
+  # Processes sharing a cache (hosts on one disk, parallel tests) prepare it once.
+  with sources.exclusive(directory + '.lock'):
+    if not os.path.exists(os.path.join(directory, prepared.MANIFEST)):
+      logging.info('Preparing %s into %s', source, directory)
+      prepare.prepare(settings)
+  return directory
+
+
+def _tokenized_by(directory: str, tokenizer_path: str) -> bool:
+  """Whether the prepared `directory` exists and was tokenized by the file `tokenizer_path`."""
+  try:
+    with open(os.path.join(directory, prepared.MANIFEST)) as f:
+      saved = json.load(f)['tokenizer_sha256']
+  except (OSError, ValueError, KeyError):
+    return False
+  with open(tokenizer_path, 'rb') as f:
+    return prepared.sha256_bytes(f.read()) == saved
+
+
+def _cache_name(source: str, settings: Any) -> str:
+  if settings.tokenizer:
+    with open(settings.tokenizer, 'rb') as f:
+      tokenizer_key = prepared.sha256_bytes(f.read())
+  else:
+    tokenizer_key = (f'{TOKENIZER_RECIPE_VERSION}/{settings.tokenizer_type}/'
+                     f'{settings.vocab_size}/{settings.num_sentinels}')
+  key = '|'.join(str(part) for part in (
+      prepared.FORMAT_VERSION, sources.local_fingerprint(source), settings.text_key,
+      settings.validation_fraction, tokenizer_key))
+  readable = re.sub(r'[^A-Za-z0-9_.-]+', '_', source)[:48].strip('_')
+  return f'{readable}-{hashlib.sha256(key.encode()).hexdigest()[:16]}'
+
+
+def _tfds_data_dir(data_config: Any, source: str, cache_dir: str) -> str | None:
   """Shakespeare is built in the cache; real TFDS datasets live in TFDS's data_dir."""
-  if data_config.source == 'shakespeare':
+  if source == 'shakespeare':
     return os.path.join(cache_dir, 'tfds')
   return data_config.get('data_dir', '') or None
 
 
-def _get_tokenizer(
-    data_config: Any, cache_dir: str, source_key: str, train_documents, workdir: str | None
-) -> Tokenizer:
-  """The workdir's tokenizer when resuming, else the configured or cached or trained one."""
-  workdir_path = os.path.join(workdir, WORKDIR_TOKENIZER) if workdir else None
-  if workdir_path and os.path.exists(workdir_path):
-    tokenizer = tokenizer_lib.load_tokenizer(workdir_path)
-    logging.info('Tokenizer from the workdir: %s', workdir_path)
-  elif data_config.tokenizer:
-    tokenizer = tokenizer_lib.load_tokenizer(os.path.expanduser(data_config.tokenizer))
-  else:
-    tokenizer = _cached_or_trained_tokenizer(data_config, cache_dir, source_key, train_documents)
-  if tokenizer.vocab_size != data_config.vocab_size:
+def _window(split: PreparedSplit, seq_len: int) -> int:
+  if seq_len < 1 or split.num_tokens < seq_len + 1:
     raise errors.ConfigError(
-        'data.vocab_size',
-        data_config.vocab_size,
-        f'tokenizer {tokenizer.name} has {tokenizer.vocab_size} ids: set '
-        f'data.vocab_size={tokenizer.vocab_size}',
-    )
-  if workdir_path and not os.path.exists(workdir_path):
-    os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(workdir_path)
-  return tokenizer
-
-
-def _cached_or_trained_tokenizer(
-    data_config: Any, cache_dir: str, source_key: str, train_documents
-) -> Tokenizer:
-  key = '|'.join(
-      str(part)
-      for part in (
-          TOKENIZER_RECIPE_VERSION,
-          source_key,
-          data_config.vocab_size,
-          data_config.tokenizer_type,
-          data_config.num_sentinels,
-      )
-  )
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  path = os.path.join(
-      cache_dir,
-      'tokenizers',
-      f'{data_config.tokenizer_type}{data_config.vocab_size}-{digest}.model',
-  )
-  if os.path.exists(path):
-    logging.info('Tokenizer from the cache: %s', path)
-    return tokenizer_lib.load_tokenizer(path)
-  start = time.perf_counter()
-  tokenizer = tokenizer_lib.train_tokenizer(
-      train_documents(),
-      data_config.vocab_size,
-      path,
-      num_sentinels=data_config.num_sentinels,
-      model_type=data_config.tokenizer_type,
-  )
-  logging.info(
-      'Trained a %s tokenizer of %d ids in %.1f s: %s',
-      data_config.tokenizer_type,
-      tokenizer.vocab_size,
-      time.perf_counter() - start,
-      path,
-  )
-  return tokenizer
-
-
-def _window(token_store: TokenStore, seq_len: int, split: str) -> int:
-  if seq_len < 1 or token_store.num_tokens < seq_len + 1:
-    raise errors.ConfigError(
-        'data.seq_len',
-        seq_len,
-        f'the {split} split has {token_store.num_tokens} tokens: '
-        f'use 1..{token_store.num_tokens - 1}',
-    )
+        'data.seq_len', seq_len,
+        f'the {split.name} split of {split.directory} has {split.num_tokens} tokens: '
+        f'use 1..{split.num_tokens - 1}')
   return seq_len + 1
 
 
-def _gather(tokens: np.ndarray, starts_B: np.ndarray, window: int) -> np.ndarray:
-  """Reads only the requested windows from the memory-mapped stream."""
-  positions_BT = starts_B[:, None] + np.arange(window, dtype=np.int64)[None, :]
-  return np.asarray(tokens[positions_BT], dtype=np.int32)
-
-
-def load_token_store(
-    data_config: Any, tokenizer: Tokenizer, *, source: str | None = None, split: str = 'validation'
-) -> TokenStore:
-  """The token store of one split of `source` (default `data_config.source`) encoded with
-  `tokenizer`, built or loaded from the same cache as `load_dataset`'s: evaluating a run on
-  another corpus tokenizes it with the run's own tokenizer."""
-  source = source or data_config.source
-  cache_dir = resolve_cache_dir(data_config.cache_dir)
-  data_config = data_config.copy_and_resolve_references()
-  data_config.source = source
-  _check_config(data_config)
-  data_dir = _tfds_data_dir(data_config, cache_dir)
-  source_key = f'{sources.source_fingerprint(source)}|text_key={data_config.text_key}'
-  return store_lib.build_or_load_store(
-      lambda: sources.load_documents(
-          source, split, data_dir=data_dir, text_key=data_config.text_key
-      ),
-      tokenizer,
-      store_lib.store_cache_path(cache_dir, source_key, split, tokenizer),
-  )
+def _log(source: str, dataset: Dataset, seconds: float):
+  logging.info(
+      'Dataset %s: vocab %d, train %d tokens / %d documents, validation %d tokens / %d '
+      'documents, ready in %.1f s', source, dataset.tokenizer.vocab_size,
+      dataset.train.num_tokens, dataset.train.num_documents, dataset.validation.num_tokens,
+      dataset.validation.num_documents, seconds)

@@ -18,6 +18,8 @@ import numpy as np
 
 from research import errors
 
+_MIXTURE_STREAM = 2**31 - 2  # keeps the mixture's draws apart from the window starts
+
 
 def train_window_starts(
     seed: int, step: int, global_batch: int, num_tokens: int, window: int
@@ -28,6 +30,20 @@ def train_window_starts(
     raise errors.UserError(f'seed={seed}, step={step}: both must be >= 0')
   rng = np.random.default_rng([seed, step])
   return rng.integers(0, num_tokens - window + 1, size=global_batch, dtype=np.int64)
+
+
+def window_starts(key: tuple[int, ...], global_batch: int, num_tokens: int,
+                  window: int) -> np.ndarray:
+  """Uniform start offsets [global_batch] drawn from the generator seeded with `key`."""
+  _check_window(num_tokens, window)
+  return np.random.default_rng(list(key)).integers(0, num_tokens - window + 1, size=global_batch,
+                                                   dtype=np.int64)
+
+
+def mixture_choices(seed: int, step: int, global_batch: int, weights) -> np.ndarray:
+  """Which source [global_batch] each row of `step` reads: independent draws by weight."""
+  rng = np.random.default_rng([seed, step, _MIXTURE_STREAM])
+  return rng.choice(len(weights), size=global_batch, p=np.asarray(weights) / np.sum(weights))
 
 
 def num_eval_windows(num_tokens: int, window: int) -> int:

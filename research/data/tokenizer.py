@@ -25,6 +25,7 @@ and with byte fallback no character is ever `<unk>`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+import hashlib
 import io
 import math
 import os
@@ -78,6 +79,17 @@ class Tokenizer:
   def _find_piece(self, piece: str) -> int | None:
     i = self._sp.piece_to_id(piece)
     return i if self._sp.id_to_piece(i) == piece else None
+
+  def __getstate__(self):  # Grain workers receive tokenizers by pickle
+    return {'model_proto': self._proto, 'name': self.name}
+
+  def __setstate__(self, state):
+    self.__init__(state['model_proto'], name=state['name'])
+
+  @property
+  def sha256(self) -> str:
+    """Identifies the model: prepared corpora record it, resumed runs compare it."""
+    return hashlib.sha256(self._proto).hexdigest()
 
   @property
   def model_proto(self) -> bytes:

@@ -1,7 +1,7 @@
 """Loss and perplexity of a trained run on any source: its own, another corpus, another split.
 
-The text is tokenized with the run's own tokenizer (research.data.pipeline.load_token_store,
-cached like the training stores) and scored exactly as the run's validation is: the run's
+The text is tokenized with the run's own tokenizer (research.data.pipeline.load_split: prepared
+into the cache like the training data) and scored exactly as the run's validation is: the run's
 objective on consecutive windows of data.seq_len (+1) tokens, whole batches of
 train.batch_size windows only (research.training.trainer.evaluate). With the run's own source
 and split='validation' the numbers are `--task=validation`'s.
@@ -21,7 +21,7 @@ from research.evaluation import common
 def perplexity(workdir: str, *, source: str = '', split: str = 'validation', batches: int = 0,
                step: int | None = None, overrides: Sequence[tuple[str, str]] = ()) -> dict:
   """{step, source, split, loss, perplexity, accuracy, tokens} of `workdir`'s checkpoint on
-  `split` of `source` ('' : the run's data.source; 'shakespeare' | 'tfds:NAME' | 'text:GLOB').
+  `split` of `source` ('' : the run's data.source; any data.source form but a mixture).
 
   `batches` caps the batches scored (0: every whole batch of the split).
   """
@@ -31,7 +31,7 @@ def perplexity(workdir: str, *, source: str = '', split: str = 'validation', bat
   config = common.load_run_config(workdir, overrides)
   source = source or config.data.source
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
-  store = pipeline.load_token_store(config.data, tokenizer, source=source, split=split)
+  store = pipeline.load_split(config.data, tokenizer.name, source=source, split=split)
   window = objectives.get_objective(config.objective.name).window_len(config)
   needed = window * config.train.batch_size
   if store.num_tokens < needed:  # before the slow restore

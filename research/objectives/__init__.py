@@ -1,7 +1,7 @@
 """Objectives by name (`objective.name`): batch transforms and losses.
 
 Each objective is a module in this package with four functions:
-  window_len(config) -> raw tokens one example takes from the token store;
+  window_len(config) -> raw tokens one example takes from the token stream;
   make_batch(windows_BW, *, tokenizer, config, rngs) -> dict of fixed-shape [B, ...] arrays,
       built on the host, any noise drawn from the per-row generators `rngs` so that batches are
       a pure function of (seed, step) whatever the number of processes;

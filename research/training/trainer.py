@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import logging
 import os
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -26,11 +25,12 @@ import optax
 from tqdm.auto import tqdm
 
 from research import config_lib, models, objectives
-from research.errors import ConfigError
-from research.data import sampler as data_sampler
+from research.errors import ConfigError, UserError
+from research.data import loader
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib
 from research.training import checkpointing, flops as flops_lib, optimizers, peft
+from research.training import guards, metrics as metrics_lib, resume_check, workdir_lock
 from research.training.metrics import MetricsWriter
 
 
@@ -203,8 +203,9 @@ def make_train_step(run: Run) -> Callable:
       metrics['moe/aux_loss_total'] = aux['moe_loss_sum'] / weight_sum
       metrics.update(aux['moe_metrics'])
       model_state = {**model_state, **aux['model_state']}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         model_state=model_state), metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              model_state=model_state)
+    return guards.guard_step(run.config.train, state, new_state, metrics)
 
   with run.context():
     return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_sharding),
@@ -234,39 +235,35 @@ def device_batch(run: Run, host_batch: dict[str, np.ndarray]) -> dict[str, jax.A
           for k, v in host_batch.items()}
 
 
-def _row_rngs(*key: int, global_batch: int) -> list[np.random.Generator]:
-  """One generator per global row, this process's rows only: objectives that draw noise
-  (masking, span corruption) then give the same batch whatever the number of processes."""
-  rows = range(global_batch)[data_sampler.process_slice(global_batch, jax.process_index(),
-                                                        jax.process_count())]
-  return [np.random.default_rng([*key, row]) for row in rows]
+def batch_builder(run: Run, dataset) -> loader.BatchBuilder:
+  """This process's host batches of `dataset` for `run` (research.data.loader)."""
+  return loader.BatchBuilder(dataset=dataset, config=run.config,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count())
 
 
 def host_train_batch(run: Run, dataset, step: int) -> dict[str, np.ndarray]:
   """This process's rows of the training batch at `step`: a pure function of (seed, step)."""
-  c = run.config
-  window_len = run.objective.window_len(c)
-  windows = dataset.train_batch(c.seed, step, c.train.batch_size, window_len - 1,
-                                jax.process_index(), jax.process_count())
-  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
-                                  rngs=_row_rngs(c.seed, step, global_batch=c.train.batch_size))
+  return batch_builder(run, dataset).train(step)
 
 
 def prefetched_train_batches(run: Run, dataset, first: int, stop: int, depth: int = 2):
   """Device batches for steps first..stop-1, each transfer issued `depth` steps ahead.
 
   When the loop takes batch s (and then dispatches its step, which returns at once), batches
-  s+1..s+depth are already on their way to the devices; batch s+depth+1 is built on the host
-  while step s runs. Batches stay a pure function of (seed, step): prefetching changes only
-  when the work is done. depth=0 builds each batch just before its step.
+  s+1..s+depth are already on their way to the devices. Host batches come from
+  `research.data.loader.train_batches`: built just in time here, or by `data.workers` Grain
+  processes ahead of time. Batches stay a pure function of (seed, step): prefetching changes
+  only when the work is done. depth=0 builds each batch just before its step.
   """
+  host = loader.train_batches(batch_builder(run, dataset), first, stop,
+                              workers=run.config.data.get('workers', 0), buffer=depth)
   queue = collections.deque()
-  steps = iter(range(first, stop))
 
   def put():
-    step = next(steps, None)
-    if step is not None:
-      queue.append(device_batch(run, host_train_batch(run, dataset, step)))
+    batch = next(host, None)
+    if batch is not None:
+      queue.append(device_batch(run, batch))
 
   for _ in range(depth):
     put()
@@ -278,88 +275,83 @@ def prefetched_train_batches(run: Run, dataset, first: int, stop: int, depth: in
 
 
 def host_eval_batch(run: Run, dataset, index: int) -> dict[str, np.ndarray]:
-  c = run.config
-  window_len = run.objective.window_len(c)
-  windows = dataset.eval_batch(index, c.train.batch_size, window_len - 1, jax.process_index(),
-                               jax.process_count())
-  # Evaluation noise is fixed (not the run's seed) so runs compare on identical batches.
-  return run.objective.make_batch(windows, tokenizer=dataset.tokenizer, config=c,
-                                  rngs=_row_rngs(2**31 - 1, index,
-                                                 global_batch=c.train.batch_size))
+  return batch_builder(run, dataset).eval(index)
 
 
-def token_eval_metrics(totals) -> dict[str, float]:
-  """Loss per target token, its perplexity, next-token accuracy and the tokens scored: the
-  summary of every objective whose loss is a mean over tokens."""
+# Objectives whose targets are the text's own tokens in order: their loss converts to bits per
+# byte of text.
+_BPB_OBJECTIVES = ('causal_lm', 'prefix_lm')
+
+
+def token_eval_metrics(totals, prefix: str = 'eval/') -> dict[str, float]:
+  """Loss per target token, its perplexity, next-token accuracy, the tokens scored and, where
+  the data knows its bytes, bits per byte: the summary of every objective whose loss is a mean
+  over tokens."""
   loss = float(totals['loss_sum'] / totals['weight_sum'])
-  return {'eval/loss': loss, 'eval/perplexity': float(np.exp(loss)),
-          'eval/accuracy': float(totals['correct'] / totals['weight_sum']),
-          'eval/tokens': float(totals['weight_sum'])}
+  metrics = {f'{prefix}loss': loss, f'{prefix}perplexity': float(np.exp(loss)),
+             f'{prefix}accuracy': float(totals['correct'] / totals['weight_sum']),
+             f'{prefix}tokens': float(totals['weight_sum'])}
+  if 'bytes' in totals:  # nats per token -> bits per byte of the text those tokens spell
+    metrics[f'{prefix}bpb'] = float(totals['loss_sum'] / np.log(2) / totals['bytes'])
+  return metrics
 
 
 def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None,
              model_state=None):
-  """Validation metrics over `num_batches` (0/None: the whole split).
+  """Validation metrics over `num_batches` per evaluation set (0/None: the whole split), and
+  bits per byte where the data knows its bytes.
 
-  The objective's `eval_metrics(totals)` summarises when it has one (DPO: preference accuracy
-  and reward margin over pairs, no perplexity); else `token_eval_metrics`. `eval/batches` and
-  `eval/split_batches` say what the numbers cover: the trainer scores train.eval_batches of
-  the split, research.evaluate all of it, so the two losses of one checkpoint differ.
+  A mixture reports each source as eval/NAME/... and their total as eval/... The objective's
+  `eval_metrics(totals, prefix)` summarises when it has one (DPO: preference accuracy and reward
+  margin over pairs, no perplexity); else `token_eval_metrics`. `eval/batches` and
+  `eval/split_batches` say what the numbers cover: the trainer scores train.eval_batches of the
+  split, research.evaluate all of it, so the two losses of one checkpoint differ.
   """
   c = run.config
   eval_step = eval_step or make_eval_step(run)
-  available = dataset.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
-  n = min(num_batches or available, available)
-  totals = None
-  for i in range(n):
-    out = eval_step(params, device_batch(run, host_eval_batch(run, dataset, i)), model_state)
-    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-  totals = jax.device_get(totals)
+  builder = batch_builder(run, dataset)
   summarise = getattr(run.objective, 'eval_metrics', token_eval_metrics)
-  return {**summarise(totals), 'eval/batches': float(n), 'eval/split_batches': float(available)}
+  sets = dataset.eval_sets() if hasattr(dataset, 'eval_sets') else {'': dataset}
+  metrics, grand, scored, split = {}, None, 0, 0
+  for name, eval_set in sets.items():
+    available = eval_set.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
+    n = min(num_batches or available, available)
+    totals = None
+    for i in range(n):
+      out = eval_step(params, device_batch(run, builder.eval(i, eval_set)), model_state)
+      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    bytes_per_token = getattr(getattr(eval_set, 'validation', None), 'bytes_per_token', None)
+    if bytes_per_token and c.objective.name in _BPB_OBJECTIVES:
+      totals['bytes'] = totals['weight_sum'] * bytes_per_token
+    metrics.update(summarise(totals, f'eval/{name}/' if name else 'eval/'))
+    grand = totals if grand is None else {k: jax.tree.map(np.add, grand[k], totals[k])
+                                          for k in grand if k in totals}
+    scored, split = scored + n, split + available
+  if len(sets) > 1:
+    metrics.update(summarise(grand, 'eval/'))
+  return {**metrics, 'eval/batches': float(scored), 'eval/split_batches': float(split)}
 
 
 def describe_eval(ev: dict[str, float]) -> str:
   """One line: the headline metrics and what they cover, e.g. 'eval loss 4.5790, perplexity
-  97.4; 8 of 45 validation batches (train.eval_batches=8: 32,768 tokens; research.evaluate
+  97.4; 8 of 45 validation batches (32,768 tokens, train.eval_batches; research.evaluate
   scores all 45)'."""
   if 'eval/perplexity' in ev:
     head = f"eval loss {ev['eval/loss']:.4f}, perplexity {ev['eval/perplexity']:.1f}"
   else:
     head = f"eval loss {ev['eval/loss']:.4f}, accuracy {ev['eval/accuracy']:.3f}"
+  if 'eval/bpb' in ev:
+    head += f", {ev['eval/bpb']:.3f} bits/byte"
   head += ''.join(f", {k.split('/')[-1].replace('_', ' ')} {ev[k]:.3f}"
-                  for k in sorted(ev) if k.startswith('eval/') and k.count('/') == 2
-                  and k.endswith('margin'))
+                  for k in sorted(ev) if k.startswith('eval/dpo/') and k.endswith('margin'))
   unit = 'pairs' if 'eval/pairs' in ev else 'tokens'
   n, total = int(ev['eval/batches']), int(ev['eval/split_batches'])
   amount = f"{ev.get(f'eval/{unit}', 0):,.0f} {unit}"
   if n >= total:
     return f'{head}; the whole validation split ({total} batches, {amount})'
-  return (f'{head}; {n} of {total} validation batches (train.eval_batches={n}: {amount}; '
+  return (f'{head}; {n} of {total} validation batches ({amount}, train.eval_batches; '
           f'research.evaluate scores all {total})')
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (save, then exit cleanly)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def load_dataset(run: Run, workdir: str):
@@ -377,13 +369,33 @@ def _is_due(step: int, every: int, last: int) -> bool:
 
 def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
           devices=None) -> dict[str, float]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint. Returns final metrics.
+  """Trains `config` in `workdir`, resuming from its newest intact checkpoint. Returns final
+  metrics; after SIGTERM or SIGINT (a checkpoint saved) they hold `preempted_at` and
+  `preempted_by` (the signal's name).
 
   `hooks` are called as hook(step, state, metrics) after every step (metrics only on log steps,
   else None): experiments observe the run through them without forking the loop.
+
+  Raises:
+    UserError: the workdir is in use or holds a run with another config (nothing written), a
+      step was not finite, a checkpoint could not be saved, or the disk refused a write.
   """
-  c = config
-  run = build_run(c, devices=devices)  # validates the config against the devices first
+  run = build_run(config, devices=devices)  # validates the config against the devices first
+  try:
+    with workdir_lock.hold(workdir):  # before anything in the workdir is written
+      resume_check.check_resume(config, workdir)
+      return _train_locked(run, workdir, dataset=dataset, hooks=hooks)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    user_error = guards.io_user_error(e, workdir)  # permission / disk full: one line
+    if user_error is None:
+      raise
+    raise user_error from e
+
+
+def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]:
+  c = run.config
   os.makedirs(workdir, exist_ok=True)
   if dataset is None:
     dataset = load_dataset(run, workdir)
@@ -393,9 +405,13 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
   if jax.process_index() == 0:
     config_lib.save_config(c, os.path.join(workdir, 'config.json'))
 
-  manager = checkpointing.make_manager(workdir, keep=c.train.keep_checkpoints,
-                                       async_save=c.train.async_checkpoints)
-  state = checkpointing.restore(manager, abstract_state(run))
+  manager = checkpointing.make_manager(workdir, async_save=c.train.async_checkpoints)
+  config_json = resume_check.as_json(c)
+  saver = checkpointing.Saver(manager, workdir, keep=c.train.keep_checkpoints,
+                              keep_every=c.train.keep_every, config_json=config_json)
+  state = checkpointing.restore_good(manager, abstract_state(run), workdir,
+                                     move_damaged=jax.process_index() == 0,
+                                     config_json=config_json)
   if state is None:
     state = init_state(run, c.seed)
     if c.get('init_from', ''):
@@ -403,14 +419,17 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
       state, _ = restore.init_from(run, state, c.init_from)
   else:
     logging.info('resumed from step %d', int(state.step))
+    saver.last_good = int(state.step)
   train_step, eval_step = make_train_step(run), make_eval_step(run)
 
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   tokens_per_step = c.train.batch_size * c.data.seq_len
   flops_per_step = flops_lib.flops_per_step(cfg, c)
   peak, _ = flops_lib.peak_flops()  # CPUs have no published peak: measured there
-  writer = MetricsWriter(workdir)
   first = int(state.step)
+  metrics_lib.drop_rows_after(workdir, first if saver.last_good is not None else -1)
+  writer = MetricsWriter(workdir)
+  guard = guards.NonFiniteGuard(c.train, saver)
   if 'peft' in c:
     counts = peft.count_params(state.params, c.peft)
     if first == 0:  # once per run, not again on every resume
@@ -426,12 +445,15 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
              unit='step', desc='train', smoothing=0)
   pending, final, t_log, s_log = [], {}, time.perf_counter(), first
   batches = prefetched_train_batches(run, dataset, first, last, c.train.get('prefetch', 2))
-  with _Preemption() as preemption:
+  with guards.Interrupts() as interrupts, contextlib.ExitStack() as on_error:
+    on_error.callback(saver.close)  # a failure still lets good saves in flight complete
+    on_error.callback(bar.close)  # the error's one line then starts a line of its own
     for step in range(first + 1, last + 1):
       state, metrics = train_step(state, next(batches))  # batch index step - 1
       if step == first + 1:
         bar.unpause()  # the first call compiled the step: keep compile time out of the rate
       pending.append(metrics)
+      saver.poll()  # a failed background save surfaces here, at the next step
       logged = None
       if _is_due(step, c.train.log_every, last):
         host = jax.device_get(pending)  # the only host sync between logs
@@ -443,6 +465,7 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
             flops_per_step * (step - s_log) / (now - t_log) / run.mesh.size / 1e12)
         logged['train/mfu'] = logged['train/tflops_per_sec_per_device'] * 1e12 / peak
         writer.write(step, logged)
+        guard.check(s_log + 1, host)  # after the row is written: the log shows the bad step
         bar.set_postfix(loss=f"{logged['train/loss']:.3f}", tok_s=f'{tokens_per_sec:,.0f}')
         pending, t_log, s_log = [], time.perf_counter(), step
         final.update(logged)
@@ -455,16 +478,19 @@ def train(config, workdir: str, *, dataset=None, hooks: Sequence[Callable] = (),
         t_log = time.perf_counter()  # evaluation time is not training throughput
       for hook in hooks:
         hook(step, state, logged)
-      if preemption.requested:
-        checkpointing.save(manager, step, state, force=True)
-        bar.write(f'SIGTERM: saved a checkpoint at step {step}; rerun to resume')
-        final['preempted_at'] = step
+      if interrupts.requested or _is_due(step, c.train.checkpoint_every, last):
+        guard.check(s_log + 1, jax.device_get(pending))  # steps not yet logged, then params
+        guard.check_params(step, state)
+        saver.save(step, state, force=bool(interrupts.requested))
+      if interrupts.requested:
+        saver.wait()
+        bar.write(f'{interrupts.requested}: saved a checkpoint at step {step}; rerun to resume')
+        final['preempted_at'], final['preempted_by'] = step, interrupts.requested
         break
-      if _is_due(step, c.train.checkpoint_every, last):
-        checkpointing.save(manager, step, state)
       bar.update(1)
+    on_error.pop_all()
   bar.close()
-  manager.wait_until_finished()
+  saver.finish()
   manager.close()
   writer.close()
   final['step'] = int(state.step)

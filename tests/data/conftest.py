@@ -71,3 +71,29 @@ def workdir(tmp_path_factory) -> str:
 def shakespeare_dataset(cache_dir, workdir, shakespeare_data_dir) -> pipeline.Dataset:
   del shakespeare_data_dir  # Built first, so the dataset build reuses it.
   return pipeline.load_dataset(_data_config(cache_dir), workdir=workdir)
+
+
+CORPUS_GB = 0.0015  # 1.5 MB of C4-shaped JSON lines: a few hundred documents
+
+
+@pytest.fixture(scope='session')
+def jsonl_corpus(tmp_path_factory) -> str:
+  """A directory of gzipped C4-shaped JSON lines (benchmarks/make_corpus.py)."""
+  from benchmarks import make_corpus  # pylint: disable=g-import-not-at-top
+
+  out = tmp_path_factory.mktemp('corpus')
+  make_corpus.make_corpus(str(out), CORPUS_GB, seed=0)
+  return str(out)
+
+
+@pytest.fixture(scope='session')
+def prepared_corpus(jsonl_corpus, tmp_path_factory) -> str:
+  """`jsonl_corpus` prepared with a trained 512-piece tokenizer; records of 1,000 tokens."""
+  from research.data import prepare  # pylint: disable=g-import-not-at-top
+
+  out = str(tmp_path_factory.mktemp('prepared'))
+  prepare.prepare(prepare.Settings(source=f'jsonl:{jsonl_corpus}/*.jsonl.gz', out=out,
+                                   vocab_size=SMALL_VOCAB, num_sentinels=8,
+                                   validation_fraction=0.05, record_tokens=1000,
+                                   shard_tokens=200_000))
+  return out

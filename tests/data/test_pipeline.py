@@ -1,4 +1,4 @@
-"""load_dataset end to end on Shakespeare and on local text files."""
+"""load_dataset end to end on Shakespeare and on local text files (prepared into the cache)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from research import errors
 from research.data import pipeline
+from research.data import prepare
 from research.data import tokenizer as tokenizer_lib
 
 
@@ -42,7 +43,7 @@ def test_eval_batches_read_validation_in_order(shakespeare_dataset):
   assert num_batches == (ds.validation.num_tokens - 1) // 64 // 16
   first = ds.eval_batch(0, 16, 64)
   assert first.shape == (16, 65) and first.dtype == np.int32
-  np.testing.assert_array_equal(first[0], ds.validation.tokens[:65])
+  np.testing.assert_array_equal(first[0], ds.validation.read(0, 65))
   np.testing.assert_array_equal(first[1, 0], first[0, -1])  # Targets tile the stream.
   quarters = [ds.eval_batch(1, 16, 64, process_index=i, process_count=4) for i in range(4)]
   np.testing.assert_array_equal(np.concatenate(quarters), ds.eval_batch(1, 16, 64))
@@ -67,7 +68,9 @@ def test_tokenizer_is_copied_to_the_workdir_and_reused(
       make_data_config(os.path.join(cache_dir, 'elsewhere')), workdir=workdir
   )
   assert resumed.tokenizer.model_proto == shakespeare_dataset.tokenizer.model_proto
-  np.testing.assert_array_equal(resumed.validation.tokens, shakespeare_dataset.validation.tokens)
+  n = shakespeare_dataset.validation.num_tokens
+  np.testing.assert_array_equal(resumed.validation.read(0, n),
+                                shakespeare_dataset.validation.read(0, n))
 
 
 def test_a_second_run_hits_every_cache(
@@ -76,9 +79,7 @@ def test_a_second_run_hits_every_cache(
   monkeypatch.setattr(
       tokenizer_lib, 'train_tokenizer', lambda *a, **k: pytest.fail('tokenizer retrained')
   )
-  monkeypatch.setattr(
-      tokenizer_lib.Tokenizer, 'encode_batch', lambda *a, **k: pytest.fail('re-encoded')
-  )
+  monkeypatch.setattr(prepare, 'prepare', lambda *a, **k: pytest.fail('prepared again'))
   again = pipeline.load_dataset(make_data_config(cache_dir), workdir=str(tmp_path / 'new_run'))
   assert again.tokenizer.model_proto == shakespeare_dataset.tokenizer.model_proto
   assert (tmp_path / 'new_run' / 'tokenizer.model').exists()

@@ -67,7 +67,7 @@ def _assert_same_curve(got: dict[int, float], want: dict[int, float], steps):
 def test_two_processes_match_one_and_exchange_checkpoints(tmp_path):
   cache = tmp_path / 'cache'
   one, two = tmp_path / 'one', tmp_path / 'two'
-  _train(one, cache, processes=1, steps=2 * HALF)  # also builds the tokenizer and token stores
+  _train(one, cache, processes=1, steps=2 * HALF)  # also prepares the corpus (tokenizer and shards)
   _train(two, cache, processes=2, steps=HALF)
   reference, first_half = _losses(one), range(1, HALF + 1)
   _assert_same_curve(_losses(two), reference, first_half)

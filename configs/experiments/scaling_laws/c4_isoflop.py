@@ -2,10 +2,18 @@
 
 For researchers with TPUs (or a GPU cluster). WORKDIR must be a filesystem every host mounts
 (lmforge writes logs and results with plain file I/O). Write one training command per run, then
-hand the lines of commands.sh to the scheduler (each a plain, resumable `python -m research.train`):
+hand the lines of commands.sh to the scheduler (each a plain, resumable `python -m research.train`).
+First prepare C4 once, where its JSON dumps are (allenai/c4 `en/c4-*.json.gz`), with Beam (here
+on Dataflow; `--workers=N` on one machine): a 32,768-piece tokenizer is trained on a 1M-line
+sample, then every document is tokenized into ArrayRecord shards that every host reads by
+random access:
+  python -m research.data.prepare --source='jsonl:gs://BUCKET/c4/en/c4-*.json.gz' \
+      --out=gs://BUCKET/c4_en_sp32k --vocab_size=32768 --num_sentinels=0 \
+      --validation_fraction=0.005 --runner=DataflowRunner --project=PROJECT --region=REGION \
+      --temp_location=gs://BUCKET/tmp
   python -m experiments.scaling_laws.run --config=configs/experiments/scaling_laws/c4_isoflop.py \
       --workdir=/mnt/shared/scaling/c4 --mode=commands \
-      --config.data.data_dir=gs://BUCKET/tfds --config.data.tokenizer=/mnt/shared/spm32k.model
+      --config.data.source=prepared:gs://BUCKET/c4_en_sp32k
   # run i (1-based) on every host of its slice (e.g. a v5e-64 or v4-64 slice per run):
   gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all \
       --command="cd lmforge && $(sed -n "$((i + 4))p" /mnt/shared/scaling/c4/commands.sh)"
@@ -26,8 +34,8 @@ sharded (mesh preset fsdp: weights, gradients and Adam moments over every chip),
 compute, layers scanned, `dots` rematerialisation.
 
 Expected: IsoFLOP minima near 20 tokens per parameter (Chinchilla: about 90M parameters at 1e18,
-about 900M at 1e20); not yet run. The data must be prepared once where TFDS can fetch it:
-`tfds build c4/en --data_dir=gs://BUCKET/tfds --file_format=array_record`.
+about 900M at 1e20); not yet run. Evaluation also logs bits per byte (`eval/bpb`, from the
+manifest's byte counts), comparable across tokenizers.
 """
 
 from experiments.scaling_laws import sweep
@@ -38,8 +46,9 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.name = 'scaling_laws/c4_isoflop'
 
-  c.data.source = 'tfds:c4/en:3.1.0'
+  c.data.source = 'prepared:gs://BUCKET/c4_en_sp32k'  # research.data.prepare's --out (above)
   c.data.text_key = 'text'
+  c.data.workers = 4  # Grain processes per host build the batches
   c.data.vocab_size = 32_768
   c.data.num_sentinels = 0
   c.data.seq_len = 2048

@@ -177,7 +177,7 @@ def test_shakespeare_config_is_3_budgets_by_5_sizes_on_budget():
 
 def test_c4_config_loads_and_generates_its_grid():
   c = config_lib.load_config(str(conftest.REPO / 'configs/experiments/scaling_laws/c4_isoflop.py'))
-  assert c.data.source.startswith('tfds:c4') and c.mesh.preset == 'fsdp'
+  assert c.data.source.startswith('prepared:') and c.mesh.preset == 'fsdp'
   grid = sweep.build_grid(c)
   sizes = sorted({r.params for r in grid.runs})
   assert sizes[0] < 50e6 and sizes[-1] > 1e9
