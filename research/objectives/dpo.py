@@ -71,13 +71,13 @@ def sequence_logprobs(model, params, batch, side: str, *, rngs=None):
   return jnp.sum(target_BT * batch[f'{side}_weights'], axis=-1)
 
 
-def eval_metrics(totals) -> dict[str, float]:
+def eval_metrics(totals, prefix: str = 'eval/') -> dict[str, float]:
   """The evaluation summary of summed `loss_fn` aux over held-out pairs (trainer.evaluate)."""
   pairs = max(float(totals['weight_sum']), 1.0)
-  out = {'eval/loss': float(totals['loss_sum']) / pairs,
-         'eval/accuracy': float(totals['correct']) / pairs,
-         'eval/pairs': float(totals['weight_sum'])}
-  out.update({f'eval/{k}': float(v) / pairs for k, v in totals['metrics'].items()})
+  out = {f'{prefix}loss': float(totals['loss_sum']) / pairs,
+         f'{prefix}accuracy': float(totals['correct']) / pairs,
+         f'{prefix}pairs': float(totals['weight_sum'])}
+  out.update({f'{prefix}{k}': float(v) / pairs for k, v in totals['metrics'].items()})
   return out
 
 
