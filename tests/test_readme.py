@@ -2,7 +2,7 @@
 
 Each command of each ```bash block is parsed from README.md itself (so the test cannot drift
 from what a reader copies) and run with the same Python, in a fresh directory that holds links
-to the checkout's configs/ and experiments/ and an empty runs/, with a fresh LMFORGE_CACHE, as
+to the checkout's configs/, experiments/ and benchmarks/ and an empty runs/, with a fresh LMFORGE_CACHE, as
 on a new clone. To stay cheap, `substitute()` changes what the commands compute, never which
 workdirs and files they read and write:
 
@@ -76,7 +76,7 @@ def test_readme_blocks_run_in_order_on_a_fresh_directory(tmp_path):
   with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
     blocks = bash_blocks(f.read())
   assert len(blocks) >= 4, 'the README lost its runnable blocks'
-  for name in ('configs', 'experiments'):
+  for name in ('configs', 'experiments', 'benchmarks'):
     os.symlink(os.path.join(REPO, name), tmp_path / name)
   env = helpers.subprocess_env(LMFORGE_CACHE=str(tmp_path / 'cache'),
                                PYTHONPATH=os.pathsep.join([REPO, os.environ.get('PYTHONPATH', '')]))
@@ -94,6 +94,8 @@ def test_readme_blocks_run_in_order_on_a_fresh_directory(tmp_path):
   assert '<extra_id_0> window breaks? =>' in t5, t5
   mlm = next(out for cmd, out in samples.items() if 'runs/mlm' in cmd)
   assert '[MASK] at piece' in mlm, mlm
+  mixed = next(out for cmd, out in outputs.items() if 'runs/mix' in cmd)
+  assert '"eval/web/loss"' in mixed and '"eval/more/bpb"' in mixed, mixed[-2000:]
   dpo = next(out for cmd, out in outputs.items()
              if 'research.evaluate' in cmd and 'dpo' in cmd)
   assert '"dpo/reward_margin"' in dpo and 'perplexity' not in dpo, dpo
