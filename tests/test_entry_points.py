@@ -19,15 +19,10 @@ NOISE = (re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d', re.M), re.compile(re.escape(
          re.compile(r'has no dataset_info\.json|Downloading and preparing dataset|'
                     r'downloaded and prepared to'),
          re.compile(r'TPU accelerator type|TPU_WORKER_HOSTNAMES|libtpu'))
-# issue 16 (research/training/checkpointing.py) removes this: the shape check before a restore
-# reads item metadata without CheckpointArgs, and Orbax warns (two lines) in research.sample /
-# research.evaluate. Tolerated until then.
-ISSUE_16_ORBAX = re.compile(r'Item "default" was found in the checkpoint')
 
 
 def noisy_lines(output: str) -> list[str]:
-  lines = [l for l in re.split(r'[\r\n]', output) if not ISSUE_16_ORBAX.search(l)]
-  return [l for l in lines if any(p.search(l) for p in NOISE)]
+  return [l for l in re.split(r'[\r\n]', output) if any(p.search(l) for p in NOISE)]
 
 
 def _run(module, *args, cache, with_stderr=False, platforms_unset=False):

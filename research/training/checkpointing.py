@@ -37,8 +37,10 @@ def make_manager(workdir: str, *, keep: int | None = None,
       # The step directory is made before save() returns: a permission error is raised there,
       # in the loop, instead of timing out in a background thread.
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
+  # The handler named up front lets item_metadata() read a checkpoint's shapes before any
+  # restore (without it Orbax warns that it cannot restore the item 'default').
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                               options=options)
+                               options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:
