@@ -51,10 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.sources = ''  # 'NAME=SOURCE,...', e.g. 'web=prepared:/data/fw,code=prepared:/data/py'
   c.data.validation_fraction = 0.01  # jsonl/parquet documents held out (by hash of their key)
   # Grain worker processes building batches (objective transforms included) on each host; 0
-  # builds them in a background thread of the trainer. Pods: a few per host.
+  # builds each batch in the trainer's own thread, just before its transfer. Pods: a few.
   c.data.workers = 0
   c.data.vocab_size = 4096  # sentencepiece vocabulary (specials, sentinels, byte fallback incl.)
-  c.data.tokenizer = ''  # '' trains one on the train split (cached); else a .model path
+  c.data.tokenizer = ''  # '' trains one on a sample of the train split; else a .model path
   c.data.tokenizer_type = 'bpe'  # 'bpe' | 'unigram'
   c.data.num_sentinels = 100  # T5 span-corruption sentinels reserved in the vocabulary
   c.data.cache_dir = ''  # '' means $LMFORGE_CACHE or ~/.cache/lmforge
