@@ -43,8 +43,8 @@ from research.data.prepared import PreparedSplit
 from research.data.tokenizer import Tokenizer
 
 WORKDIR_TOKENIZER = 'tokenizer.model'
-# Bump when the tokenizer training recipe changes, to invalidate cached preparations.
-TOKENIZER_RECIPE_VERSION = 2
+# Bump when the tokenizer recipe or a source's reading order changes: it keys cached preparations.
+TOKENIZER_RECIPE_VERSION = 3
 
 
 @dataclasses.dataclass

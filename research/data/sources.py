@@ -73,6 +73,7 @@ class Task:
   begin: int = 0
   end: int = 0
   relpath: str = ''  # the path below the GLOB's fixed prefix: keys do not depend on the mount
+  order_by: str = ''  # TFDS: a feature to read the task's records in order of (Shakespeare: title)
 
 
 @dataclasses.dataclass
@@ -139,7 +140,10 @@ def list_tasks(source: str, *, data_dir: str | None, text_key: str = 'text') -> 
     if data_dir is None:
       raise errors.UserError('data_dir is None: Shakespeare needs a directory to be built in')
     prepare_shakespeare(data_dir)
-    return _tfds_tasks('tfds:shakespeare', data_dir, text_key)
+    # Works in title order, whatever order TFDS stored them in: the stream reads as the corpus
+    # does, and evaluation on its first batches always starts at the same play.
+    return [dataclasses.replace(task, order_by='title')
+            for task in _tfds_tasks('tfds:shakespeare', data_dir, text_key)]
   if kind == 'tfds':
     return _tfds_tasks(source, data_dir, text_key)
   if kind == 'prepared':
@@ -326,8 +330,11 @@ def _read_tfds_task(task: Task, *, text_key: str, data_dir: str | None, problems
   del unused
   builder = _tfds_builder(f'tfds:{task.path}', data_dir)
   data_source = builder.as_data_source(split=task.relpath)
-  for index, record in zip(range(task.begin, task.end),
-                           data_source.__getitems__(range(task.begin, task.end))):
+  records = list(zip(range(task.begin, task.end),
+                     data_source.__getitems__(range(task.begin, task.end))))
+  if task.order_by:
+    records.sort(key=lambda item: item[1][task.order_by])
+  for index, record in records:
     text = record[text_key]
     if isinstance(text, bytes):
       text, bad = decode_utf8(text)

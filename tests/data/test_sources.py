@@ -18,11 +18,11 @@ def _write_files(directory, texts: dict[str, str | bytes]):
     (directory / name).write_bytes(data)
 
 
-def test_shakespeare_documents_hold_out_whole_works(train_documents, validation_documents):
+def test_shakespeare_documents_are_ordered_by_title(train_documents, validation_documents):
   assert len(train_documents) == 38 and len(validation_documents) == 4
-  assert any(d.startswith("ALL'S WELL THAT ENDS WELL") for d in train_documents)
-  assert any(d.startswith('THE LIFE OF KING HENRY V') for d in validation_documents)
-  assert any(d.startswith('THE SONNETS') for d in validation_documents)
+  assert train_documents[0].startswith("ALL'S WELL THAT ENDS WELL")  # alls_well_that_ends_well
+  assert validation_documents[0].startswith('THE LIFE OF KING HENRY V')  # henry_v
+  assert validation_documents[-1].startswith('THE SONNETS')
 
 
 def test_tfds_prefix_reads_a_prepared_dataset(shakespeare_data_dir, validation_documents):
