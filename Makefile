@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
-.PHONY: install train test notebooks bench upgrade clean
+.PHONY: install train test docs notebooks bench upgrade clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,9 +44,14 @@ train: $(STAMP)
 	  --temperature=0.8 --top_p=0.95 --seed=0
 
 # Two workers: most tests are single-threaded tiny models, so both cores stay busy. The
-# notebooks (minutes each) have their own target; CI (.ci/run) runs both.
+# README's command blocks and the notebooks (minutes each) have their own targets; CI (.ci/run)
+# runs all three.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks' tests
+	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks and not docs' tests
+
+# Runs the README's ```bash blocks in order on a fresh directory (tests/test_readme.py): 3-4 min.
+docs: $(TEST_STAMP)
+	$(PY) -m pytest -q -m docs --durations=5 tests/test_readme.py
 
 # Executes every colab/ notebook top to bottom (5 minutes each at most); one at a time.
 notebooks: $(TEST_STAMP)

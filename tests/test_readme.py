@@ -71,7 +71,7 @@ def test_parser_reads_blocks_commands_and_continuations():
     substitute(['make', 'train'])
 
 
-@pytest.mark.slow
+@pytest.mark.docs
 def test_readme_blocks_run_in_order_on_a_fresh_directory(tmp_path):
   with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
     blocks = bash_blocks(f.read())
