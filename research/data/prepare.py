@@ -34,6 +34,7 @@ import io
 import json
 import logging as std_logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -151,6 +152,12 @@ def _run(build, settings: Settings, tasks, beam_args, **kwargs):
       build(beam, tasks_pc, settings, tasks, **kwargs)
   except errors.UserError as e:  # Beam appends " [while running 'Step']": one line is enough
     raise errors.UserError(str(e).split(" [while running '")[0]) from None
+  except RuntimeError as e:  # worker processes send their errors back as text
+    found = re.search(r'research\.errors\.(?:User|Config)Error: (.*?)(?: \[while running|$)',
+                      str(e), flags=re.M)
+    if found is None:
+      raise
+    raise errors.UserError(found.group(1)) from None
   finally:
     beam_logger.setLevel(level)
 
