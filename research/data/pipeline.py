@@ -44,7 +44,7 @@ from research.data.tokenizer import Tokenizer
 
 WORKDIR_TOKENIZER = 'tokenizer.model'
 # Bump when the tokenizer recipe or a source's reading order changes: it keys cached preparations.
-TOKENIZER_RECIPE_VERSION = 3
+TOKENIZER_RECIPE_VERSION = 4
 
 
 @dataclasses.dataclass

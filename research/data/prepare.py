@@ -50,7 +50,6 @@ from research.data import prepared
 from research.data import sources
 from research.data import tokenizer as tokenizer_lib
 
-_LONG_LINE_CHARS = 4096  # sample lines are cut like tokenizer training lines
 _BYTES_PER_LINE_GUESS = 64  # to thin the sample before Top.Smallest; only speed depends on it
 _COMPRESSION_GUESS = 4  # uncompressed / compressed bytes of .gz and .zst files
 
@@ -210,11 +209,10 @@ class _SampleLines:
                                       max_document_bytes=s.max_document_bytes):
       if document.split != 'train':
         continue
-      for i, line in enumerate(document.text.split('\n')):
-        for begin in range(0, len(line), _LONG_LINE_CHARS):
-          h = _line_hash(s.seed, document.key, i * 1000 + begin // _LONG_LINE_CHARS)
-          if h <= self.threshold:
-            yield h, line[begin:begin + _LONG_LINE_CHARS]
+      for i, line in enumerate(tokenizer_lib.training_lines([document.text])):
+        h = _line_hash(s.seed, document.key, i)
+        if h <= self.threshold:
+          yield h, line
 
 
 class _TrainTokenizer:

@@ -96,10 +96,6 @@ class Problems:
     self.counts[kind] = self.counts.get(kind, 0) + n
     self.first.setdefault(kind, where)
 
-  def merge(self, other: 'Problems'):
-    for kind, n in other.counts.items():
-      self.add(kind, other.first[kind], n)
-
   def as_dict(self) -> dict[str, Any]:
     return {k: {'count': self.counts[k], 'first': self.first[k]} for k in sorted(self.counts)}
 
@@ -393,12 +389,26 @@ def _open_binary(path: str):
   """The file's bytes, decompressed when its name ends in .gz or .zst/.zstd."""
   f = epath.Path(path).open('rb')
   if path.endswith('.gz'):
-    return gzip.GzipFile(fileobj=f)
+    return _Closing(gzip.GzipFile(fileobj=f), f)  # GzipFile leaves a given file open
   if path.endswith(('.zst', '.zstd')):
     import zstandard  # pylint: disable=g-import-not-at-top
 
     return zstandard.ZstdDecompressor().stream_reader(f, closefd=True)
   return f
+
+
+class _Closing(io.BufferedReader):
+  """A buffered reader of `stream` that also closes `underlying` when it is closed."""
+
+  def __init__(self, stream, underlying):
+    super().__init__(stream)
+    self._underlying = underlying
+
+  def close(self):
+    try:
+      super().close()
+    finally:
+      self._underlying.close()
 
 
 def _reason(e: Exception) -> str:

@@ -194,7 +194,7 @@ def train_tokenizer(
   user_symbols = [MASK_PIECE] + [sentinel_piece(i) for i in range(num_sentinels)] + [NEWLINE_PIECE]
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(documents, input_sentence_size),
+        sentence_iterator=_sampled_lines(documents, input_sentence_size),
         model_writer=writer,
         vocab_size=vocab_size,
         model_type=model_type,
@@ -211,7 +211,7 @@ def train_tokenizer(
         allow_whitespace_only_pieces=True,
         split_digits=True,
         max_sentence_length=_MAX_SENTENCE_BYTES,
-        input_sentence_size=0,  # Sampling is done deterministically in `_training_lines`.
+        input_sentence_size=0,  # Sampling is done deterministically in `_sampled_lines`.
         shuffle_input_sentence=False,
         num_threads=_TRAIN_THREADS,
         minloglevel=2,
@@ -275,18 +275,19 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _training_lines(documents: Sequence[str], max_lines: int) -> Iterator[str]:
+def _sampled_lines(documents: Sequence[str], max_lines: int) -> Iterator[str]:
   """Non-empty lines, long ones cut into chunks; every k-th when there are too many."""
-  total = sum(1 for _ in _lines(documents))
+  total = sum(1 for _ in training_lines(documents))
   stride = max(1, math.ceil(total / max_lines))
   if stride > 1:
     logging.info('Tokenizer training on every %d-th of %d lines', stride, total)
-  for i, line in enumerate(_lines(documents)):
+  for i, line in enumerate(training_lines(documents)):
     if i % stride == 0:
       yield line
 
 
-def _lines(documents: Sequence[str]) -> Iterator[str]:
+def training_lines(documents: Sequence[str]) -> Iterator[str]:
+  """The sentences SentencePiece trains on: each line, cut into chunks it does not skip."""
   for document in documents:
     for line in document.split(NEWLINE_PIECE):
       for begin in range(0, len(line), _MAX_LINE_CHARS):
