@@ -53,10 +53,17 @@ def test_readme_lists_notebook_with_badge(name):
   assert BADGE.format(name) in row
 
 
+@pytest.fixture(scope='module')
+def empty_cache(tmp_path_factory):
+  """One data cache for all the notebooks, empty at the start: the first notebook prepares the
+  corpus inside its kernel (Beam runs differently there), as on a fresh Colab or CI machine."""
+  return str(tmp_path_factory.mktemp('lmforge_cache'))
+
+
 @pytest.mark.notebooks
 @pytest.mark.timeout(TIMEOUT_S)  # the whole notebook; nbclient limits each cell
 @pytest.mark.parametrize('path', NOTEBOOKS, ids=NAMES)
-def test_notebook_runs_top_to_bottom(path):
+def test_notebook_runs_top_to_bottom(path, empty_cache):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   nb = _read(path)
   # The kernel runs in the repo root (as Colab runs in the clone), and raises on any error.
@@ -66,6 +73,7 @@ def test_notebook_runs_top_to_bottom(path):
   env = dict(os.environ)
   env['XLA_FLAGS'] = env.get('XLA_FLAGS', '').replace(
       '--xla_force_host_platform_device_count=8', '').strip()
+  env['LMFORGE_CACHE'] = empty_cache
   client.execute(env=env)
   # To look at the figures: LMFORGE_EXECUTED_NOTEBOOKS=DIR make notebooks keeps the outputs.
   if os.environ.get('LMFORGE_EXECUTED_NOTEBOOKS'):
