@@ -71,14 +71,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.head_dim = 0  # 0: d_model // num_heads
   c.model.d_ff = 0  # 0: 4 x d_model (ReLU/GELU) or 8/3 x d_model rounded to 256 (SwiGLU)
   c.model.activation = 'gelu'  # 'relu' | 'gelu' (tanh) | 'gelu_exact' | 'swiglu' | 'geglu'
-  c.model.norm = 'rmsnorm'  # 'rmsnorm' | 'layernorm'
+  # 'rmsnorm' | 'layernorm' | 'rmsnorm_plus_one' (Gemma: x (1 + scale), scale starts at 0)
+  c.model.norm = 'rmsnorm'
   c.model.norm_eps = 1e-6
-  c.model.norm_position = 'pre'  # 'pre' (GPT-2, Llama, T5) | 'post' (BERT)
+  # 'pre' (GPT-2, Llama, T5) | 'post' (BERT) | 'sandwich' (Gemma 2/3: pre- and post-sublayer)
+  c.model.norm_position = 'pre'
   c.model.position = 'rope'  # 'rope' | 'learned' | 'sinusoidal' | 'relative' (T5) | 'none'
   c.model.rope_theta = 10_000.0
+  # RoPE frequency scaling (research/layers/positions.py): 'none' | 'linear' (divide by factor)
+  # | 'llama3' (Llama 3.1+: low frequencies by factor, high ones kept, smooth in between).
+  c.model.rope_scaling = ml_collections.ConfigDict()
+  c.model.rope_scaling.kind = 'none'
+  c.model.rope_scaling.factor = 1.0
+  c.model.rope_scaling.low_freq_factor = 1.0  # llama3
+  c.model.rope_scaling.high_freq_factor = 4.0  # llama3
+  c.model.rope_scaling.original_max_len = 8192  # llama3: the pre-training context
+  # RoPE base of sliding-window layers, unscaled (Gemma 3: 10k local, 1M global); 0: rope_theta
+  # and rope_scaling as for every layer.
+  c.model.rope_local_theta = 0.0
+  c.model.qkv_bias = False  # biases on the query/key/value projections only (Qwen2)
+  c.model.qk_norm = False  # model.norm over each head's queries and keys before RoPE (Qwen3)
   c.model.relative_buckets = 32  # T5 relative position bias: buckets and max distance
   c.model.relative_max_distance = 128
   c.model.attention_scale = 0.0  # 0: 1/sqrt(head_dim); T5 uses 1.0
+  # Soft-capping, cap x tanh(x / cap), of attention scores and of the output logits (Gemma 2);
+  # 0: none. Capped scores run on the XLA and blockwise attention paths only.
+  c.model.attention_softcap = 0.0
+  c.model.final_softcap = 0.0
+  c.model.embed_scale = False  # decoder: token embeddings x sqrt(d_model) (Gemma)
   c.model.max_len = 0  # table length for learned/sinusoidal positions; 0: data.seq_len
   c.model.tie_embeddings = True
   c.model.use_bias = False

@@ -46,7 +46,9 @@ from research.errors import ConfigError
 from research.layers import blockwise
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
+from research.layers import norms
 from research.layers import positions as positions_lib
+from research.layers.softcap import soft_cap
 
 IMPLEMENTATIONS = ('auto', 'xla', 'blockwise', 'cudnn', 'splash')
 _NEG_INF = -1e30  # finite, so fully masked rows (padding) give a uniform, not NaN, softmax
@@ -70,10 +72,13 @@ def splash_available() -> bool:
 
 
 def supports(impl: str, pattern: patterns_lib.Pattern, *, causal: bool = True,
-             prefix: bool = False, bias: bool = False) -> bool:
-  """Whether implementation `impl` computes `pattern` exactly in this setting."""
+             prefix: bool = False, bias: bool = False, softcap: bool = False) -> bool:
+  """Whether implementation `impl` computes `pattern` exactly in this setting (`softcap`:
+  soft-capped scores, which only the XLA paths compute)."""
   if impl in ('xla', 'blockwise'):
     return True
+  if softcap:
+    return False
   if impl == 'cudnn':
     return pattern.is_full or (pattern.kind == 'sliding' and causal and not prefix and not bias)
   if impl == 'splash':
@@ -83,7 +88,7 @@ def supports(impl: str, pattern: patterns_lib.Pattern, *, causal: bool = True,
 
 def resolve_implementation(name: str, dtype, pattern: patterns_lib.Pattern | None = None, *,
                            causal: bool = True, prefix: bool = False, bias: bool = False,
-                           backend: str | None = None) -> str:
+                           softcap: bool = False, backend: str | None = None) -> str:
   """The implementation a layer runs: `name`, or for 'auto' the fastest that applies here.
 
   'auto': full attention is cuDNN flash attention on GPU in half precision and XLA elsewhere (as
@@ -95,20 +100,21 @@ def resolve_implementation(name: str, dtype, pattern: patterns_lib.Pattern | Non
     raise ConfigError(_FIELD, name, f'choose one of {list(IMPLEMENTATIONS)}')
   pattern = pattern or _FULL
   backend = backend or jax.default_backend()
+  kw = dict(causal=causal, prefix=prefix, bias=bias, softcap=softcap)
   if name != 'auto':
-    if not supports(name, pattern, causal=causal, prefix=prefix, bias=bias):
+    if not supports(name, pattern, **kw):
       raise ConfigError(_FIELD, name, f'cannot compute the {pattern.describe()} pattern '
                         f'({"causal" if causal else "bidirectional"}'
-                        f'{", prefix LM" if prefix else ""}{", with a bias" if bias else ""}): '
+                        f'{", prefix LM" if prefix else ""}{", with a bias" if bias else ""}'
+                        f'{", soft-capped" if softcap else ""}): '
                         "use 'auto' or 'blockwise'")
     return name
   gpu_half = backend == 'gpu' and _half(dtype)
   if pattern.is_full:
-    return 'cudnn' if gpu_half else 'xla'
-  if gpu_half and supports('cudnn', pattern, causal=causal, prefix=prefix, bias=bias):
+    return 'cudnn' if gpu_half and supports('cudnn', pattern, **kw) else 'xla'
+  if gpu_half and supports('cudnn', pattern, **kw):
     return 'cudnn'
-  if backend == 'tpu' and splash_available() and supports('splash', pattern, causal=causal,
-                                                          prefix=prefix, bias=bias):
+  if backend == 'tpu' and splash_available() and supports('splash', pattern, **kw):
     return 'splash'
   return 'blockwise'
 
@@ -163,7 +169,7 @@ def make_mask(segment_ids_q_BT, segment_ids_k_BS, q_index_BT, k_index_BS, *, cau
   return mask_BTS
 
 
-def _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
+def _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None, softcap=None):
   """float32 softmax probabilities, heads split into (key/value group, heads per group)."""
   b, t, h, k = q_BTHK.shape
   g = k_BSGK.shape[2]
@@ -171,6 +177,7 @@ def _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
   scores_BGRTS = jnp.einsum('btgrk,bsgk->bgrts', q_BTGRK, k_BSGK,
                             preferred_element_type=jnp.float32)
   scores_BGRTS *= k ** -0.5 if scale is None else scale
+  scores_BGRTS = soft_cap(scores_BGRTS, softcap)
   if bias_HTS is not None:
     bias_BHTS = jnp.broadcast_to(bias_HTS, (b, h) + bias_HTS.shape[-2:]).astype(jnp.float32)
     scores_BGRTS += bias_BHTS.reshape(b, g, h // g, t, -1)
@@ -179,21 +186,23 @@ def _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
   return jax.nn.softmax(scores_BGRTS, axis=-1)
 
 
-def attention_probs(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None):
+def attention_probs(q_BTHK, k_BSGK, mask_BTS, bias_HTS=None, scale=None, softcap=None):
   """float32 probs_BHTS: what each query head attends to (the weights attend_xla applies)."""
-  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale)
+  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale, softcap)
   b, g, r, t, s = probs_BGRTS.shape
   return probs_BGRTS.reshape(b, g * r, t, s)
 
 
-def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None):
+def attend_xla(q_BTHK, k_BSGK, v_BSGK, mask_BTS, bias_HTS=None, scale=None, softcap=None):
   """Reference attention in einsums; scores and softmax in float32.
 
   `bias_HTS` (or [B, H, T, S]) is added to the scores (T5's relative position bias); `scale`
-  multiplies them (default 1/sqrt(head_dim); T5 uses 1, folded into its initialisation).
+  multiplies them (default 1/sqrt(head_dim); T5 uses 1, folded into its initialisation);
+  `softcap` soft-caps the scaled scores (Gemma 2), before the bias and the mask.
   """
   b, t, h, k = q_BTHK.shape
-  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale).astype(v_BSGK.dtype)
+  probs_BGRTS = _probs_BGRTS(q_BTHK, k_BSGK, mask_BTS, bias_HTS, scale,
+                             softcap).astype(v_BSGK.dtype)
   out_BTGRK = jnp.einsum('bgrts,bsgk->btgrk', probs_BGRTS, v_BSGK)
   return out_BTGRK.reshape(b, t, h, k)
 
@@ -294,7 +303,7 @@ def attend_splash(q_BTHK, k_BSGK, v_BSGK, pattern: patterns_lib.Pattern, *, segm
 
 
 def attend(impl: str, q_BTHK, k_BSGK, v_BSGK, mask, pattern: patterns_lib.Pattern | None = None,
-           bias_HTS=None, scale=None):
+           bias_HTS=None, scale=None, softcap=None):
   """Self- or cross-attention by implementation name. `mask` is a MaskSpec, a boolean mask_BTS,
   or None (every key); a sparse `pattern` needs a MaskSpec, except on the xla path, where a
   dense mask is AND-ed with the pattern over row indices."""
@@ -309,14 +318,15 @@ def attend(impl: str, q_BTHK, k_BSGK, v_BSGK, mask, pattern: patterns_lib.Patter
       mask = allowed_TS[None] if mask is None else mask & allowed_TS[None]
     if impl == 'cudnn':
       return attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, scale)
-    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, scale)
+    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, scale, softcap)
   if impl == 'xla' or (impl == 'blockwise' and pattern.is_full):
     # Full attention has no blocks to skip: gathering every block would only add copies.
-    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask.dense(pattern), bias_HTS, scale)
+    return attend_xla(q_BTHK, k_BSGK, v_BSGK, mask.dense(pattern), bias_HTS, scale, softcap)
   if impl == 'blockwise':
     return blockwise.attend_blockwise(q_BTHK, k_BSGK, v_BSGK, pattern,
                                       segment_ids_BT=mask.q_segment_ids_BT, causal=mask.causal,
-                                      prefix_BT=mask.prefix_BT, bias_HTS=bias_HTS, scale=scale)
+                                      prefix_BT=mask.prefix_BT, bias_HTS=bias_HTS, scale=scale,
+                                      softcap=softcap)
   if impl == 'cudnn':
     if pattern.is_full:
       return attend_cudnn(q_BTHK, k_BSGK, v_BSGK, mask.dense(), bias_HTS, scale)
@@ -349,8 +359,13 @@ class Attention(nn.Module):
   head_dim: int
   position: str = 'rope'
   rope_theta: float = 10_000.0
+  rope: positions_lib.Rope | None = None  # base and frequency scaling; None: rope_theta
   implementation: str = 'auto'
   use_bias: bool = False
+  qkv_bias: bool = False  # biases on the query, key and value projections only (Qwen2)
+  qk_norm: str = ''  # a norm (research/layers/norms.py) over head_dim of queries, keys (Qwen3)
+  norm_eps: float = 1e-6
+  softcap: float = 0.0  # soft-capped scores (Gemma 2); 0: none
   init_std: float = 0.02
   out_init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
@@ -369,7 +384,7 @@ class Attention(nn.Module):
                                      self.dtype)
     if delta_BTHK is not None:
       y_BTHK += delta_BTHK
-    if self.use_bias:
+    if self.use_bias or self.qkv_bias:
       y_BTHK += self.param(name + '_bias', nn.with_logical_partitioning(
           nn.initializers.zeros, (axis_name, 'head_dim')), (heads, self.head_dim),
                            jnp.float32).astype(self.dtype)
@@ -390,9 +405,15 @@ class Attention(nn.Module):
     q_BTHK = self._proj('query', x_BTD, self.num_heads, 'heads')
     k_BSGK = self._proj('key', kv_BSD, self.num_kv_heads, 'kv_heads')
     v_BSGK = self._proj('value', kv_BSD, self.num_kv_heads, 'kv_heads')
+    if self.qk_norm:  # per head, before RoPE
+      q_BTHK = norms.make_norm(self.qk_norm, eps=self.norm_eps, dtype=self.dtype,
+                               module_name='query_norm', axis='head_dim')(q_BTHK)
+      k_BSGK = norms.make_norm(self.qk_norm, eps=self.norm_eps, dtype=self.dtype,
+                               module_name='key_norm', axis='head_dim')(k_BSGK)
     if self.position == 'rope':
-      q_BTHK = positions_lib.apply_rope(q_BTHK, positions_BT, theta=self.rope_theta)
-      k_BSGK = positions_lib.apply_rope(k_BSGK, kv_positions_BS, theta=self.rope_theta)
+      rope = self.rope or positions_lib.Rope(theta=self.rope_theta)
+      q_BTHK = positions_lib.apply_rope(q_BTHK, positions_BT, rope=rope)
+      k_BSGK = positions_lib.apply_rope(k_BSGK, kv_positions_BS, rope=rope)
     q_BTHK = nn.with_logical_constraint(q_BTHK, ('batch', 'length', 'heads', 'head_dim'))
     k_BSGK = nn.with_logical_constraint(k_BSGK, ('batch', 'length', 'kv_heads', 'head_dim'))
     v_BSGK = nn.with_logical_constraint(v_BSGK, ('batch', 'length', 'kv_heads', 'head_dim'))
@@ -404,21 +425,23 @@ class Attention(nn.Module):
     if self.decode and not cross:
       # One-token decode steps against a masked cache are XLA's case, not flash attention's.
       k_BSGK, v_BSGK, mask = self._update_cache(k_BSGK, v_BSGK, mask_BTS, bias_HTS is None)
-      out_BTHK = attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, self.scale)
+      out_BTHK = attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, self.scale, self.softcap)
     else:
       spec = mask_BTS if isinstance(mask_BTS, MaskSpec) else None
       impl = resolve_implementation(
           self.implementation, self.dtype, pattern,
           causal=True if spec is None else spec.causal,
-          prefix=spec is not None and spec.prefix_BT is not None, bias=bias_HTS is not None)
+          prefix=spec is not None and spec.prefix_BT is not None, bias=bias_HTS is not None,
+          softcap=bool(self.softcap))
       if spec is None and impl not in ('xla', 'cudnn'):
         impl = 'xla'  # a dense mask (cross-attention, tests): the einsum path
-      out_BTHK = attend(impl, q_BTHK, k_BSGK, v_BSGK, mask_BTS, pattern, bias_HTS, self.scale)
+      out_BTHK = attend(impl, q_BTHK, k_BSGK, v_BSGK, mask_BTS, pattern, bias_HTS, self.scale,
+                        self.softcap)
       if self.is_mutable_collection(PROBS_COLLECTION) and not self.is_initializing():
         # Only when asked for (plots, notebooks): a dense [B, H, T, S] array per layer.
         dense = spec.dense(pattern) if spec is not None else mask_BTS
         self.sow(PROBS_COLLECTION, 'probs_BHTS',
-                 attention_probs(q_BTHK, k_BSGK, dense, bias_HTS, self.scale))
+                 attention_probs(q_BTHK, k_BSGK, dense, bias_HTS, self.scale, self.softcap))
     out_BTHK = checkpoint_name(out_BTHK, 'attention_out')
 
     w_out_HKD = self.param('out', nn.with_logical_partitioning(

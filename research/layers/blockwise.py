@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.layers import patterns as patterns_lib
+from research.layers.softcap import soft_cap
 
 _NEG_INF = -1e30
 
@@ -55,12 +56,12 @@ def _base_mask(seg_q, seg_k, i, j, prefix_q, prefix_k, causal: bool):
 
 
 def attend_blockwise(q_BTHK, k_BSGK, v_BSGK, pattern: patterns_lib.Pattern, *, segment_ids_BT,
-                     causal: bool, prefix_BT=None, bias_HTS=None, scale=None):
+                     causal: bool, prefix_BT=None, bias_HTS=None, scale=None, softcap=None):
   """Self-attention (S = T, key j at row index j) under `pattern`; returns out_BTHK.
 
   `segment_ids_BT` keeps packed examples apart; `prefix_BT` (causal only) marks prefix-LM
   tokens that also see later prefix tokens; `bias_HTS` ([H, T, T] or [B, H, T, T]) is gathered
-  block by block (its own size is the caller's).
+  block by block (its own size is the caller's); `softcap` soft-caps the scaled scores.
   """
   b_, t, h, kdim = q_BTHK.shape
   g = k_BSGK.shape[2]
@@ -105,6 +106,7 @@ def attend_blockwise(q_BTHK, k_BSGK, v_BSGK, pattern: patterns_lib.Pattern, *, s
   mask_BNQS = _base_mask(seg_q, seg_k, i_NQ1, j_N1S, prefix_q, prefix_k, causal) & static_NQS
 
   scores = jnp.einsum('bnqgrk,bnsgk->bngrqs', q, k, preferred_element_type=jnp.float32) * scale
+  scores = soft_cap(scores, softcap)
   if bias_HTS is not None:
     scores += _gather_bias(bias_HTS, table, b_, n, block, tp, g, r)
   scores = jnp.where(mask_BNQS[:, :, None, None], scores, _NEG_INF)
@@ -117,7 +119,7 @@ def attend_blockwise(q_BTHK, k_BSGK, v_BSGK, pattern: patterns_lib.Pattern, *, s
   if rows:  # global queries see every key: a dense [rows, T] attention, linear in T
     out_BTHK = out_BTHK.at[:, :rows].set(_global_rows(
         q_BTHK[:, :rows], k_BSGK, v_BSGK, pattern, segment_ids_BT, prefix_BT, causal,
-        None if bias_HTS is None else bias_HTS[..., :rows, :], scale))
+        None if bias_HTS is None else bias_HTS[..., :rows, :], scale, softcap))
   return out_BTHK
 
 
@@ -134,7 +136,8 @@ def _gather_bias(bias_HTS, table, b_, n, block, tp, g, r):
   return picked.reshape(nb, n, g, r, block, w * block)
 
 
-def _global_rows(q_BGHK, k_BSGK, v_BSGK, pattern, segment_ids_BT, prefix_BT, causal, bias, scale):
+def _global_rows(q_BGHK, k_BSGK, v_BSGK, pattern, segment_ids_BT, prefix_BT, causal, bias, scale,
+                 softcap):
   """Exact attention for the first `rows` queries against all keys (G x T)."""
   b_, rows, h, kdim = q_BGHK.shape
   t, g = k_BSGK.shape[1], k_BSGK.shape[2]
@@ -148,6 +151,7 @@ def _global_rows(q_BGHK, k_BSGK, v_BSGK, pattern, segment_ids_BT, prefix_BT, cau
   mask = mask & patterns_lib.allowed(pattern, i, j, causal=causal, length=t)
   q = q_BGHK.reshape(b_, rows, g, h // g, kdim)
   scores = jnp.einsum('btgrk,bsgk->bgrts', q, k_BSGK, preferred_element_type=jnp.float32) * scale
+  scores = soft_cap(scores, softcap)
   if bias is not None:
     bias = jnp.broadcast_to(bias, (b_, h) + bias.shape[-2:]).astype(jnp.float32)
     scores += bias.reshape(b_, g, h // g, rows, t)

@@ -15,6 +15,7 @@ from research.layers import moe as moe_lib
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
 
+NORM_POSITIONS = ('pre', 'post', 'sandwich')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Remat policies by name (MaxText style): what each layer keeps for the backward pass.
@@ -61,8 +62,18 @@ class TransformerConfig:
   scan_layers: bool = False
   remat: str = 'none'
   init_std: float = 0.02
-  norm_position: str = 'pre'  # 'pre' (GPT-2, Llama, T5) or 'post' (BERT, the 2017 Transformer)
+  # 'pre' (GPT-2, Llama, T5), 'post' (BERT, the 2017 Transformer) or 'sandwich' (Gemma 2/3:
+  # x + post_norm(f(pre_norm(x))))
+  norm_position: str = 'pre'
   attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
+  # RoPE of global (full) layers, and of sliding-window layers (Gemma's own local base).
+  rope: positions.Rope = positions.Rope()
+  rope_local: positions.Rope = positions.Rope()
+  qkv_bias: bool = False  # biases on query/key/value only (Qwen2); use_bias puts them everywhere
+  qk_norm: bool = False  # model.norm over head_dim of queries and keys, before RoPE (Qwen3)
+  attention_softcap: float = 0.0  # cap x tanh(scores / cap) (Gemma 2); 0: none
+  final_softcap: float = 0.0  # the same on the output logits (decoder)
+  embed_scale: bool = False  # token embeddings x sqrt(d_model) (Gemma; decoder)
   relative_buckets: int = 32  # T5 relative position bias (position='relative')
   relative_max_distance: int = 128
   type_vocab_size: int = 0  # token-type (segment A/B) embeddings, BERT: 2; 0: none (encoder)
@@ -107,8 +118,16 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
   if m.num_heads % kv_heads:
     raise ConfigError('model.num_kv_heads', kv_heads,
                       f'must divide model.num_heads={m.num_heads} (grouped-query attention)')
-  if m.norm_position not in ('pre', 'post'):
-    raise ConfigError('model.norm_position', m.norm_position, "choose 'pre' or 'post'")
+  if m.norm_position not in NORM_POSITIONS:
+    raise ConfigError('model.norm_position', m.norm_position, f'choose one of {NORM_POSITIONS}')
+  for field in ('attention_softcap', 'final_softcap'):
+    if m.get(field, 0.0) < 0:
+      raise ConfigError(f'model.{field}', m[field], 'must be >= 0 (0: no soft-capping)')
+  family = m.get('family', 'decoder')
+  for field in ('embed_scale', 'final_softcap'):
+    if m.get(field) and family != 'decoder':
+      raise ConfigError(f'model.{field}', m[field], f'is a decoder option; model.family is '
+                        f'{family!r}: leave it unset')
   for field in ('encoder_layers', 'decoder_layers'):
     if m[field] < 0:
       raise ConfigError(f'model.{field}', m[field], 'must be >= 0 (0: model.num_layers)')
@@ -145,6 +164,10 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
       init_std=m.init_std, norm_position=m.norm_position,
       attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
       relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
+      rope=positions.rope_of(m), rope_local=positions.rope_of(m, local=True),
+      qkv_bias=m.get('qkv_bias', False), qk_norm=m.get('qk_norm', False),
+      attention_softcap=float(m.get('attention_softcap', 0.0)),
+      final_softcap=float(m.get('final_softcap', 0.0)), embed_scale=m.get('embed_scale', False),
       embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
       loss_chunk_size=m.get('loss_chunk_size', 0),
@@ -217,10 +240,14 @@ class Block(nn.Module):
 
   def _attention(self, name):
     c = self.cfg
+    local = self.pattern is not None and not self.pattern.is_full
     return attention.Attention(
         num_heads=c.num_heads, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
         position=c.position if name == 'attn' else 'none', rope_theta=c.rope_theta,
-        implementation=c.attention.implementation, use_bias=c.use_bias, init_std=c.init_std,
+        rope=c.rope_local if local else c.rope,
+        implementation=c.attention.implementation, use_bias=c.use_bias, qkv_bias=c.qkv_bias,
+        qk_norm=c.norm if c.qk_norm else '', norm_eps=c.norm_eps,
+        softcap=c.attention_softcap, init_std=c.init_std,
         out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
         pattern=self.pattern if name == 'attn' else None, peft=c.peft, name=name)
 
@@ -233,6 +260,10 @@ class Block(nn.Module):
       sublayer = lambda h, f=sublayer: adapter(f(h))
     if c.norm_position == 'post':
       return norm(x_BTD + dropout(sublayer(x_BTD), deterministic=self.deterministic))
+    if c.norm_position == 'sandwich':
+      post_norm = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype,
+                                  module_name=f'{name}_post_norm')
+      sublayer = lambda h, f=sublayer: post_norm(f(h))
     return x_BTD + dropout(sublayer(norm(x_BTD)), deterministic=self.deterministic)
 
   @nn.compact
