@@ -208,13 +208,13 @@ def _cut_at_eos(ids: list[int], eos_id: int | None) -> list[int]:
   return ids[:ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class LanguageModel:
   """A run restored for inference (`research.load`), sharded on this host's mesh.
 
   config: the run's config (config.json with the overrides); run: the research.training
   trainer.Run it was restored with (mesh, shardings, objective; its config differs from
-  `config` only in the mesh when the run fell back to one device); params; model_state: the
+  `config` only when the run fell back to one device: the mesh and micro-batches); params; model_state: the
   non-gradient collections the checkpoint carries (the aux-free MoE selection bias, and a DPO
   run's frozen reference; {} for most runs); step: the checkpoint's step; tokenizer: None when
   the workdir has none (imported runs): then pass token ids, not text.
@@ -226,7 +226,12 @@ class LanguageModel:
   step: int
   tokenizer: Any
   workdir: str
-  no_tokenizer_because: str = dataclasses.field(default='', repr=False)
+  no_tokenizer_because: str = ''
+
+  def __repr__(self) -> str:  # not the parameters: a notebook shows this
+    return (f'LanguageModel({self.workdir!r}, step={self.step}, family={self.family!r}, '
+            f'objective={self.config.objective.name!r}, tokenizer='
+            f'{"yes" if self.tokenizer is not None else "none"})')
 
   @property
   def model(self):

@@ -141,9 +141,10 @@ def test_encoder_decoder_without_tokenizer(tmp_path):
       'data.num_sentinels': 8, 'model.position': 'relative', 'model.activation': 'gelu',
       'model.num_kv_heads': 0, 'model.num_layers': 1, 'model.d_model': 32, 'model.num_heads': 2,
       'model.init_std': 0.3, 'model.dtype': 'float32', 'data.vocab_size': 64,
-      'train.batch_size': 8})
+      'train.batch_size': 8, 'mesh.data': 1})  # a one-device mesh: does not fit the 8 here
   _write_run(str(tmp_path), config, steps=(0,))
   t5 = research.load(str(tmp_path))
+  assert t5.run.mesh.size == 1 and t5.config.mesh.data == 1  # restored on one device
   assert t5.tokenizer is None and t5.step == 0
   inputs_BS = np.asarray([[5, 6, 7], [8, 9, 0]], np.int32)  # 0: padding, masked
   got = t5.generate(inputs_BS, max_new_tokens=4)  # no tokenizer, no eos: all 4 tokens
