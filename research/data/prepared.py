@@ -3,7 +3,9 @@
 Layout of a prepared directory (local or any `etils.epath` path, e.g. `gs://`):
 
   manifest.json                 written last: a directory without it is not a prepared corpus
-  tokenizer.model               the SentencePiece model the ids come from
+  tokenizer.model               the tokenizer the ids come from (research.data.tokenizer): a
+                                SentencePiece model, or for a Hugging Face tokenizer its
+                                tokenizer.json + tokenizer_config.json
   train-TTTTT-PPP.array_record  shards of split `train`: task TTTTT's part PPP
   validation-TTTTT-PPP.array_record
 
@@ -35,7 +37,7 @@ from research import errors
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
-TOKENIZER = 'tokenizer.model'
+TOKENIZER = 'tokenizer.model'  # a trained SentencePiece model
 # ArrayRecord: one record per chunk, so a random read decompresses only the record it wants.
 WRITER_OPTIONS = 'group_size:1,zstd:1'
 
