@@ -150,7 +150,7 @@ def complete_special_tokens(tokenizer: HFTokenizer, generation_config: Mapping[s
   files = tokenizer.files
   config = json.loads(files.get(CONFIG_FILE, b'{}'))
   config.update(filled)
-  files[CONFIG_FILE] = (json.dumps(config, indent=2, ensure_ascii=False) + '\n').encode('utf-8')
+  files[CONFIG_FILE] = _config_bytes(config)
   return HFTokenizer(files, name=tokenizer.name)
 
 
@@ -291,7 +291,8 @@ def write_hf_tokenizer(tokenizer: tokenizer_lib.Tokenizer, out_dir: str, *,
                        family: str = 'decoder', chat_template: str | None = None) -> list[str]:
   """Writes `tokenizer` into `out_dir` as files transformers' AutoTokenizer loads (4.40 and 5).
 
-  An HFTokenizer writes its own files. A SentencePiece model lmforge trained
+  An HFTokenizer writes its own files (and a tokenizer_config.json naming its special tokens if it
+  has none); `family` leaves them as they are. A SentencePiece model lmforge trained
   (`train_tokenizer`) is written as its tokenizer.model plus a tokenizer.json built with the
   `tokenizers` library that reproduces its ids exactly (same pieces and merges, byte fallback,
   whitespace as '▁', no normalisation and no dummy prefix; `[MASK]`, the sentinels and the
@@ -321,6 +322,8 @@ def write_hf_tokenizer(tokenizer: tokenizer_lib.Tokenizer, out_dir: str, *,
     raise errors.UserError(f'family={family!r}: use one of {FAMILIES}')
   if isinstance(tokenizer, HFTokenizer):
     files = tokenizer.files
+    files.setdefault(CONFIG_FILE, _config_bytes({  # a bare tokenizer.json: name its specials
+        'tokenizer_class': 'PreTrainedTokenizerFast', **tokenizer.special_tokens}))
   else:
     files = {SENTENCEPIECE_FILE: tokenizer.model_proto,
              HF_FILE: _lmforge_sentencepiece_as_tokenizers(tokenizer, family).encode('utf-8'),
@@ -341,6 +344,10 @@ def _lmforge_config(tokenizer: tokenizer_lib.SentencePieceTokenizer) -> bytes:
   if tokenizer.num_sentinels:
     config['additional_special_tokens'] = [tokenizer_lib.sentinel_piece(i)
                                            for i in range(tokenizer.num_sentinels)]
+  return _config_bytes(config)
+
+
+def _config_bytes(config: dict[str, Any]) -> bytes:
   return (json.dumps(config, indent=2, ensure_ascii=False) + '\n').encode('utf-8')
 
 

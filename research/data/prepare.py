@@ -81,6 +81,7 @@ def prepare(settings: Settings, beam_args: Sequence[str] = ()) -> dict[str, Any]
   """Runs the preparation to the end and returns the manifest it wrote in `settings.out`."""
   _check(settings)
   start = time.perf_counter()
+  given = tokenizer_lib.load_tokenizer(settings.tokenizer) if settings.tokenizer else None
   out = epath.Path(settings.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / prepared.MANIFEST).unlink(missing_ok=True)  # half-replaced output is never complete
@@ -90,9 +91,8 @@ def prepare(settings: Settings, beam_args: Sequence[str] = ()) -> dict[str, Any]
                              text_key=settings.text_key)
   logging.info('Preparing %s: %d read tasks, %.1f MB on disk', settings.source, len(tasks),
                sum(t.size for t in tasks) / 1e6)
-  if settings.tokenizer:
-    tokenizer = tokenizer_lib.load_tokenizer(settings.tokenizer)
-    for name, data in tokenizer.files.items():
+  if given is not None:
+    for name, data in given.files.items():
       prepared.write_bytes_atomically(os.fspath(out / name), data)
   else:
     _run(_sample_and_train_tokenizer, settings, tasks, beam_args)

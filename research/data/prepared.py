@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -44,10 +43,6 @@ WRITER_OPTIONS = 'group_size:1,zstd:1'
 
 def token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype('<u2' if vocab_size <= 2**16 else '<u4')
-
-
-def sha256_bytes(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
 
 
 def shard_name(split: str, task: int, part: int) -> str:

@@ -344,6 +344,17 @@ def test_write_hf_tokenizer_refuses_a_foreign_sentencepiece_model(llama_sentence
     hf_tokenizer.write_hf_tokenizer(foreign, str(tmp_path))
 
 
+def test_write_hf_tokenizer_of_a_bare_tokenizer_json(byte_level_dir, tmp_path):
+  (tmp_path / 'bare').mkdir()
+  shutil.copyfile(os.path.join(byte_level_dir, 'tokenizer.json'), tmp_path / 'bare' / 'x.json')
+  bare = tokenizer_lib.load_tokenizer(str(tmp_path / 'bare' / 'x.json'))
+  assert (bare.bos_id, bare.chat_template, bare.special_tokens) == (None, None, {})
+  written = hf_tokenizer.write_hf_tokenizer(bare, str(tmp_path / 'out'))
+  assert written == ['tokenizer.json', 'tokenizer_config.json']
+  theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'out'))
+  assert theirs(MULTILINGUAL, add_special_tokens=False).input_ids == bare.encode(MULTILINGUAL)
+
+
 def test_prepare_and_resume_with_a_hf_tokenizer(byte_level_dir, tmp_path, make_data_config):
   corpus = tmp_path / 'corpus.jsonl'
   corpus.write_text(''.join(json.dumps({'text': line}) + '\n' for line in _corpus()))
