@@ -308,10 +308,9 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
 def _save_tokenizer(dataset, directory: str, lead: bool) -> None:
   """Each run directory gets the sweep's tokenizer, so sampling and evaluation need only it."""
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  path = os.path.join(directory, pipeline.WORKDIR_TOKENIZER)
   save = getattr(dataset.tokenizer, 'save', None)
-  if lead and save is not None and not os.path.exists(path):
-    save(path)
+  if lead and save is not None and not pipeline.has_tokenizer(directory):
+    save(directory)
 
 
 def _log_grid(grid: sweep_lib.Grid, log: Callable) -> None:
