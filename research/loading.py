@@ -368,7 +368,8 @@ class LanguageModel:
   def _prompt_rows(self, prompts) -> tuple[list[list[int]], bool, bool]:
     """(token id rows, given as text, given as one prompt)."""
     if isinstance(prompts, str):
-      return [self.require_tokenizer().encode(prompts)], True, True
+      tokenizer = self.require_tokenizer()
+      return [tokenizer.encode(prompts, add_bos=tokenizer.adds_bos)], True, True
     if isinstance(prompts, (np.ndarray, jax.Array)):
       array = _as_host(prompts)
       if array.ndim == 1:
@@ -379,7 +380,7 @@ class LanguageModel:
       raise UserError('prompts is empty: give a str, a list of str, or token ids')
     if all(isinstance(p, str) for p in prompts):
       tokenizer = self.require_tokenizer()
-      return [tokenizer.encode(p) for p in prompts], True, False
+      return [tokenizer.encode(p, add_bos=tokenizer.adds_bos) for p in prompts], True, False
     if all(isinstance(p, (int, np.integer)) for p in prompts):
       return [[int(p) for p in prompts]], False, True
     if all(isinstance(p, (list, tuple, np.ndarray)) for p in prompts):
