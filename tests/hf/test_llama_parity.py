@@ -127,3 +127,21 @@ def test_scanned_sharded_placement_equals_unscanned(saved, imported):
   _assert_trees_equal(params, stacked)
   _, _, unscanned_placed = convert.load_hf(path, mesh)
   _assert_trees_equal(unscanned_placed, unscanned)
+
+
+@pytest.mark.parametrize('variant,model_type', [('llama_tied', 'llama'), ('mistral', 'mistral')])
+def test_export_loads_in_transformers(variant, model_type, saved, imported, tmp_path):
+  """The tied head is not written; Mistral keeps its window. Logits: the source model's."""
+  reference, _ = saved[variant]
+  config, params = imported[variant]
+  summary = convert.export_params(config, params, str(tmp_path))
+  assert summary['model_type'] == model_type
+  exported, info = transformers.AutoModelForCausalLM.from_pretrained(
+      tmp_path, output_loading_info=True)
+  assert not any(info.values()), info
+  assert exported.config.model_type == model_type
+  assert getattr(exported.config, 'sliding_window', None) == (6 if variant == 'mistral' else None)
+  with torch.no_grad():
+    np.testing.assert_allclose(exported.eval()(torch.tensor(TOKENS_BT)).logits.numpy(),
+                               reference(torch.tensor(TOKENS_BT)).logits.numpy(), atol=1e-5)
+  _assert_trees_equal(hf.convert(str(tmp_path))[1], params)
