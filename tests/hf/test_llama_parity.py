@@ -72,15 +72,15 @@ def test_logits_and_greedy_generation_match(variant, saved, imported):
   model = models.build_model(config)
   with torch.no_grad():
     expected = reference(torch.tensor(TOKENS_BT)).logits.numpy()
-    expected_new = reference.generate(torch.tensor(PROMPT_BP), do_sample=False,
-                                      attention_mask=torch.ones(PROMPT_BP.shape, dtype=int),
-                                      max_new_tokens=NEW_TOKENS, pad_token_id=0).numpy()[:, PROMPT_BP.shape[1]:]
+    continued = reference.generate(torch.tensor(PROMPT_BP), do_sample=False,
+                                   attention_mask=torch.ones(PROMPT_BP.shape, dtype=int),
+                                   max_new_tokens=NEW_TOKENS, pad_token_id=0).numpy()
   got = np.asarray(jax.jit(model.apply)({'params': params}, TOKENS_BT))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
   assert np.abs(expected).max() > 1.0  # not a comparison of near-zero logits
-  got_new = decoding.generate(model, params, PROMPT_BP, jax.random.key(0),
-                              max_new_tokens=NEW_TOKENS, temperature=0.0)
-  np.testing.assert_array_equal(np.asarray(got_new), expected_new)
+  got_BN = decoding.generate(model, params, PROMPT_BP, jax.random.key(0),
+                             max_new_tokens=NEW_TOKENS, temperature=0.0)
+  np.testing.assert_array_equal(np.asarray(got_BN), continued[:, PROMPT_BP.shape[1]:])
 
 
 def test_config_fields(imported):
@@ -112,8 +112,9 @@ def test_sharded_and_torch_checkpoints_import_as_the_single_file(saved, imported
   _assert_trees_equal(hf.convert(str(tmp_path / 'torch'))[1], imported['llama_untied'][1])
 
 
-def test_scanned_sharded_placement_equals_unscanned(saved, imported):
-  """Shards over fsdp and tensor: each device's callback reads and slices only its part."""
+def test_scanned_sharded_placement_equals_unscanned(saved, imported, tmp_path):
+  """Shards over fsdp and tensor: each device's callback reads and slices only its part. The
+  scanned, sharded parameters export layer by layer to the same checkpoint."""
   _, path = saved['mistral']
   mesh = (('mesh.fsdp', '2'), ('mesh.tensor', '2'))
   config, _, params = convert.load_hf(path, mesh + (('model.scan_layers', 'true'),))
@@ -125,6 +126,8 @@ def test_scanned_sharded_placement_equals_unscanned(saved, imported):
   stacked['stack'] = {'layers': jax.tree.map(lambda *layers: np.stack(layers),
                                              *unscanned['stack'].values())}
   _assert_trees_equal(params, stacked)
+  convert.export_params(config, params, str(tmp_path))
+  _assert_trees_equal(hf.convert(str(tmp_path))[1], unscanned)
   _, _, unscanned_placed = convert.load_hf(path, mesh)
   _assert_trees_equal(unscanned_placed, unscanned)
 

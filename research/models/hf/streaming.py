@@ -69,8 +69,17 @@ def _sources_by_target(table: list[Tensor], targets: dict[str, Any], family: Fam
   if missing:
     raise UserError(f'lmforge parameter {missing[0]} has no {family.model_type} tensor (and '
                     f'{len(missing) - 1} more): its config is not one this family expresses')
-  return {path: [layers[i] for i in sorted(layers, key=lambda i: -1 if i is None else i)]
-          for path, layers in grouped.items()}
+  by_target = {}
+  for path, layers in grouped.items():
+    if None in layers:  # unscanned: one entry
+      by_target[path] = [layers[None]]
+      continue
+    depth = targets[path].shape[0]
+    if sorted(layers) != list(range(depth)):
+      raise UserError(f'the {family.model_type} table gives layers {sorted(layers)} of {path}, '
+                      f'whose stack has {depth}')
+    by_target[path] = [layers[i] for i in range(depth)]
+  return by_target
 
 
 def _resolve(entry: Tensor, names: dict[str, str], checkpoint: Checkpoint) -> str:
