@@ -113,11 +113,6 @@ def import_hf(hf_dir: str, workdir: str, overrides: Sequence[tuple[str, str]] = 
   return {'workdir': workdir, 'family': config.model.family, 'name': config.name}
 
 
-def convert_hf(hf_dir: str, workdir: str) -> str:
-  """Writes `workdir` from the HF model in `hf_dir`; returns the config's family."""
-  return import_hf(hf_dir, workdir)['family']
-
-
 # ------------------------------------------------------------------------------------------------
 # Export.
 

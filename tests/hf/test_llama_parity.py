@@ -11,6 +11,7 @@ from research import convert, models
 from research.inference import decoding
 from research.models import hf
 from research.models.hf import checkpoint as checkpoint_lib
+from research.models.hf import streaming
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -148,3 +149,24 @@ def test_export_loads_in_transformers(variant, model_type, saved, imported, tmp_
     np.testing.assert_allclose(exported.eval()(torch.tensor(TOKENS_BT)).logits.numpy(),
                                reference(torch.tensor(TOKENS_BT)).logits.numpy(), atol=1e-5)
   _assert_trees_equal(hf.convert(str(tmp_path))[1], params)
+
+
+def test_scanned_callback_reads_only_its_layers(saved, imported):
+  """The layer axis sharded over 2 devices: each device's callback reads its own layer, once."""
+  _, path = saved['mistral']
+  config, unscanned = imported['mistral']
+  config = config.copy_and_resolve_references()
+  config.model.scan_layers = True
+  shapes = hf.abstract_params(config)
+  mesh = jax.make_mesh((2,), ('layers',), devices=jax.devices()[:2])
+  with checkpoint_lib.Checkpoint(path) as checkpoint:
+    source = streaming.plan(checkpoint, hf.FAMILIES['mistral'], config,
+                            shapes)['stack/layers/mlp/w_in']
+    reads, read = [], checkpoint.read
+    checkpoint.read = lambda name: reads.append(name) or read(name)
+    target = jax.ShapeDtypeStruct(shapes['stack']['layers']['mlp']['w_in'].shape, np.float32,
+                                  sharding=jax.NamedSharding(mesh, jax.P('layers')))
+    w_in = streaming.place_parameter(checkpoint, source, target)
+  assert reads == ['model.layers.0.mlp.up_proj.weight', 'model.layers.1.mlp.up_proj.weight']
+  assert [s.data.shape[0] for s in w_in.addressable_shards] == [1, 1]
+  np.testing.assert_array_equal(np.asarray(w_in)[1], unscanned['stack']['layer_1']['mlp']['w_in'])

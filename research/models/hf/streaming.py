@@ -145,6 +145,18 @@ def _index_key(index) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
+def _scanned_slice(layer: Callable[[int], np.ndarray], source: Source, index) -> np.ndarray:
+  """index[0] picks layers of the stack: only those are read, each into its row."""
+  layers = range(len(source.entries))[index[0]]
+  out = None
+  for row, i in enumerate(layers):
+    part = layer(i)[index[1:]]
+    if out is None:
+      out = np.empty((len(layers),) + part.shape, part.dtype)
+    out[row] = part
+  return out
+
+
 def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array:
   """One lmforge parameter, built in its shards (`target`: a ShapeDtypeStruct with sharding)."""
   layer = _layer_reader(checkpoint, source, target.dtype)
@@ -153,11 +165,8 @@ def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array
   def callback(index) -> np.ndarray:
     key = _index_key(index)
     if key not in slices:
-      if source.scanned:
-        layers = range(len(source.entries))[index[0]]
-        slices[key] = np.stack([layer(i)[index[1:]] for i in layers])
-      else:
-        slices[key] = np.ascontiguousarray(layer(0)[index])
+      slices[key] = _scanned_slice(layer, source, index) if source.scanned else (
+          np.ascontiguousarray(layer(0)[index]))
     return slices[key]
 
   return jax.make_array_from_callback(target.shape, target.sharding, callback)
