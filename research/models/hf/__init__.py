@@ -1,59 +1,75 @@
-"""Hugging Face checkpoints -> lmforge: read a local HF directory, map its weights by model type.
+"""Hugging Face checkpoints <-> lmforge, one bidirectional table per family.
 
-Each converter module has `convert(hf_config: dict, weights: dict[str, np.ndarray]) ->
-(config, params)` with an lmforge ConfigDict and a parameter tree for `build_model(config)`.
-Nothing is downloaded: the directory must hold config.json and model.safetensors (or
-pytorch_model.bin, read with torch).
+Families (each a `mapping.Family`; mapping.py explains the table):
+
+  gpt2     GPT2LMHeadModel              decoder: learned positions, LayerNorm, tanh GELU, tied
+  llama    LlamaForCausalLM             decoder: RoPE, RMSNorm, SwiGLU, GQA, tied or untied
+  mistral  MistralForCausalLM           llama with one sliding window on every layer
+  bert     BertForMaskedLM              encoder (MLM)
+  t5       T5ForConditionalGeneration   encoder-decoder (T5 1.0 and v1.1)
+
+Import picks the family by config.json's model_type; export by architecture (`export_family`):
+the first family whose `unsupported(config)` is empty. research/convert.py has the commands;
+streaming.py moves the tensors. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
+import flax.linen as nn
+import jax
 
-import numpy as np
-
+from research import models, objectives
 from research.errors import UserError
+from research.models.hf import bert, gpt2, llama, mapping, streaming, t5
+from research.models.hf.checkpoint import Checkpoint
 
-CONVERTERS = {
-    'gpt2': 'research.models.hf.gpt2',
-    'bert': 'research.models.hf.bert',
-    't5': 'research.models.hf.t5',
-}
+FAMILIES: dict[str, mapping.Family] = {
+    'gpt2': gpt2.FAMILY, **llama.FAMILIES, 'bert': bert.FAMILY, 't5': t5.FAMILY}
 
 
-def read_hf_dir(hf_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
-  """config.json and every weight as a float32 numpy array, keyed by the HF name."""
-  config_path = os.path.join(hf_dir, 'config.json')
-  if not os.path.isfile(config_path):
-    raise UserError(f'--hf_dir={hf_dir} has no config.json: point it at a saved HF model '
-                    'directory (save_pretrained output)')
-  with open(config_path) as f:
-    hf_config = json.load(f)
-  safetensors_path = os.path.join(hf_dir, 'model.safetensors')
-  torch_path = os.path.join(hf_dir, 'pytorch_model.bin')
-  if os.path.isfile(safetensors_path):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    weights = load_file(safetensors_path)
-  elif os.path.isfile(torch_path):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise UserError(f'{torch_path} needs torch to read: pip install torch, or save the model '
-                      'with safe_serialization=True') from None
-    weights = {k: v.float().numpy() for k, v in torch.load(torch_path, map_location='cpu',
-                                                             weights_only=True).items()}
-  else:
-    raise UserError(f'--hf_dir={hf_dir} has neither model.safetensors nor pytorch_model.bin')
-  return hf_config, {k: np.asarray(v, np.float32) for k, v in weights.items()}
+def family_of(hf_config: dict, where: str) -> mapping.Family:
+  """The family of an HF config.json (read from `where`), by its model_type."""
+  model_type = hf_config.get('model_type')
+  if model_type not in FAMILIES:
+    raise UserError(f'{where}: model_type {model_type!r} is not supported: lmforge converts '
+                    f'{sorted(FAMILIES)}')
+  return FAMILIES[model_type]
+
+
+def export_family(config) -> mapping.Family:
+  """The first family that expresses `config`, else a UserError giving each family's reasons."""
+  reasons = {}
+  for family in FAMILIES.values():
+    why = family.unsupported(config)
+    if not why:
+      return family
+    if not why[0].startswith('model.family='):  # a family of another kind says nothing useful
+      reasons[family.model_type] = why
+  if not reasons:
+    raise UserError(f'model.family={config.model.family!r}: no Hugging Face family here '
+                    f'exports it (lmforge exports {sorted(FAMILIES)})')
+  listed = '; '.join(f"{name}: {', '.join(why)}" for name, why in reasons.items())
+  raise UserError(f'no Hugging Face family expresses this model: {listed}')
+
+
+def abstract_params(config):
+  """The lmforge parameters' shapes and dtypes for `config` (no mesh, nothing computed)."""
+  model = models.build_model(config)
+  init_args = objectives.get_objective(config.objective.name).init_args(1, config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_args))
+  return nn.meta.unbox(shapes['params'])
 
 
 def convert(hf_dir: str):
-  """(lmforge config, params) for the HF model in `hf_dir`, by its config's model_type."""
-  hf_config, weights = read_hf_dir(hf_dir)
-  model_type = hf_config.get('model_type')
-  if model_type not in CONVERTERS:
-    raise UserError(f"--hf_dir={hf_dir}: model_type {model_type!r} is not supported: lmforge "
-                    f'converts {sorted(CONVERTERS)}')
-  return importlib.import_module(CONVERTERS[model_type]).convert(hf_config, weights)
+  """(lmforge config, params as host numpy arrays) of the HF model in `hf_dir`.
+
+  For small models (tests, notebooks): every parameter is read into host memory. Imports of any
+  size go through research.convert.import_hf, which places each tensor straight into its device
+  shards.
+  """
+  with Checkpoint(hf_dir) as checkpoint:
+    family = family_of(checkpoint.config, f'{hf_dir}/config.json')
+    config = family.lmforge_config(checkpoint.config)
+    shapes = abstract_params(config)
+    sources = streaming.plan(checkpoint, family, config, shapes)
+    return config, streaming.read_host(checkpoint, sources, shapes)

@@ -1,4 +1,4 @@
-"""T5 / T5 v1.1 (HF `T5ForConditionalGeneration`) -> lmforge encoder-decoder.
+"""T5 / T5 v1.1 (HF `T5ForConditionalGeneration`) <-> lmforge encoder-decoder.
 
 T5 1.0: ReLU feed-forward, tied embeddings with the decoder output scaled by d_model**-0.5.
 T5 v1.1: gated-GELU (tanh) feed-forward (`wi_0` is the gate, `wi_1` the value), an untied
@@ -7,26 +7,27 @@ biases, a relative position bias in each stack's first layer shared by all its l
 decoder's causal, the encoder's bidirectional), cross-attention without position bias.
 
 HF's Linear weights are [out, in], so every dense weight is transposed. Transformers 5 records
-the output scaling as `scale_decoder_outputs` (and always writes tie_word_embeddings=true);
+the output scaling as `scale_decoder_outputs` (and writes tie_word_embeddings=true even for v1.1);
 older config.json files mean the same by `tie_word_embeddings`. A model that is not scaled is
 converted untied, with `lm_head.weight` (or the shared table, if the checkpoint has none) as the
-unembedding.
+unembedding. Ignored by name: the stacks' copies of the shared table, the tied lm_head, and a
+cross-attention position bias some old checkpoints carry but T5 never uses.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from research import config_lib
 from research.errors import UserError
+from research.models.hf import mapping
+from research.models.hf.mapping import TRANSPOSE, Tensor, linear_in_heads, linear_out_heads
+from research.models.transformer import transformer_config
 
-# HF `feed_forward_proj` -> model.activation. HF's 'gated-gelu' uses gelu_new (tanh), its plain
-# 'gelu' the exact erf form.
+# HF `feed_forward_proj` -> model.activation, and back. HF's 'gated-gelu' uses gelu_new (tanh),
+# its plain 'gelu' the exact erf form.
 ACTIVATIONS = {'relu': 'relu', 'gated-gelu': 'geglu', 'gelu': 'gelu_exact',
                'gated-silu': 'swiglu'}
-# Duplicates of `shared.weight`, and a bias some old checkpoints carry but T5 never uses.
-_IGNORED = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-            'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight')
+_HF_ACTIVATIONS = {v: k for k, v in ACTIVATIONS.items()}
+_GATED = ('geglu', 'swiglu')
 
 
 def scales_decoder_output(hf: dict) -> bool:
@@ -71,91 +72,94 @@ def lmforge_config(hf: dict):
   return config_lib.finalize(c)
 
 
-class _Weights:
-  """Lookups that record which checkpoint entries were used, to catch unmapped ones."""
-
-  def __init__(self, w: dict[str, np.ndarray]):
-    self.w, self.used = w, set()
-
-  def __call__(self, name: str) -> np.ndarray:
-    if name not in self.w:
-      raise UserError(f'T5 checkpoint lacks {name}: is it a T5ForConditionalGeneration '
-                      'checkpoint with this config.json?')
-    self.used.add(name)
-    return np.asarray(self.w[name], np.float32)
-
-  def check_all_used(self):
-    unused = sorted(set(self.w) - self.used - set(_IGNORED))
-    if unused:
-      raise UserError(f'T5 checkpoint has {len(unused)} weights lmforge does not map, e.g. '
-                      f'{unused[:3]}: is config.json the one saved with these weights?')
+def unsupported(config) -> list[str]:
+  if reasons := mapping.differences(config, {'model.family': 'encoder_decoder'}):
+    return reasons
+  reasons = mapping.differences(config, {
+      'model.position': 'relative', 'model.norm': 'rmsnorm', 'model.norm_position': 'pre',
+      'model.activation': tuple(_HF_ACTIVATIONS), 'model.use_bias': False,
+      'model.attention_scale': 1.0, 'model.attention.pattern': 'full', **mapping.PLAIN})
+  m = config.model
+  if m.num_kv_heads not in (0, m.num_heads):
+    reasons.append(f'model.num_kv_heads={m.num_kv_heads} (needs {m.num_heads}: no GQA)')
+  return reasons
 
 
-def _attention(get, prefix: str, h: int, k: int) -> dict:
-  proj = lambda name: get(f'{prefix}.{name}.weight').T.reshape(-1, h, k)  # [D, H, K]
-  return {'query': proj('q'), 'key': proj('k'), 'value': proj('v'),
-          'out': get(f'{prefix}.o.weight').T.reshape(h, k, -1)}
+def _depths(t) -> tuple[int, int]:
+  return t.encoder_layers or t.num_layers, t.decoder_layers or t.num_layers
 
 
-def _mlp(get, prefix: str, gated: bool) -> dict:
+def hf_config(config) -> dict:
+  t = transformer_config(config.model, seq_len=config.data.seq_len)
+  encoder_layers, decoder_layers = _depths(t)
+  return {**mapping.hf_common(config, FAMILY),
+          'd_model': t.d_model, 'd_kv': t.head_dim, 'd_ff': t.d_ff, 'num_heads': t.num_heads,
+          'num_layers': encoder_layers, 'num_decoder_layers': decoder_layers,
+          'feed_forward_proj': _HF_ACTIVATIONS[t.activation],
+          'relative_attention_num_buckets': t.relative_buckets,
+          'relative_attention_max_distance': t.relative_max_distance,
+          'layer_norm_epsilon': t.norm_eps, 'dropout_rate': float(config.model.dropout),
+          'tie_word_embeddings': t.tie_embeddings, 'scale_decoder_outputs': t.tie_embeddings,
+          'is_encoder_decoder': True,
+          # lmforge's decoder starts from token 0 (T5's pad), as HF's generate does.
+          'pad_token_id': 0, 'decoder_start_token_id': 0}
+
+
+def _attention(path: str, hf: str, h: int, k: int) -> list[Tensor]:
+  return [Tensor(f'{path}/query', f'{hf}.q.weight', linear_in_heads(h, k)),
+          Tensor(f'{path}/key', f'{hf}.k.weight', linear_in_heads(h, k)),
+          Tensor(f'{path}/value', f'{hf}.v.weight', linear_in_heads(h, k)),
+          Tensor(f'{path}/out', f'{hf}.o.weight', linear_out_heads(h, k))]
+
+
+def _mlp(path: str, hf: str, gated: bool) -> list[Tensor]:
   if gated:
-    return {'w_gate': get(f'{prefix}.wi_0.weight').T, 'w_in': get(f'{prefix}.wi_1.weight').T,
-            'w_out': get(f'{prefix}.wo.weight').T}
-  return {'w_in': get(f'{prefix}.wi.weight').T, 'w_out': get(f'{prefix}.wo.weight').T}
+    return [Tensor(f'{path}/w_gate', f'{hf}.wi_0.weight', TRANSPOSE),
+            Tensor(f'{path}/w_in', f'{hf}.wi_1.weight', TRANSPOSE),
+            Tensor(f'{path}/w_out', f'{hf}.wo.weight', TRANSPOSE)]
+  return [Tensor(f'{path}/w_in', f'{hf}.wi.weight', TRANSPOSE),
+          Tensor(f'{path}/w_out', f'{hf}.wo.weight', TRANSPOSE)]
 
 
-def _block(get, stack: str, i: int, h: int, k: int, gated: bool) -> dict:
+def _block(stack: str, i: int, h: int, k: int, gated: bool) -> list[Tensor]:
   """One T5 block: layer.0 self-attention, (decoder) layer.1 cross-attention, last the MLP."""
-  b = f'{stack}.block.{i}.layer'
-  norm = lambda j: {'scale': get(f'{b}.{j}.layer_norm.weight')}
-  params = {'attn_norm': norm(0), 'attn': _attention(get, f'{b}.0.SelfAttention', h, k)}
+  b, p = f'{stack}.block.{i}.layer', f'{stack}/layer_{i}'
+  table = [Tensor(f'{p}/attn_norm/scale', f'{b}.0.layer_norm.weight'),
+           *_attention(f'{p}/attn', f'{b}.0.SelfAttention', h, k)]
   mlp_index = 1
   if stack == 'decoder':
-    params['cross_norm'] = norm(1)
-    params['cross'] = _attention(get, f'{b}.1.EncDecAttention', h, k)
+    table += [Tensor(f'{p}/cross_norm/scale', f'{b}.1.layer_norm.weight'),
+              *_attention(f'{p}/cross', f'{b}.1.EncDecAttention', h, k)]
     mlp_index = 2
-  params['mlp_norm'] = norm(mlp_index)
-  params['mlp'] = _mlp(get, f'{b}.{mlp_index}.DenseReluDense', gated)
-  return params
+  return table + [Tensor(f'{p}/mlp_norm/scale', f'{b}.{mlp_index}.layer_norm.weight'),
+                  *_mlp(f'{p}/mlp', f'{b}.{mlp_index}.DenseReluDense', gated)]
 
 
-def convert(hf, w: dict[str, np.ndarray] | None = None):
-  """(config, params) for `research.models.build_model(config)`.
+def tensors(config) -> list[Tensor]:
+  t = transformer_config(config.model, seq_len=config.data.seq_len)
+  h, k, gated = t.num_heads, t.head_dim, t.activation in _GATED
+  table = [Tensor('embed/embedding', 'shared.weight')]
+  for stack, depth in zip(('encoder', 'decoder'), _depths(t)):
+    for i in range(depth):
+      table += _block(stack, i, h, k, gated)
+    table += [Tensor(f'{stack}_norm/scale', f'{stack}.final_layer_norm.weight'),
+              Tensor(f'{stack}_relative_bias/embedding',
+                     f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight')]
+  if not t.tie_embeddings:
+    table.append(Tensor('unembed/kernel', 'lm_head.weight', TRANSPOSE,
+                        fallback=('shared.weight',)))
+  return table
 
-  Args:
-    hf: HF's config.json as a dict, or the path of a local HF T5 directory (config.json and
-      model.safetensors or pytorch_model.bin), read with `research.models.hf.read_hf_dir`.
-    w: the checkpoint's weights by HF name (with a dict `hf`).
-  """
-  if isinstance(hf, str):
-    from research.models.hf import read_hf_dir  # pylint: disable=g-import-not-at-top
-    hf, w = read_hf_dir(hf)
-  config = lmforge_config(hf)
-  m = config.model
-  h, k = m.num_heads, m.head_dim
-  gated = m.activation in ('geglu', 'swiglu')
-  get = _Weights(w)
-  bias = lambda stack: {'embedding': get(
-      f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight')}
-  params = {
-      'embed': {'embedding': get('shared.weight')},
-      'encoder': {f'layer_{i}': _block(get, 'encoder', i, h, k, gated)
-                  for i in range(m.encoder_layers)},
-      'decoder': {f'layer_{i}': _block(get, 'decoder', i, h, k, gated)
-                  for i in range(m.decoder_layers)},
-      'encoder_norm': {'scale': get('encoder.final_layer_norm.weight')},
-      'decoder_norm': {'scale': get('decoder.final_layer_norm.weight')},
-      'encoder_relative_bias': bias('encoder'),
-      'decoder_relative_bias': bias('decoder'),
-  }
-  has_head = 'lm_head.weight' in w
-  if m.tie_embeddings:
-    if has_head and not np.array_equal(w['lm_head.weight'], w['shared.weight']):
-      raise UserError('T5 checkpoint scales the decoder output (T5 1.0) but has an lm_head '
-                      'different from the shared embedding: lmforge ties the two')
-    get.used.add('lm_head.weight')
-  else:
-    head = get('lm_head.weight') if has_head else get('shared.weight')
-    params['unembed'] = {'kernel': head.T}
-  get.check_all_used()
-  return config, params
+
+def ignored(config) -> tuple[str, ...]:
+  names = [r'(encoder|decoder)\.embed_tokens\.weight',
+           r'decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight']
+  if config.model.tie_embeddings:
+    names.append(r'lm_head\.weight')
+  return tuple(names)
+
+
+FAMILY = mapping.Family(model_type='t5', architecture='T5ForConditionalGeneration',
+                        lmforge_config=lmforge_config, hf_config=hf_config, tensors=tensors,
+                        unsupported=unsupported, ignored=ignored)
+
