@@ -6,19 +6,19 @@
 Import (--from=hf) reads a local HF directory (config.json with model.safetensors, a sharded
 model.safetensors.index.json, or pytorch_model.bin) of GPT-2, Llama, Mistral, BERT or T5 and
 writes a workdir that research.train / evaluate / sample accept: the resolved config.json and an
-Orbax checkpoint at step 0 (the converted parameters with a fresh optimizer state). Each tensor
-goes straight into its device shards, so the host never holds the model; --config.FIELD=VALUE
-overrides the imported config first (a mesh that shards a large model,
---config.mesh.fsdp=8; a scanned stack, --config.model.scan_layers=true). A sentencepiece model in
-the directory (spiece.model, tokenizer.model) becomes the workdir's tokenizer; HF's BPE/WordPiece
-tokenizers are not converted, so text commands on such a workdir need
-`--config.data.tokenizer=PATH` to a sentencepiece model with the same vocabulary.
+Orbax checkpoint at step 0 (the converted parameters with a fresh optimizer state), and the
+checkpoint's tokenizer files (tokenizer.json or a sentencepiece model, with its special tokens
+and chat template: research/data/hf_tokenizer.py), so that sample, evaluate and fine-tuning use
+the model's own tokenizer. Each tensor goes straight into its device shards, so the host never
+holds the model; --config.FIELD=VALUE overrides the imported config first (a mesh that shards a
+large model, --config.mesh.fsdp=8; a scanned stack, --config.model.scan_layers=true).
 
 Export (--to=hf) restores the workdir's latest parameters (LoRA folded in), picks the HF family
 that expresses its architecture (GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
 BertForMaskedLM, T5ForConditionalGeneration; research/models/hf) and writes config.json,
 float32 safetensors (sharded with model.safetensors.index.json above --max_shard_size) and the
-workdir's tokenizer files, for transformers' from_pretrained. Both directions walk one table per
+workdir's tokenizer as files AutoTokenizer reads (its special token ids go into config.json),
+for transformers' from_pretrained. Both directions walk one table per
 family, so a round trip is bit-identical.
 """
 
@@ -26,24 +26,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Sequence
 
 import jax
-from absl import flags
+from absl import flags, logging
 
-from research import cli, config_lib
+from research import cli, config_lib, loading
+from research.data import chat_template as chat_template_lib
+from research.data import hf_tokenizer
+from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.models import hf
 from research.models.hf import streaming
 from research.models.hf.checkpoint import Checkpoint
-from research.training import checkpointing, peft, trainer
+from research.training import peft, trainer
 
 FLAGS = flags.FLAGS
 FORMATS = ('hf',)
-SENTENCEPIECE_FILES = ('spiece.model', 'tokenizer.model')
-TOKENIZER_FILES = ('tokenizer.model', 'tokenizer.json', 'tokenizer_config.json',
-                   'special_tokens_map.json')
 
 
 def define_flags() -> None:
@@ -87,66 +86,45 @@ def load_hf(hf_dir: str, overrides: Sequence[tuple[str, str]] = ()):
   return config, run, params
 
 
-def _save_workdir(workdir: str, config, run, params) -> None:
-  """config.json and a step-0 checkpoint: the parameters and a fresh optimizer state."""
-  with run.context():
-    opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings.opt_state)(params)
-  state = trainer.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                             opt_state=opt_state)
-  os.makedirs(workdir, exist_ok=True)
-  config_lib.save_config(config, os.path.join(workdir, 'config.json'))
-  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
-                                       async_save=False)
-  checkpointing.save(manager, 0, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
-
-
 def import_hf(hf_dir: str, workdir: str, overrides: Sequence[tuple[str, str]] = ()) -> dict:
   """Writes `workdir` from the HF model in `hf_dir`; returns a summary."""
   config, run, params = load_hf(hf_dir, overrides)
-  _save_workdir(workdir, config, run, params)
-  for name in SENTENCEPIECE_FILES:
-    if os.path.isfile(os.path.join(hf_dir, name)):
-      shutil.copy(os.path.join(hf_dir, name), os.path.join(workdir, 'tokenizer.model'))
-      break
-  return {'workdir': workdir, 'family': config.model.family, 'name': config.name}
+  loading.save_workdir(workdir, config, run, params)
+  tokenizer = []
+  if tokenizer_lib.find_tokenizer(hf_dir) is not None:
+    tokenizer = hf_tokenizer.copy_tokenizer_files(hf_dir, workdir)
+  else:
+    logging.warning('%s has no tokenizer files: give the workdir token ids, or copy a tokenizer '
+                    'into it', hf_dir)
+  return {'workdir': workdir, 'family': config.model.family, 'name': config.name,
+          'tokenizer': tokenizer}
 
 
 # ------------------------------------------------------------------------------------------------
 # Export.
 
 
-def _restore(workdir: str):
-  """(config, params) of the latest checkpoint in `workdir`, on this process's devices. One
-  function, so that research.load(workdir) can take its place."""
-  from research import evaluate  # pylint: disable=g-import-not-at-top
-  from research.training import restore  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise UserError(f'--workdir={workdir} has no config.json: give a workdir that research.train '
-                    'or research.convert wrote')
-  config = restore.source_config(workdir)
-  _, state = evaluate.load_state(workdir, config)
-  return config, state.params
-
-
-def _merge_lora(config, params):
-  """A LoRA run as its plain model (deltas folded in); other configs as they are."""
-  if config.peft.method != 'lora':
-    return config, params
-  params = peft.merge_lora(params, float(config.peft.alpha))
-  config.peft.method = 'none'
-  return config_lib.finalize(config), params
-
-
-def _write_tokenizer(workdir: str, out_dir: str) -> list[str]:
-  """Copies the workdir's tokenizer files into the export; returns their names."""
-  copied = []
-  for name in TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(workdir, name)):
-      shutil.copy(os.path.join(workdir, name), os.path.join(out_dir, name))
-      copied.append(name)
-  return copied
+def _write_tokenizer(config, tokenizer, out_dir: str) -> list[str]:
+  """The run's tokenizer as HF files, and its special token ids in config.json; the names
+  written. A fine-tuned run without a chat template of its own ships lmforge's SFT format."""
+  if tokenizer is None:
+    return []
+  chat_template = None
+  if config.objective.name in ('sft', 'dpo') and not tokenizer.chat_template:
+    chat_template = chat_template_lib.LMFORGE_TEMPLATE
+  written = hf_tokenizer.write_hf_tokenizer(tokenizer, out_dir, family=config.model.family,
+                                            chat_template=chat_template)
+  path = os.path.join(out_dir, 'config.json')
+  with open(path) as f:
+    hf_config = json.load(f)
+  for name in ('bos', 'eos', 'pad'):
+    token_id = getattr(tokenizer, f'{name}_id')
+    if token_id is not None:
+      hf_config[f'{name}_token_id'] = int(token_id)
+  with open(path, 'w') as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)
+    f.write('\n')
+  return written
 
 
 def export_params(config, params, hf_dir: str, *, max_shard_size: int | str = '5GB') -> dict:
@@ -170,10 +148,11 @@ def export_hf(workdir: str, hf_dir: str, *, max_shard_size: int | str = '5GB') -
     raise UserError('--to=hf runs in one process: export on one host, where every parameter '
                     'is addressable')
   streaming.check_empty(hf_dir)
-  config, params = _merge_lora(*_restore(workdir))
+  lm = loading.load(workdir)
+  config, params = peft.merged_model(lm.config, lm.params)
   hf.export_family(config)  # before anything is written: the model must be expressible
   summary = export_params(config, params, hf_dir, max_shard_size=max_shard_size)
-  summary['tokenizer'] = _write_tokenizer(workdir, hf_dir)
+  summary['tokenizer'] = _write_tokenizer(config, lm.tokenizer, hf_dir)
   return summary
 
 

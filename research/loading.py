@@ -124,6 +124,26 @@ def restore_state(workdir: str, run, *, step: int | None = None):
   return state
 
 
+def save_workdir(workdir: str, config, run, params, model_state=None) -> None:
+  """Writes a workdir that `load` and research.train (init_from, resume) read: config.json and
+  a step-0 checkpoint of `params` (placed on `run`'s shardings) with a fresh optimizer state.
+  research.convert (imports) and research.export (merged fine-tunes) write theirs with it."""
+  from research.training import checkpointing, trainer  # pylint: disable=g-import-not-at-top
+  with run.context():
+    opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings.opt_state)(params)
+  state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                             model_state=model_state or {})
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.save_config(config, os.path.join(workdir, 'config.json'))
+  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
+                                       async_save=False)
+  try:
+    checkpointing.save(manager, 0, state, force=True)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+
 def _load_tokenizer(workdir: str):
   """(tokenizer, '') or (None, why): an imported workdir may have no tokenizer."""
   from research.data import pipeline  # pylint: disable=g-import-not-at-top

@@ -47,14 +47,6 @@ def action_of(path: str, rules) -> str:
                     "('.*', 'init')")
 
 
-def load_source_state(workdir: str):
-  """(config, research.LanguageModel) of `workdir`'s latest checkpoint: research.export's reader
-  (the model has .params and .model_state); export should call research.load itself."""
-  from research import loading  # pylint: disable=g-import-not-at-top
-  lm = loading.load(workdir)
-  return lm.run.config, lm
-
-
 def select(target_params, source_params, rules):
   """This run's parameters with the 'load' ones taken from `source_params`; (params, report)."""
   source = {peft.path_of(kp): x for kp, x in jax.tree_util.tree_leaves_with_path(source_params)}

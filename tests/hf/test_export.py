@@ -131,12 +131,24 @@ def test_export_round_trip(name, architecture, saved, tmp_path):
   assert _round_trip(name, saved[name], str(tmp_path / 'out'), params, config) == architecture
 
 
+def _save_word_level_tokenizer(directory: str) -> None:
+  """A word-level tokenizer of 91 ids (the model has 96), saved as transformers saves one."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  vocab = {'<unk>': 0, '<s>': 1, '</s>': 2, **{f'w{i}': i + 3 for i in range(88)}}
+  tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token='<unk>'))
+  tk.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token='<s>', eos_token='</s>',
+                                       unk_token='<unk>').save_pretrained(directory)
+
+
 def test_workdir_exports_sharded_with_its_tokenizer(saved, tmp_path):
-  """import_hf -> workdir -> the --to=hf command (LlamaForCausalLM, several shards, an index)."""
-  workdir, out = str(tmp_path / 'w'), str(tmp_path / 'out')
-  assert convert.import_hf(saved['llama'], workdir)['family'] == 'decoder'
-  with open(os.path.join(workdir, 'tokenizer.json'), 'w') as f:
-    f.write('{}')
+  """import_hf (the tokenizer comes along) -> workdir -> the --to=hf command
+  (LlamaForCausalLM, several shards, an index, the tokenizer and its ids in config.json)."""
+  hf_in, workdir, out = str(tmp_path / 'in'), str(tmp_path / 'w'), str(tmp_path / 'out')
+  shutil.copytree(saved['llama'], hf_in)
+  _save_word_level_tokenizer(hf_in)
+  summary = convert.import_hf(hf_in, workdir)
+  assert summary['family'] == 'decoder' and 'tokenizer.json' in summary['tokenizer']
   result = subprocess.run([sys.executable, '-m', 'research.convert', '--to=hf',
                            f'--workdir={workdir}', f'--hf_dir={out}', '--max_shard_size=8KB'],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -144,12 +156,17 @@ def test_workdir_exports_sharded_with_its_tokenizer(saved, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   summary = json.loads(result.stdout.splitlines()[-1])
   assert summary['architecture'] == 'LlamaForCausalLM'
-  assert summary['tokenizer'] == ['tokenizer.json'] and os.path.isfile(f'{out}/tokenizer.json')
+  assert 'tokenizer.json' in summary['tokenizer']
   assert 'model.safetensors.index.json' in summary['files'] and len(summary['files']) > 3
   with open(os.path.join(out, 'config.json')) as f:
     written = json.load(f)
   assert (written['model_type'], written['dtype'], written['torch_dtype']) == (
       'llama', 'float32', 'float32')
+  assert (written['bos_token_id'], written['eos_token_id']) == (1, 2)
+  reference = transformers.AutoTokenizer.from_pretrained(hf_in)
+  exported = transformers.AutoTokenizer.from_pretrained(out)
+  text = 'w1 w7 w80 nonsense w3'
+  assert exported(text).input_ids == reference(text).input_ids == [4, 10, 83, 0, 6]
   _round_trip('llama', saved['llama'], out)
   with pytest.raises(UserError, match='is not empty'):
     convert.export_hf(workdir, out)
