@@ -54,7 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   # builds each batch in the trainer's own thread, just before its transfer. Pods: a few.
   c.data.workers = 0
   c.data.vocab_size = 4096  # sentencepiece vocabulary (specials, sentinels, byte fallback incl.)
-  c.data.tokenizer = ''  # '' trains one on a sample of the train split; else a .model path
+  # '' trains one on a sample of the train split; else a tokenizer.model, a tokenizer.json or a
+  # directory with one (an HF model directory, a workdir): research/data/tokenizer.py
+  c.data.tokenizer = ''
   c.data.tokenizer_type = 'bpe'  # 'bpe' | 'unigram'
   c.data.num_sentinels = 100  # T5 span-corruption sentinels reserved in the vocabulary
   c.data.cache_dir = ''  # '' means $LMFORGE_CACHE or ~/.cache/lmforge
@@ -163,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Fine-tuning (research/training/restore.py, research/data/sft.py). `init_from` is a workdir
   # (research.train's, or research.convert's import) whose parameters start this run, with a
-  # fresh optimizer and this run's own schedule; its tokenizer.model is reused. '' starts from
+  # fresh optimizer and this run's own schedule; its tokenizer is reused. '' starts from
   # scratch. A run that already has a checkpoint of its own resumes from that instead.
   c.init_from = ''
   c.finetune = ml_collections.ConfigDict()

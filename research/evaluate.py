@@ -30,14 +30,13 @@ file: the run's saved config.json is the base). --step picks a checkpoint (defau
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 from absl import flags
 
-from research import cli, config_lib, evaluation
+from research import cli, evaluation, loading
 from research.errors import UserError
-from research.training import checkpointing, trainer
+from research.training import trainer
 
 FLAGS = flags.FLAGS
 
@@ -57,43 +56,17 @@ def define_flags() -> None:
                       'predictions')
 
 
-def load_state(workdir: str, config, *, step: int | None = None, run=None):
-  """(run, TrainState) of a run's checkpoint, sharded for `run` (default: a mesh from its
-  config). The state's `model_state` holds the non-gradient collections the model reads (the
-  aux-free MoE selection bias): apply with {'params': state.params, **state.model_state}."""
-  run = run or trainer.build_run(config)
-  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
-  state = checkpointing.restore(manager, trainer.abstract_state(run), step)
-  manager.close()
-  if state is None:
-    raise UserError(f'{workdir}/checkpoints has no checkpoint: run research.train first')
-  return run, state
-
-
-def load_params(workdir: str, config, *, step: int | None = None, run=None):
-  """The parameters of a run's checkpoint, sharded for `run` (default: a mesh from its config).
-  Models with non-gradient state (aux-free MoE) also need `load_state(...)[1].model_state`."""
-  run, state = load_state(workdir, config, step=step, run=run)
-  return run, state.params, int(state.step)
-
-
 def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
                      overrides=()) -> dict:
   """Validation metrics of the latest (or `step`) checkpoint in `workdir`; `overrides` as in
-  research.evaluation.common.load_run_config (data locations)."""
-  if overrides:
-    from research.evaluation import common  # pylint: disable=g-import-not-at-top
-    config = common.load_run_config(workdir, overrides)
-  else:
-    config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
-    config = config_lib.finalize(config)
-  run, state = load_state(workdir, config, step=step)
-  dataset = trainer.load_dataset(run, workdir)  # an SFT/DPO run: its own held-out examples
-  # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it).
-  metrics = trainer.evaluate(run, state.params, dataset, num_batches=batches,
-                             model_state=state.model_state)
-  out = {'step': int(state.step), **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
+  research.load (data locations, eval.*)."""
+  lm = loading.load(workdir, step=step, overrides=overrides)
+  dataset = trainer.load_dataset(lm.run, workdir)  # an SFT/DPO run: its own held-out examples
+  # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it),
+  # a DPO run's reference.
+  metrics = trainer.evaluate(lm.run, lm.params, dataset, num_batches=batches,
+                             model_state=lm.model_state)
+  out = {'step': lm.step, **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
   out['batches'], out['split_batches'] = int(out['batches']), int(out['split_batches'])
   # Which loss is this? The trainer's eval/loss covers train.eval_batches batches only.
   out['covers'] = ('the whole validation split' if out['batches'] >= out['split_batches'] else

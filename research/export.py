@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 from absl import flags
 
-from research import cli, config_lib
+from research import cli, config_lib, loading
+from research.data import hf_tokenizer
+from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.layers import moe as moe_lib
-from research.training import checkpointing, peft, restore, trainer
+from research.training import peft, trainer
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a fine-tuning workdir written by research.train')
 _OUT = flags.DEFINE_string('out', None, 'the plain workdir to write')
@@ -30,33 +31,20 @@ def export(workdir: str, out: str) -> dict:
   """Writes `out` from the latest checkpoint of `workdir`; returns a summary."""
   if os.path.abspath(workdir) == os.path.abspath(out):
     raise UserError('--out must differ from --workdir')
-  config, source = restore.load_source_state(workdir)
-  params = source.params
-  method = config.peft.method
-  if method == 'lora':
-    params = peft.merge_lora(params, float(config.peft.alpha))
-    config.peft.method = 'none'
+  lm = loading.load(workdir)
+  method = lm.config.peft.method
+  config, params = peft.merged_model(lm.config, lm.params)
   config.init_from = ''
   if config.objective.name == 'dpo':
     config.objective.name = 'sft'  # the exported model is a plain policy, with no reference
   config = config_lib.finalize(config)
   run = trainer.build_run(config)
   params = jax.device_put(params, run.state_shardings.params)
-  with run.context():
-    opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings.opt_state)(params)
   # Aux-free MoE selection biases stay; the DPO reference goes.
-  model_state = {k: v for k, v in source.model_state.items() if k == moe_lib.STATE_COLLECTION}
-  state = trainer.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                             opt_state=opt_state, model_state=model_state)
-  os.makedirs(out, exist_ok=True)
-  config_lib.save_config(config, os.path.join(out, 'config.json'))
-  manager = checkpointing.make_manager(out, keep=1, async_save=False)
-  checkpointing.save(manager, 0, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
-  for name in ('tokenizer.model',):
-    if os.path.isfile(os.path.join(workdir, name)):
-      shutil.copy(os.path.join(workdir, name), os.path.join(out, name))
+  model_state = {k: v for k, v in lm.model_state.items() if k == moe_lib.STATE_COLLECTION}
+  loading.save_workdir(out, config, run, params, model_state)
+  if tokenizer_lib.find_tokenizer(workdir) is not None:
+    hf_tokenizer.copy_tokenizer_files(workdir, out)
   counts = peft.count_params(params, config.peft)
   return {'out': out, 'merged': method == 'lora', 'method': method,
           'params': counts['total_params']}

@@ -14,10 +14,10 @@ An option that does not apply to the run's family is an error (exit 2), not a si
 beam search, a [MASK] prompt on a decoder or encoder-decoder, a span-corruption (T5) prompt
 without a sentinel such as <extra_id_0>.
 
-Everything comes from the workdir that research.train wrote: config.json, tokenizer.model and
-the latest (or --step) checkpoint. Flags: --max_new_tokens=200 --temperature=0.8 (0: greedy)
---top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1. Each sample is printed as
-prompt + continuation, stopping at the end-of-document token.
+Everything comes from the workdir that research.train wrote, through research.load: config.json,
+the tokenizer and the latest (or --step) checkpoint. Flags: --max_new_tokens=200
+--temperature=0.8 (0: greedy) --top_k=0 (off) --top_p=0.95 (1: off) --seed=0 --num_samples=1.
+Each sample is printed as prompt + continuation, stopping at the end-of-document token.
 
 In a notebook:  texts = sample('runs/shakespeare', 'ROMEO:', max_new_tokens=100, temperature=0.8,
 top_k=0, top_p=0.95, seed=0)
@@ -25,22 +25,18 @@ top_k=0, top_p=0.95, seed=0)
 
 from __future__ import annotations
 
-import copy
-import os
 import re
 import sys
 from typing import Sequence
 
-from absl import app, flags, logging
+from absl import flags
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
-from research import cli, config_lib, models
-from research.errors import ConfigError, UserError, exit_on_user_error
+from research import cli, config_lib, loading
+from research.errors import UserError, exit_on_user_error
 from research.inference import decoding
-from research.parallel import distributed, mesh as mesh_lib
-from research.training import checkpointing, trainer
+from research.parallel import distributed
 
 FLAGS = flags.FLAGS
 
@@ -60,56 +56,6 @@ def define_flags() -> None:
   flags.DEFINE_integer('step', None, 'checkpoint step to load (default: the latest)')
   flags.DEFINE_integer('beam_size', 1, 'encoder-decoder: beam search width (1: sampling)')
   flags.DEFINE_float('length_penalty', 0.6, 'encoder-decoder beam search: GNMT alpha')
-
-
-def _check_workdir(workdir: str) -> None:
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
-    raise UserError(f'{workdir} has no config.json: run research.train with --workdir={workdir} '
-                    'first')
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise UserError(f'{workdir} has no checkpoints/: run research.train with '
-                    f'--workdir={workdir} first')
-
-
-def build_run_here(config) -> trainer.Run:
-  """The training mesh if it fits the devices here, else one device (e.g. sampling on a laptop)."""
-  try:
-    return trainer.build_run(config)
-  except ConfigError as e:
-    logging.warning('restoring on one device: the training mesh does not fit here (%s)', e)
-  config = copy.deepcopy(config)
-  for axis in mesh_lib.MESH_AXES:
-    config.mesh[axis] = 1
-  config.train.batch_size, config.train.micro_batches = jax.process_count(), 1
-  return trainer.build_run(config, devices=jax.local_devices()[:1])
-
-
-def restore_variables(config, workdir: str, step: int | None = None):
-  """(params, model_state) of the latest (or `step`) checkpoint, sharded for the devices here.
-
-  The whole TrainState is restored (its abstract tree fixes the shardings); model_state holds
-  the non-gradient collections the model reads ({'moe_state': ...}, the aux-free MoE selection
-  bias; {} for other models), which sampling must pass with the params.
-  """
-  run = build_run_here(config)
-  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints,
-                                       async_save=False)
-  try:
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise UserError(f'{workdir}/checkpoints holds no checkpoint: run research.train with '
-                      f'--workdir={workdir} first')
-    if step is not None and step not in steps:
-      raise UserError(f'--step={step}: no such checkpoint in {workdir}; available: {steps}')
-    state = checkpointing.restore(manager, trainer.abstract_state(run), step)
-  finally:
-    manager.close()
-  return state.params, state.model_state
-
-
-def restore_params(config, workdir: str, step: int | None = None):
-  """The parameters alone (see `restore_variables` for models with non-gradient state)."""
-  return restore_variables(config, workdir, step)[0]
 
 
 # Flags that mean something only for some families (the others: workdir, prompt, step, apply to
@@ -176,32 +122,28 @@ def _continuation_ids(tokens_N: np.ndarray, eos_id: int) -> list[int]:
   return ids[:ids.index(eos_id)] if eos_id in ids else ids
 
 
-def _fill_mask(model, variables, tokenizer, prompt: str, top_k: int) -> list[str]:
+def _fill_mask(lm, prompt: str, top_k: int) -> list[str]:
   from research.inference import fill_mask  # pylint: disable=g-import-not-at-top
-  params, model_state = variables
   lines = []
-  for position, candidates in fill_mask.fill_mask(model, params, tokenizer, prompt,
-                                                  top_k=top_k or 5, model_state=model_state):
+  for position, candidates in fill_mask.fill_mask(lm.model, lm.params, lm.require_tokenizer(),
+                                                  prompt, top_k=top_k or 5,
+                                                  model_state=lm.model_state):
     shown = ', '.join(f'{piece!r} {p:.3f}' for piece, p in candidates)
     lines.append(f'[MASK] at piece {position}: {shown}')
   return ['\n'.join([prompt] + lines)]
 
 
-def _seq2seq(model, variables, tokenizer, prompt_ids, *, max_new_tokens, temperature, top_k,
-             top_p, seed, num_samples, beam_size, length_penalty) -> list[np.ndarray]:
+def _beams(lm, prompt: str, *, beam_size: int, num_samples: int, max_new_tokens: int,
+           length_penalty: float) -> list[str]:
+  """The `num_samples` best of `beam_size` beams (lm.generate returns only the best)."""
   from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
-  params, model_state = variables
-  encoder_BS = np.asarray([prompt_ids + [tokenizer.eos_id]], np.int32)
-  if beam_size > 1:
-    tokens_BKN, _ = seq2seq.beam_search(model, params, encoder_BS, beam_size=beam_size,
-                                        max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                                        length_penalty=length_penalty, model_state=model_state)
-    return list(np.asarray(tokens_BKN)[0, :num_samples])
-  tokens_BN = seq2seq.generate(model, params, np.repeat(encoder_BS, num_samples, 0),
-                               jax.random.key(seed), max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_k=top_k, top_p=top_p,
-                               eos_id=tokenizer.eos_id, model_state=model_state)
-  return list(np.asarray(tokens_BN))
+  tokenizer = lm.require_tokenizer()
+  encoder_BS = np.asarray([tokenizer.encode(prompt) + [tokenizer.eos_id]], np.int32)
+  tokens_BKN, _ = seq2seq.beam_search(lm.model, lm.params, encoder_BS, beam_size=beam_size,
+                                      max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                      length_penalty=length_penalty, model_state=lm.model_state)
+  return [tokenizer.decode(_continuation_ids(row, tokenizer.eos_id))
+          for row in np.asarray(tokens_BKN)[0, :num_samples]]
 
 
 def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float, top_k: int,
@@ -219,46 +161,31 @@ def sample(workdir: str, prompt: str, *, max_new_tokens: int, temperature: float
       learned/sinusoidal position table, invalid sampling settings, or options that do not
       apply to the run (check_applicable).
   """
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
-
-  _check_workdir(workdir)
   if not prompt:
     raise UserError('--prompt is empty: give some text to continue, e.g. --prompt="ROMEO:"')
   if num_samples <= 0:
     raise UserError(f'--num_samples={num_samples}: must be a positive integer')
   decoding.check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
-  config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
+  config = loading.load_config(workdir)  # the option checks come before the slow restore
   given = set(given) | ({'beam_size'} if beam_size > 1 else set())
   check_applicable(config, prompt, given, beam_size=beam_size)
-  tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
-  prompt_ids = tokenizer.encode(prompt)
-  model = models.build_model(config)
   family = config.model.family
+  if family == 'encoder_decoder' and beam_size > 1 and num_samples > beam_size:
+    raise UserError(f'--num_samples={num_samples} exceeds --beam_size={beam_size}')
+  lm = loading.load(workdir, step=step)
   if family == 'encoder':
-    return _fill_mask(model, restore_variables(config, workdir, step), tokenizer, prompt, top_k)
-  if family == 'encoder_decoder':
-    if beam_size > 1 and num_samples > beam_size:
-      raise UserError(f'--num_samples={num_samples} exceeds --beam_size={beam_size}')
-    rows = _seq2seq(model, restore_variables(config, workdir, step), tokenizer, prompt_ids,
-                    max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed, num_samples=num_samples, beam_size=beam_size,
-                    length_penalty=length_penalty)
-    targets = [tokenizer.decode(_continuation_ids(r, tokenizer.eos_id)) for r in rows]
-    if config.objective.name == 'span_corruption':
-      targets = [gap_fillers(t, prompt) for t in targets]
-    return [f'{prompt} => {t}' for t in targets]
-  decoding.check_length(model, len(prompt_ids), max_new_tokens)  # before the slow restore
-  params, model_state = restore_variables(config, workdir, step)
-  prompt_BP = np.tile(np.asarray(prompt_ids, np.int32), (num_samples, 1))
-  tokens_BN = decoding.generate(model, params, prompt_BP, jax.random.key(seed),
-                                max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
-                                model_state=model_state)
-  if not tokens_BN.is_fully_addressable:  # multi-host: every process gets every sample
-    tokens_BN = multihost_utils.process_allgather(tokens_BN, tiled=True)
-  tokens_BN = np.asarray(tokens_BN)
-  return [prompt + tokenizer.decode(_continuation_ids(row, tokenizer.eos_id))
-          for row in tokens_BN]
+    return _fill_mask(lm, prompt, top_k)
+  if family == 'encoder_decoder' and beam_size > 1:
+    targets = _beams(lm, prompt, beam_size=beam_size, num_samples=num_samples,
+                     max_new_tokens=max_new_tokens, length_penalty=length_penalty)
+  else:  # num_samples copies of the prompt, one batch: each row draws its own sample
+    targets = lm.generate([prompt] * num_samples, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+  if family == 'decoder':
+    return [prompt + t for t in targets]
+  if config.objective.name == 'span_corruption':
+    targets = [gap_fillers(t, prompt) for t in targets]
+  return [f'{prompt} => {t}' for t in targets]
 
 
 _OPTIONS = ('max_new_tokens', 'temperature', 'top_k', 'top_p', 'seed', 'num_samples',

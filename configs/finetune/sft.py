@@ -10,7 +10,8 @@ worked example's data with `python -m experiments.finetune.build_data --out=runs
 
 The model (architecture and vocabulary) comes from init_from's config.json
 (finetune.inherit_model), its parameters from its latest checkpoint by `finetune.restore`, the
-tokenizer from its tokenizer.model; the optimizer is fresh. The loss covers response tokens only.
+tokenizer from its workdir (a chat template it carries formats chat rows); the optimizer is fresh.
+The loss covers response tokens only.
 What it reaches on the worked example's questions (the same data; 120 steps of
 full SFT, 360 of LoRA) is measured in
 configs/experiments/finetune/shakespeare.py and experiments/finetune/README.md.

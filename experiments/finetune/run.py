@@ -18,15 +18,14 @@ import json
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from research import cli, config_lib, models
-from research.data import pipeline, sft
+import research
+from research import cli, config_lib
+from research.data import sft
 from research.errors import exit_on_user_error
-from research.training import peft, restore, trainer
+from research.training import peft, trainer
 from experiments.finetune import build_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,13 +37,14 @@ _PRETRAINED = flags.DEFINE_string('pretrained', '', 'a pre-trained workdir to re
 _TINY = flags.DEFINE_bool('tiny', False, 'a few steps of everything (smoke test)')
 
 
-def score_questions(config, params, tokenizer, questions, *, batch_size: int = 64):
-  """Per question, the index of the candidate with the highest log-likelihood per token.
+def score_questions(lm, questions, *, batch_size: int = 64):
+  """Per question, the index of the candidate with the highest log-likelihood per token, under
+  `lm` (a research.LanguageModel).
 
   Per token (the mean over the candidate's tokens and its eos), not summed: a sum favours short
   candidates ("Tempest" over "Much Ado About Nothing"), which is a length prior, not knowledge.
   """
-  model = models.build_model(config)
+  tokenizer = lm.require_tokenizer()
   examples, owners = [], []
   for q, question in enumerate(questions):
     for candidate in question['candidates']:
@@ -53,21 +53,16 @@ def score_questions(config, params, tokenizer, questions, *, batch_size: int = 6
       owners.append(q)
   longest = max(len(ids) for ids, _ in examples)
   rows = sft.decoder_rows(examples, longest, pack=False, pad_id=tokenizer.pad_id)
-
-  @jax.jit
-  def logprobs(params, batch):
-    logits = model.apply({'params': params}, batch['inputs'], batch['positions'],
-                         batch['segment_ids'])
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    target = jnp.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
-    return jnp.sum(target * batch['weights'], -1) / jnp.sum(batch['weights'], -1)
-
+  # Whole right-padded examples; weights_BT marks the candidate's tokens among the targets.
+  tokens_BT = np.concatenate([rows['inputs'][:, :1], rows['targets']], axis=1)
+  weights_BT = rows['weights']
   scores = []
   n = len(examples)
   for start in range(0, n, batch_size):
     index = np.minimum(np.arange(start, start + batch_size), n - 1)  # fixed shapes
-    batch = {k: jnp.asarray(v[index]) for k, v in rows.items()}
-    scores.append(np.asarray(logprobs(params, batch))[:min(batch_size, n - start)])
+    logp_BT = np.asarray(lm.score(tokens_BT[index]))[:, 1:]  # each target given its past
+    mean_B = (logp_BT * weights_BT[index]).sum(-1) / weights_BT[index].sum(-1)
+    scores.append(mean_B[:min(batch_size, n - start)])
   scores = np.concatenate(scores)
   owners = np.asarray(owners)
   return [int(np.argmax(scores[owners == q])) for q in range(len(questions))]
@@ -112,8 +107,7 @@ def finetune(variant: str, source: str, data_dir: str, workdir: str, tiny: bool)
     seconds = time.perf_counter() - start
     with open(summary, 'w') as f:
       json.dump([final, seconds], f)
-  _, state = restore.load_source_state(path)
-  return config, state.params, final, seconds
+  return research.load(path), final, seconds
 
 
 def run(workdir: str, *, pretrained: str = '', tiny: bool = False) -> list[dict]:
@@ -126,18 +120,17 @@ def run(workdir: str, *, pretrained: str = '', tiny: bool = False) -> list[dict]
   start = time.perf_counter()
   source = pretrained or pretrain(workdir, tiny)
   pretrain_seconds = time.perf_counter() - start
-  tokenizer = pipeline.load_tokenizer_from_workdir(source)
-  base_config, base_params = restore.load_source_params(source)
+  base = research.load(source)
 
   results = []
-  base_counts = peft.count_params(base_params, base_config.peft)
-  rows = [('pre-trained (no fine-tuning)', base_config, base_params, {}, pretrain_seconds,
+  base_counts = peft.count_params(base.params, base.config.peft)
+  rows = [('pre-trained (no fine-tuning)', base, {}, pretrain_seconds,
            {'trainable_params': 0, 'total_params': base_counts['total_params']})]
   for variant, label in (('full', 'full SFT'), ('lora', 'LoRA r=8 (SFT)')):
-    config, params, final, seconds = finetune(variant, source, data_dir, workdir, tiny)
-    rows.append((label, config, params, final, seconds, peft.count_params(params, config.peft)))
-  for label, config, params, final, seconds, count in rows:
-    acc = accuracies(questions, score_questions(config, params, tokenizer, questions))
+    lm, final, seconds = finetune(variant, source, data_dir, workdir, tiny)
+    rows.append((label, lm, final, seconds, peft.count_params(lm.params, lm.config.peft)))
+  for label, lm, final, seconds, count in rows:
+    acc = accuracies(questions, score_questions(lm, questions))
     results.append({'model': label, **count, **acc,
                     'eval_loss': final.get('eval/loss', float('nan')),
                     'seconds': round(seconds, 1)})

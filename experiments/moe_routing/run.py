@@ -274,10 +274,9 @@ def _write_grid(workdir: str, grid: Sequence[variants_lib.Variant]) -> None:
 def _save_tokenizer(dataset, directory: str) -> None:
   """Each variant directory gets the study's tokenizer: research.sample and evaluate need it."""
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  path = os.path.join(directory, pipeline.WORKDIR_TOKENIZER)
   save = getattr(dataset.tokenizer, 'save', None)
-  if save is not None and not os.path.exists(path):
-    save(path)
+  if save is not None and not pipeline.has_tokenizer(directory):
+    save(directory)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,18 +224,13 @@ def logged_train_seconds(run_directory: str, tokens_per_step: int) -> float | No
   return seconds or None
 
 
-def _evaluate_checkpoint(config, directory: str, dataset, devices) -> float:
+def _evaluate_checkpoint(config, directory: str, dataset) -> float:
   """Final loss of a run whose training finished but whose last evaluation was not logged."""
-  from research.training import checkpointing, trainer  # pylint: disable=g-import-not-at-top
-  run = trainer.build_run(config, devices=devices)
-  manager = checkpointing.make_manager(directory, keep=config.train.keep_checkpoints,
-                                       async_save=False)
-  state = checkpointing.restore(manager, trainer.abstract_state(run))
-  manager.close()
-  if state is None:
-    raise UserError(f'{directory}: no checkpoint to evaluate; delete the directory to rerun')
-  return trainer.evaluate(run, state.params, dataset,
-                          num_batches=config.train.eval_batches)['eval/loss']
+  import research  # pylint: disable=g-import-not-at-top
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  lm = research.load(directory)
+  return trainer.evaluate(lm.run, lm.params, dataset, num_batches=config.train.eval_batches,
+                          model_state=lm.model_state)['eval/loss']
 
 
 def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int | None = None,
@@ -287,7 +282,7 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
     if loss is None or final.get('step') != r.steps:  # trained before; not evaluated here
       loss = final_eval_loss(directory, r.steps)
     if loss is None:
-      loss = _evaluate_checkpoint(cfg, directory, dataset, devices)
+      loss = _evaluate_checkpoint(cfg, directory, dataset)
     rows[r.name] = result_row(r, cfg.name, float(loss), clock.seconds())
     if lead:
       _mark_finished(workdir, r, rows[r.name])
@@ -313,10 +308,9 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
 def _save_tokenizer(dataset, directory: str, lead: bool) -> None:
   """Each run directory gets the sweep's tokenizer, so sampling and evaluation need only it."""
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  path = os.path.join(directory, pipeline.WORKDIR_TOKENIZER)
   save = getattr(dataset.tokenizer, 'save', None)
-  if lead and save is not None and not os.path.exists(path):
-    save(path)
+  if lead and save is not None and not pipeline.has_tokenizer(directory):
+    save(directory)
 
 
 def _log_grid(grid: sweep_lib.Grid, log: Callable) -> None:

@@ -385,16 +385,12 @@ def _flops_per_token(cfg_config) -> float:
   return flops_lib.flops_per_step(cfg, c) / (c.train.batch_size * c.data.seq_len)
 
 
-def _restore_params(config, directory):
-  from research.training import checkpointing, trainer  # pylint: disable=g-import-not-at-top
-  run = trainer.build_run(config)
-  manager = checkpointing.make_manager(directory, keep=config.train.keep_checkpoints,
-                                       async_save=False)
-  state = checkpointing.restore(manager, trainer.abstract_state(run))
-  manager.close()
-  if state is None:
-    raise UserError(f'{directory}: no checkpoint; delete the directory to rerun')
-  return state.params
+def _evaluate_checkpoint(directory: str, dataset, **kwargs) -> dict:
+  """The final metrics of a finished run whose last evaluation was not logged."""
+  import research  # pylint: disable=g-import-not-at-top
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  lm = research.load(directory)
+  return trainer.evaluate(lm.run, lm.params, dataset, model_state=lm.model_state, **kwargs)
 
 
 def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None] = print
@@ -425,8 +421,8 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
       final = trainer.train(c, directory, dataset=dataset)
       loss = final.get('eval/loss')
       if loss is None:
-        loss = trainer.evaluate(trainer.build_run(c), _restore_params(c, directory), dataset,
-                                num_batches=c.train.eval_batches)['eval/loss']
+        loss = _evaluate_checkpoint(directory, dataset,
+                                    num_batches=c.train.eval_batches)['eval/loss']
       done = {'task': 'shakespeare', 'variant': v.name, 'seed': seed, 'pattern': v.pattern,
               'window': v.window, 'num_layers': num_layers,
               'receptive_field': quality.receptive_field(v, num_layers),
@@ -467,7 +463,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=probe)
       if final.get('eval/accuracy') is None or final.get('step') != r.steps:
-        final = trainer.evaluate(trainer.build_run(c), _restore_params(c, directory), probe)
+        final = _evaluate_checkpoint(directory, probe)
       done = {'task': 'retrieval', 'variant': v.name, 'pattern': v.pattern, 'window': v.window,
               'num_layers': num_layers, 'receptive_field': rf, 'distance': distance,
               'eval_loss': final['eval/loss'], 'retrieval_accuracy': final['eval/accuracy'],

@@ -6,16 +6,19 @@
                                   gs://); its tokenizer comes with it.
   any other source                prepared on first use into the cache, by the same Beam
                                   pipeline on the local DirectRunner (seconds for Shakespeare),
-                                  with the tokenizer `data.tokenizer` or one trained on a sample
-                                  (`data.vocab_size`, `data.tokenizer_type`, `data.num_sentinels`).
+                                  with the tokenizer `data.tokenizer` (a tokenizer.model, a
+                                  tokenizer.json or a directory with one: research.data.tokenizer)
+                                  or one trained on a sample (`data.vocab_size`,
+                                  `data.tokenizer_type`, `data.num_sentinels`).
   `data.mixture='a=0.7,b=0.3'`    named sources of `data.sources` (each any of the above, one
                                   tokenizer for all), drawn per row by weight.
 
 The cache is `data.cache_dir` (default `$LMFORGE_CACHE`, else `~/.cache/lmforge`):
 `tfds/` holds the Shakespeare TFDS build, `prepared/` the prepared corpora, keyed by the source's
-fingerprint and the tokenizer settings. The tokenizer is also copied to
-`workdir/tokenizer.model`: sampling and evaluation then need only the workdir, and a resumed run
-checks that its data was tokenized by exactly that file.
+fingerprint and the tokenizer settings. The tokenizer is also saved in the workdir
+(`tokenizer.model`, or tokenizer.json and tokenizer_config.json for a Hugging Face tokenizer):
+sampling and evaluation then need only the workdir, and a resumed run checks that its data was
+tokenized by exactly that tokenizer.
 
 Batches are [rows, seq_len + 1] int32 windows (inputs are [:, :-1], targets [:, 1:]); each
 process reads only its own rows of the global batch (see `research.data.sampler`).
@@ -42,7 +45,9 @@ from research.data import tokenizer as tokenizer_lib
 from research.data.prepared import PreparedSplit
 from research.data.tokenizer import Tokenizer
 
-WORKDIR_TOKENIZER = 'tokenizer.model'
+# The workdir file of a SentencePiece tokenizer; an HF one is tokenizer.json (+ its configs). Find
+# a workdir's tokenizer with `tokenizer_lib.find_tokenizer(workdir)`.
+WORKDIR_TOKENIZER = tokenizer_lib.SENTENCEPIECE_FILE
 # Bump when the tokenizer recipe or a source's reading order changes: it keys cached preparations.
 TOKENIZER_RECIPE_VERSION = 4
 
@@ -184,11 +189,16 @@ def parse_sources(data_config: Any) -> dict[str, str]:
 
 def load_tokenizer_from_workdir(workdir: str) -> Tokenizer:
   """The tokenizer a run trained with, for sampling and evaluation."""
-  path = os.path.join(workdir, WORKDIR_TOKENIZER)
-  if not os.path.exists(path):
+  if not has_tokenizer(workdir):
     raise errors.UserError(
-        f'{path} does not exist: --workdir must be the workdir of a training run')
-  return tokenizer_lib.load_tokenizer(path)
+        f'{os.path.join(workdir, WORKDIR_TOKENIZER)} does not exist (nor tokenizer.json): '
+        '--workdir must be the workdir of a training run')
+  return tokenizer_lib.load_tokenizer(workdir)
+
+
+def has_tokenizer(workdir: str) -> bool:
+  """Whether `workdir` holds a tokenizer (a run saves its own there)."""
+  return os.path.isdir(workdir) and tokenizer_lib.find_tokenizer(workdir) is not None
 
 
 def resolve_cache_dir(cache_dir: str) -> str:
@@ -226,24 +236,23 @@ def _check_config(data_config: Any):
 
 
 def _load_source(data_config: Any, source: str, workdir: str | None) -> Dataset:
-  workdir_path = os.path.join(workdir, WORKDIR_TOKENIZER) if workdir else None
-  resumed = bool(workdir_path) and os.path.exists(workdir_path)
-  directory = _prepared_directory(data_config, source, workdir_path if resumed else '')
+  resumed = bool(workdir) and has_tokenizer(workdir)
+  directory = _prepared_directory(data_config, source, workdir if resumed else '')
   manifest = prepared.read_manifest(directory)
   tokenizer = _tokenizer_of(directory, manifest, source)
-  if resumed and tokenizer_lib.load_tokenizer(workdir_path).sha256 != tokenizer.sha256:
+  if resumed and tokenizer_lib.load_tokenizer(workdir).sha256 != tokenizer.sha256:
     raise errors.ConfigError(
         'data.source', source,
-        f"was tokenized by another tokenizer than this run's {workdir_path}: resume on the data "
+        f"was tokenized by another tokenizer than this run's (in {workdir}): resume on the data "
         'the run started with, or start a new workdir')
   if tokenizer.vocab_size != data_config.vocab_size:
     raise errors.ConfigError(
         'data.vocab_size', data_config.vocab_size,
         f'the tokenizer of {directory} has {tokenizer.vocab_size} ids: set '
         f'data.vocab_size={tokenizer.vocab_size}')
-  if workdir_path and not resumed:
+  if workdir and not resumed:
     os.makedirs(workdir, exist_ok=True)
-    tokenizer.save(workdir_path)
+    tokenizer.save(workdir)
   dataset = Dataset(tokenizer=tokenizer, train=prepared.open_split(directory, manifest, 'train'),
                     validation=prepared.open_split(directory, manifest, 'validation'))
   for split in (dataset.train, dataset.validation):
@@ -252,27 +261,24 @@ def _load_source(data_config: Any, source: str, workdir: str | None) -> Dataset:
 
 
 def _tokenizer_of(directory: str, manifest: dict[str, Any], source: str) -> Tokenizer:
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  path = epath.Path(directory) / prepared.TOKENIZER
-  try:
-    proto = path.read_bytes()
-  except FileNotFoundError:
+  found = tokenizer_lib.find_tokenizer(directory)
+  if found is None:
     raise errors.ConfigError('data.source', source,
-                             f'{path} is missing: prepare the corpus again') from None
-  if prepared.sha256_bytes(proto) != manifest['tokenizer_sha256']:
+                             f'{directory} has no tokenizer file: prepare the corpus again')
+  tokenizer = tokenizer_lib.load_tokenizer(directory)
+  if tokenizer.sha256 != manifest['tokenizer_sha256']:
     raise errors.ConfigError('data.source', source,
-                             f'{path} is not the tokenizer its manifest was written with: '
-                             'prepare the corpus again')
-  return Tokenizer(proto, name=os.fspath(path))
+                             f'{os.path.join(directory, found)} is not the tokenizer its manifest '
+                             'was written with: prepare the corpus again')
+  return tokenizer
 
 
 def _prepared_directory(data_config: Any, source: str, run_tokenizer: str = '') -> str:
   """`prepared:PATH`'s PATH (checked against data.tokenizer), or the cache directory of
   `source` prepared with the configured tokenizer, preparing it there first if needed.
 
-  `run_tokenizer` is a resumed run's tokenizer.model: the cached preparation is used only if it
-  was tokenized by exactly that file; else the source is prepared again with it.
+  `run_tokenizer` is a resumed run's workdir: the cached preparation is used only if it was
+  tokenized by exactly the tokenizer there; else the source is prepared again with it.
   """
   if sources.kind_of(source) == 'prepared':
     directory = source[len('prepared:'):]
@@ -311,20 +317,19 @@ def _prepared_directory(data_config: Any, source: str, run_tokenizer: str = '') 
 
 
 def _tokenized_by(directory: str, tokenizer_path: str) -> bool:
-  """Whether the prepared `directory` exists and was tokenized by the file `tokenizer_path`."""
+  """Whether the prepared `directory` exists and was tokenized by the tokenizer at
+  `tokenizer_path`."""
   try:
     with open(os.path.join(directory, prepared.MANIFEST)) as f:
       saved = json.load(f)['tokenizer_sha256']
   except (OSError, ValueError, KeyError):
     return False
-  with open(tokenizer_path, 'rb') as f:
-    return prepared.sha256_bytes(f.read()) == saved
+  return tokenizer_lib.load_tokenizer(tokenizer_path).sha256 == saved
 
 
 def _cache_name(source: str, settings: Any) -> str:
   if settings.tokenizer:
-    with open(settings.tokenizer, 'rb') as f:
-      tokenizer_key = prepared.sha256_bytes(f.read())
+    tokenizer_key = tokenizer_lib.load_tokenizer(settings.tokenizer).sha256
   else:
     tokenizer_key = (f'{TOKENIZER_RECIPE_VERSION}/{settings.tokenizer_type}/'
                      f'{settings.vocab_size}/{settings.num_sentinels}')

@@ -2,6 +2,7 @@ r"""Prepares a corpus for training, as an Apache Beam pipeline: documents -> tok
 
   python -m research.data.prepare --source='jsonl:/data/fineweb/*.jsonl.gz' --text_key=text \
       --tokenizer=runs/tok/tokenizer.model --out=gs://bucket/fineweb_sp32k [--workers=8]
+  # --tokenizer may also be a tokenizer.json or a directory with one (an HF model directory)
   # without --tokenizer, one is trained first on a bounded, seeded sample of the corpus
   # any other flag goes to Beam, e.g. on Dataflow:
   #   --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
@@ -14,9 +15,10 @@ ever shuffled, grouped or held by the runner:
    threshold; `Top.Smallest` keeps the `tokenizer_sample_lines` smallest hashes over the whole
    corpus (each worker holds at most that many), and SentencePiece trains on them in hash order:
    a uniform, seeded sample that is the same for any number of workers or files.
-2. Every task streams its documents, encodes each, and appends its ids and eos to the shards of
-   its split (`research.data.prepared.ShardWriter`: a new shard after `shard_tokens`), then
-   yields its counts; the last step writes `manifest.json` from them.
+2. Every task streams its documents, encodes each (bos first when the tokenizer's checkpoint
+   adds one, `Tokenizer.adds_bos`; lmforge's own never does), and appends its ids and eos to the
+   shards of its split (`research.data.prepared.ShardWriter`: a new shard after
+   `shard_tokens`), then yields its counts; the last step writes `manifest.json` from them.
 
 A worker holds one document, one record and the tokenizer, whatever the corpus size
 (`max_document_bytes` bounds the document: a longer text file is cut at line breaks). Output is
@@ -61,7 +63,7 @@ class Settings:
   source: str
   out: str
   text_key: str = 'text'
-  tokenizer: str = ''  # a SentencePiece .model; '' trains one (the four fields below)
+  tokenizer: str = ''  # a .model, a tokenizer.json or a directory; '' trains one (4 fields below)
   vocab_size: int = 32_768
   tokenizer_type: str = 'bpe'
   num_sentinels: int = 100
@@ -79,20 +81,23 @@ def prepare(settings: Settings, beam_args: Sequence[str] = ()) -> dict[str, Any]
   """Runs the preparation to the end and returns the manifest it wrote in `settings.out`."""
   _check(settings)
   start = time.perf_counter()
+  given = tokenizer_lib.load_tokenizer(settings.tokenizer) if settings.tokenizer else None
   out = epath.Path(settings.out)
   out.mkdir(parents=True, exist_ok=True)
   (out / prepared.MANIFEST).unlink(missing_ok=True)  # half-replaced output is never complete
+  for name in tokenizer_lib.SAVED_FILES:  # a previous preparation's tokenizer must not win
+    (out / name).unlink(missing_ok=True)
   tasks = sources.list_tasks(settings.source, data_dir=settings.data_dir or None,
                              text_key=settings.text_key)
   logging.info('Preparing %s: %d read tasks, %.1f MB on disk', settings.source, len(tasks),
                sum(t.size for t in tasks) / 1e6)
-  if settings.tokenizer:
-    tokenizer = tokenizer_lib.load_tokenizer(settings.tokenizer)
-    prepared.write_bytes_atomically(os.fspath(out / prepared.TOKENIZER), tokenizer.model_proto)
+  if given is not None:
+    for name, data in given.files.items():
+      prepared.write_bytes_atomically(os.fspath(out / name), data)
   else:
     _run(_sample_and_train_tokenizer, settings, tasks, beam_args)
-  tokenizer_proto = (out / prepared.TOKENIZER).read_bytes()
-  _run(_encode_and_write, settings, tasks, beam_args, tokenizer_proto=tokenizer_proto)
+  tokenizer_files = tokenizer_lib.load_tokenizer(settings.out).files
+  _run(_encode_and_write, settings, tasks, beam_args, tokenizer_files=tokenizer_files)
   manifest = prepared.read_manifest(settings.out)
   _report(manifest, time.perf_counter() - start)
   return manifest
@@ -249,14 +254,14 @@ def _sample_and_train_tokenizer(beam, tasks_pc, settings: Settings, tasks):
 class _EncodeTask:
   """task -> its shards written, and their counts. The tokenizer is loaded once per worker."""
 
-  def __init__(self, settings: Settings, tokenizer_proto: bytes):
-    self.settings, self.tokenizer_proto = settings, tokenizer_proto
+  def __init__(self, settings: Settings, tokenizer_files: dict[str, bytes]):
+    self.settings, self.tokenizer_files = settings, tokenizer_files
     self._tokenizer = None
 
   def __call__(self, task):
     s = self.settings
     if self._tokenizer is None:
-      self._tokenizer = tokenizer_lib.Tokenizer(self.tokenizer_proto, name='prepare')
+      self._tokenizer = tokenizer_lib.tokenizer_from_files(self.tokenizer_files, name='prepare')
     tokenizer = self._tokenizer
     dtype = prepared.token_dtype(tokenizer.vocab_size)
     writers = {split: prepared.ShardWriter(s.out, split, task.index, dtype=dtype,
@@ -268,7 +273,7 @@ class _EncodeTask:
                                       validation_fraction=s.validation_fraction,
                                       data_dir=s.data_dir or None, problems=problems,
                                       max_document_bytes=s.max_document_bytes):
-      writers[document.split].add(tokenizer.encode(document.text),
+      writers[document.split].add(tokenizer.encode(document.text, add_bos=tokenizer.adds_bos),
                                   len(document.text.encode('utf-8', 'surrogatepass')),
                                   tokenizer.eos_id)
     yield {'task': task.index, 'problems': problems.as_dict(),
@@ -277,8 +282,8 @@ class _EncodeTask:
 
 class _WriteManifest:
 
-  def __init__(self, settings: Settings, tokenizer_proto: bytes, tasks):
-    self.settings, self.tokenizer_proto, self.tasks = settings, tokenizer_proto, tasks
+  def __init__(self, settings: Settings, tokenizer_files: dict[str, bytes], tasks):
+    self.settings, self.tokenizer_files, self.tasks = settings, tokenizer_files, tasks
 
   def __call__(self, results):
     s = self.settings
@@ -293,13 +298,14 @@ class _WriteManifest:
       splits[split] = {'tokens': sum(x['tokens'] for x in shards),
                        'bytes': sum(x['bytes'] for x in shards),
                        'documents': sum(x['documents'] for x in shards), 'shards': shards}
-    vocab_size = tokenizer_lib.Tokenizer(self.tokenizer_proto).vocab_size
+    tokenizer = tokenizer_lib.tokenizer_from_files(self.tokenizer_files)
+    vocab_size = tokenizer.vocab_size
     manifest = {
         'format_version': prepared.FORMAT_VERSION,
         'source': s.source,
         'source_fingerprint': sources.source_fingerprint(s.source, self.tasks),
         'text_key': s.text_key,
-        'tokenizer_sha256': prepared.sha256_bytes(self.tokenizer_proto),
+        'tokenizer_sha256': tokenizer.sha256,
         'vocab_size': vocab_size,
         'dtype': prepared.token_dtype(vocab_size).str,
         'record_tokens': s.record_tokens,
@@ -317,11 +323,12 @@ class _WriteManifest:
                                     json.dumps(manifest, indent=1).encode())
 
 
-def _encode_and_write(beam, tasks_pc, settings: Settings, tasks, *, tokenizer_proto: bytes):
+def _encode_and_write(beam, tasks_pc, settings: Settings, tasks, *,
+                      tokenizer_files: dict[str, bytes]):
   _ = (tasks_pc
-       | 'Encode' >> beam.FlatMap(_EncodeTask(settings, tokenizer_proto))
+       | 'Encode' >> beam.FlatMap(_EncodeTask(settings, tokenizer_files))
        | 'Collect' >> beam.combiners.ToList()
-       | 'WriteManifest' >> beam.Map(_WriteManifest(settings, tokenizer_proto, tasks)))
+       | 'WriteManifest' >> beam.Map(_WriteManifest(settings, tokenizer_files, tasks)))
 
 
 def _report(manifest: dict[str, Any], seconds: float):

@@ -3,7 +3,9 @@
 Layout of a prepared directory (local or any `etils.epath` path, e.g. `gs://`):
 
   manifest.json                 written last: a directory without it is not a prepared corpus
-  tokenizer.model               the SentencePiece model the ids come from
+  tokenizer.model               the tokenizer the ids come from (research.data.tokenizer): a
+                                SentencePiece model, or for a Hugging Face tokenizer its
+                                tokenizer.json + tokenizer_config.json
   train-TTTTT-PPP.array_record  shards of split `train`: task TTTTT's part PPP
   validation-TTTTT-PPP.array_record
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -35,17 +36,13 @@ from research import errors
 
 FORMAT_VERSION = 1
 MANIFEST = 'manifest.json'
-TOKENIZER = 'tokenizer.model'
+TOKENIZER = 'tokenizer.model'  # a trained SentencePiece model
 # ArrayRecord: one record per chunk, so a random read decompresses only the record it wants.
 WRITER_OPTIONS = 'group_size:1,zstd:1'
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
   return np.dtype('<u2' if vocab_size <= 2**16 else '<u4')
-
-
-def sha256_bytes(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
 
 
 def shard_name(split: str, task: int, part: int) -> str:

@@ -2,14 +2,25 @@
 
 Row formats (one JSON object per line):
   {"prompt": P, "response": R}            supervised fine-tuning (objective 'sft')
-  {"messages": [{"role", "content"}...]}  multi-turn chat, rendered by CHAT_TEMPLATE (below)
+  {"messages": [{"role", "content"}...]}  multi-turn chat: the tokenizer's chat template, if any,
+                                          else lmforge's format (below)
   {"prompt": P, "chosen": C, "rejected": X}  preferences (objective 'dpo')
 
 Tokens. A prompt/response pair is `encode(P) + encode(R) + [eos]` with no text in between (put any
 separator in P); the loss covers R and its eos only. A chat renders each message as
 `### Role:\\n` + content + `\\n`, except that an assistant message ends with eos instead of the
 newline; the loss covers every assistant content and its eos, not the role markers. Pre-training
-joins documents with eos, so eos is also where a response stops.
+joins documents with eos, so eos is also where a response stops. Both start with bos when the
+tokenizer's checkpoint adds one (`tokenizer.adds_bos`: Llama; never lmforge's own tokenizer).
+
+Chat templates. When the tokenizer carries a chat template (an imported Llama 3 or Qwen:
+tokenizer_config.json's `chat_template` or chat_template.jinja), a chat row is rendered with it
+exactly as transformers' `apply_chat_template(messages, tokenize=False)` does
+(research.data.chat_template) and the whole text is encoded at once, so the ids are those of
+`apply_chat_template(messages, tokenize=True)`; nothing is added, the template writes bos and the
+end-of-turn tokens itself. The loss covers the tokens that overlap an assistant turn, found by
+rendering the conversation's prefixes (`chat_template.assistant_spans`): the reply and the
+template's end-of-turn text, not the role headers.
 
 Decoder batches pack examples first-fit (research.data.packing) into rows of seq_len + 1 tokens;
 inputs/targets are the row shifted by one, segment ids and positions restart per example, and a
@@ -34,10 +45,12 @@ import dataclasses
 import glob
 import json
 import logging
+import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from research.data import chat_template as chat_template_lib
 from research.data import packing, sampler
 from research.errors import ConfigError, UserError
 
@@ -95,25 +108,33 @@ def read_jsonl(pattern: str, field: str, stats: Stats) -> list[dict]:
   return rows
 
 
+def messages_problem(messages) -> str | None:
+  """Why a "messages" value is unusable, or None."""
+  if not isinstance(messages, list) or not messages:
+    return '"messages" must be a non-empty list'
+  for m in messages:
+    if not isinstance(m, dict) or m.get('role') not in CHAT_ROLES or not isinstance(
+        m.get('content'), str):
+      return f'each message needs a role in {CHAT_ROLES} and a string content'
+  if not any(m['role'] == 'assistant' for m in messages):
+    return 'a chat needs at least one assistant message'
+  return None
+
+
 def pieces_of(row: dict) -> list[tuple[str, bool]] | str:
   """(text, is_response) pieces of an sft row, or the reason it is unusable. A response piece is
   followed by eos."""
   if 'messages' in row:
     messages = row['messages']
-    if not isinstance(messages, list) or not messages:
-      return '"messages" must be a non-empty list'
+    if (problem := messages_problem(messages)) is not None:
+      return problem
     pieces = []
     for m in messages:
-      if not isinstance(m, dict) or m.get('role') not in CHAT_ROLES or not isinstance(
-          m.get('content'), str):
-        return f'each message needs a role in {CHAT_ROLES} and a string content'
       pieces.append((chat_marker(m['role']), False))
       if m['role'] == 'assistant':
         pieces.append((m['content'], True))
       else:
         pieces.append((m['content'] + '\n', False))
-    if not any(is_response for _, is_response in pieces):
-      return 'a chat needs at least one assistant message'
     return pieces
   if isinstance(row.get('prompt'), str) and isinstance(row.get('response'), str):
     return [(row['prompt'], False), (row['response'], True)]
@@ -121,8 +142,11 @@ def pieces_of(row: dict) -> list[tuple[str, bool]] | str:
 
 
 def encode_pieces(pieces, tokenizer) -> tuple[list[int], list[int]]:
-  """Token ids and response flags (1 for response tokens and their eos)."""
+  """Token ids and response flags (1 for response tokens and their eos); bos first when the
+  tokenizer's checkpoint adds one."""
   ids, flags = [], []
+  if getattr(tokenizer, 'adds_bos', False):
+    ids, flags = [tokenizer.bos_id], [0]
   for text, is_response in pieces:
     piece = tokenizer.encode(text) if text else []
     ids += piece
@@ -131,6 +155,32 @@ def encode_pieces(pieces, tokenizer) -> tuple[list[int], list[int]]:
       ids.append(tokenizer.eos_id)
       flags.append(1)
   return ids, flags
+
+
+def encode_chat(messages, tokenizer, template: str) -> tuple[list[int], list[int]] | str:
+  """Token ids and response flags of a chat rendered by `template` (module doc), or the reason
+  the row is unusable."""
+  if (problem := messages_problem(messages)) is not None:
+    return problem
+  try:
+    text, spans = chat_template_lib.assistant_spans(template, messages,
+                                                    special_tokens=tokenizer.special_tokens)
+  except UserError as e:
+    return str(e)
+  ids, offsets = tokenizer.encode_with_offsets(text)
+  return ids, response_flags(offsets, spans)
+
+
+def response_flags(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+                   ) -> list[int]:
+  """1 for each token whose [start, end) characters overlap a response span, else 0 (both lists
+  in text order)."""
+  flags, k = [], 0
+  for start, end in offsets:
+    while k < len(spans) and start >= spans[k][1]:
+      k += 1
+    flags.append(int(k < len(spans) and end > spans[k][0]))
+  return flags
 
 
 def decoder_rows(examples: Sequence[tuple[list[int], list[int]]], seq_len: int, *, pack: bool,
@@ -295,7 +345,13 @@ def load_sft(config, tokenizer) -> Dataset:
     raise ConfigError('finetune.train_data', '', 'give a JSONL path or glob of '
                       '{"prompt", "response"} or {"messages": [...]} rows')
 
+  template = getattr(tokenizer, 'chat_template', None)
+  if template:
+    chat_template_lib.compile_template(template)  # a broken template fails here, once
+
   def encode(row):
+    if template and 'messages' in row:
+      return encode_chat(row['messages'], tokenizer, template)
     pieces = pieces_of(row)
     return pieces if isinstance(pieces, str) else encode_pieces(pieces, tokenizer)
 
@@ -356,20 +412,19 @@ def load_preferences(config, tokenizer) -> Dataset:
 
 def tokenizer_for(config, workdir: str):
   """The fine-tuning run's tokenizer: its own workdir's (when resuming), else init_from's, else
-  data.tokenizer; copied into `workdir` so that sampling and evaluation find it."""
-  import os  # pylint: disable=g-import-not-at-top
+  data.tokenizer; saved into `workdir` so that sampling and evaluation find it."""
   # pylint: disable-next=g-import-not-at-top
   from research.data import pipeline, tokenizer as tokenizer_lib
-  own = os.path.join(workdir, pipeline.WORKDIR_TOKENIZER)
-  if os.path.isfile(own):
-    return tokenizer_lib.load_tokenizer(own)
+  if os.path.isdir(workdir) and tokenizer_lib.find_tokenizer(workdir):
+    return tokenizer_lib.load_tokenizer(workdir)
   if config.get('init_from', ''):
     tokenizer = pipeline.load_tokenizer_from_workdir(config.init_from)
   elif config.data.tokenizer:
     tokenizer = tokenizer_lib.load_tokenizer(config.data.tokenizer)
   else:
     raise ConfigError('init_from', '', 'fine-tuning needs a tokenizer: set init_from to a '
-                      'workdir (its tokenizer.model is used) or data.tokenizer to a .model file')
+                      'workdir (its tokenizer is used) or data.tokenizer to a tokenizer.model, '
+                      'a tokenizer.json or a model directory')
   os.makedirs(workdir, exist_ok=True)
-  tokenizer.save(own)
+  tokenizer.save(workdir)
   return tokenizer

@@ -1,5 +1,6 @@
-"""What every evaluation task shares: a run's config with overrides, its restored model, JSONL
-input files with line-numbered errors, and the text normalisation of predictions."""
+"""What every evaluation task shares: the checks of the `eval` config section, JSONL input files
+with line-numbered errors, and the text normalisation of predictions. A task loads its run with
+research.load (research/loading.py), passing the command's --config.eval.* overrides."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
-from research import config_lib
 from research.errors import UserError
-
-# Fields an evaluation may change on a saved run: the rest describe the trained model and data.
-OVERRIDABLE_PREFIXES = ('eval.',)
-OVERRIDABLE_FIELDS = ('data.cache_dir', 'data.data_dir', 'data.text_key')
-
 
 # Text fields whose command-line overrides read \n, \t and \\ as a line break, a tab and a
 # backslash: prompt formats are mostly line breaks, which a shell makes awkward to type.
@@ -24,31 +19,6 @@ ESCAPED_FIELDS = ('eval.prompt_template', 'eval.example_separator')
 
 def unescape(text: str) -> str:
   return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m.group(1)], text)
-
-
-def load_run_config(workdir: str, overrides: Sequence[tuple[str, str]] = ()):
-  """The run's saved config.json with `(key, text)` overrides applied, finalized for evaluation
-  on the devices here (all of them data-parallel, as `research.evaluate` always did).
-
-  Only `eval.*` and the data locations may be overridden: the other fields describe what was
-  trained, and a checkpoint cannot be restored into a different model.
-  """
-  config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
-  # JSON has no tuples: a saved tuple field comes back as a list, which overrides then reject.
-  if isinstance(config.eval.stop, list):
-    config.eval.stop = tuple(config.eval.stop)
-  for key, text in overrides:
-    if not (key.startswith(OVERRIDABLE_PREFIXES) or key in OVERRIDABLE_FIELDS):
-      raise UserError(f'--config.{key}={text}: a trained run can only change eval.* and '
-                      f'{", ".join(OVERRIDABLE_FIELDS)} at evaluation; retrain to change the rest')
-    if key in ESCAPED_FIELDS:
-      text = unescape(text)
-    config_lib.apply_override(config, key, text)
-  config.mesh.preset = ''
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
-  config = config_lib.finalize(config)
-  check_eval_config(config.eval)
-  return config
 
 
 def check_eval_config(e) -> None:
@@ -68,38 +38,6 @@ def check_eval_config(e) -> None:
     raise ConfigError('eval.prompt_template', template,
                       "must hold '{input}' and, after it, '{target}', e.g. "
                       "'Input: {input}\\nOutput: {target}'")
-
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A run's config, tokenizer, model and latest (or chosen) checkpoint, ready to evaluate."""
-  config: Any
-  run: Any  # research.training.trainer.Run (mesh, shardings, objective)
-  params: Any
-  model_state: Any
-  step: int
-  tokenizer: Any
-
-  @property
-  def model(self):
-    return self.run.eval_model
-
-
-def restore(workdir: str, config, *, step: int | None = None,
-            batched: bool = True) -> RestoredRun:
-  """Restores `workdir`'s checkpoint under `config` (from `load_run_config`).
-
-  `batched`: the run's train.batch_size must split over the devices (perplexity scores batches
-  of that size). Without it (generation), a run whose batch does not split over the devices
-  here restores onto one device, as research.sample does.
-  """
-  from research import evaluate, sample  # pylint: disable=g-import-not-at-top
-  from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
-  run = None if batched else sample.build_run_here(config)
-  run, state = evaluate.load_state(workdir, config, step=step, run=run)
-  return RestoredRun(config=config, run=run, params=state.params, model_state=state.model_state,
-                     step=int(state.step), tokenizer=tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from research import loading
 from research.errors import UserError
 from research.evaluation import common, generate
 
@@ -82,16 +83,15 @@ def few_shot(workdir: str, *, data: str, out: str = '', step: int | None = None,
   and out/few_shot_predictions.jsonl ({line, prompt, prediction, target, correct}).
   """
   lines, inputs, targets = read_examples(data)  # bad input fails before the slow restore
-  config = common.load_run_config(workdir, overrides)
-  e = config.eval
+  e = loading.load_config(workdir, overrides).eval
   prompts = build_prompts(inputs, targets, e)
-  restored = common.restore(workdir, config, step=step, batched=False)
-  generated = generate.generate(restored, prompts, lines=lines, path=data)
+  lm = loading.load(workdir, step=step, overrides=overrides)
+  generated = generate.generate(lm, prompts, lines=lines, path=data)
   predictions = [common.normalise(t, e.stop) for t in generated.texts]
   correct = exact_match(predictions, targets)
   unfinished = sum(not done and not any(s in t for s in e.stop)
                    for t, done in zip(generated.texts, generated.finished))
-  metrics = {'step': restored.step, 'examples': len(inputs), 'k': e.k, 'correct': sum(correct),
+  metrics = {'step': lm.step, 'examples': len(inputs), 'k': e.k, 'correct': sum(correct),
              'accuracy': sum(correct) / len(correct), 'unfinished': unfinished}
   if out:
     common.write_outputs(out, 'few_shot', metrics, [

@@ -92,14 +92,14 @@ def _batches(n: int, batch_size: int):
     yield list(range(start, min(start + batch_size, n)))
 
 
-def generate_decoder(restored, prompts_ids: list[list[int]], *, max_new_tokens: int,
+def generate_decoder(lm, prompts_ids: list[list[int]], *, max_new_tokens: int,
                      batch_size: int) -> Generated:
   """Greedy continuations of token prompts (each non-empty, each fitting the context with
   max_new_tokens more)."""
-  tok = restored.tokenizer
+  tok = lm.require_tokenizer()
   width = _width(max(len(p) for p in prompts_ids) + max_new_tokens,
-                 context_length(restored.config))
-  fn = _compiled_greedy(restored.model, int(max_new_tokens), int(tok.eos_id))
+                 context_length(lm.config))
+  fn = _compiled_greedy(lm.model, int(max_new_tokens), int(tok.eos_id))
   texts, finished = [''] * len(prompts_ids), [False] * len(prompts_ids)
   for rows in _batches(len(prompts_ids), batch_size):
     filled = rows + [rows[0]] * (batch_size - len(rows))
@@ -108,7 +108,7 @@ def generate_decoder(restored, prompts_ids: list[list[int]], *, max_new_tokens: 
     for b, i in enumerate(filled):
       tokens_BL[b, :len(prompts_ids[i])] = prompts_ids[i]
       lengths_B[b] = len(prompts_ids[i])
-    out_BL = np.asarray(jax.device_get(fn(restored.params, restored.model_state or {},
+    out_BL = np.asarray(jax.device_get(fn(lm.params, lm.model_state or {},
                                           tokens_BL, lengths_B)))
     for b, i in enumerate(rows):
       start = lengths_B[b]
@@ -117,14 +117,14 @@ def generate_decoder(restored, prompts_ids: list[list[int]], *, max_new_tokens: 
   return Generated(texts, finished)
 
 
-def generate_seq2seq(restored, inputs_ids: list[list[int]], *, max_new_tokens: int,
+def generate_seq2seq(lm, inputs_ids: list[list[int]], *, max_new_tokens: int,
                      batch_size: int, beam_size: int = 1, length_penalty: float = 0.6
                      ) -> Generated:
   """Greedy (or beam search) targets of encoder inputs; each input gets eos appended, as in
   training and `research.sample`."""
   from research.inference import seq2seq  # pylint: disable=g-import-not-at-top
-  tok = restored.tokenizer
-  width = _width(max(len(p) for p in inputs_ids) + 1, context_length(restored.config))
+  tok = lm.require_tokenizer()
+  width = _width(max(len(p) for p in inputs_ids) + 1, context_length(lm.config))
   texts, finished = [''] * len(inputs_ids), [False] * len(inputs_ids)
   for rows in _batches(len(inputs_ids), batch_size):
     filled = rows + [rows[0]] * (batch_size - len(rows))
@@ -132,31 +132,31 @@ def generate_seq2seq(restored, inputs_ids: list[list[int]], *, max_new_tokens: i
     for b, i in enumerate(filled):
       encoder_BS[b, :len(inputs_ids[i]) + 1] = inputs_ids[i] + [tok.eos_id]
     if beam_size > 1:
-      tokens_BKN, _ = seq2seq.beam_search(restored.model, restored.params, encoder_BS,
+      tokens_BKN, _ = seq2seq.beam_search(lm.model, lm.params, encoder_BS,
                                           beam_size=beam_size, max_new_tokens=max_new_tokens,
                                           eos_id=tok.eos_id, length_penalty=length_penalty,
-                                          model_state=restored.model_state)
+                                          model_state=lm.model_state)
       tokens_BN = np.asarray(jax.device_get(tokens_BKN))[:, 0]  # the best hypothesis
     else:
       tokens_BN = np.asarray(jax.device_get(seq2seq.generate(
-          restored.model, restored.params, encoder_BS, jax.random.key(0),
+          lm.model, lm.params, encoder_BS, jax.random.key(0),
           max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
-          model_state=restored.model_state)))
+          model_state=lm.model_state)))
     for b, i in enumerate(rows):
       ids, done = _cut_at_eos(tokens_BN[b].tolist(), tok.eos_id)
       texts[i], finished[i] = tok.decode(ids), done
   return Generated(texts, finished)
 
 
-def generate(restored, prompts: list[str], *, lines: list[int], path: str) -> Generated:
-  """Generates for each text prompt with the run's `eval` settings (batch_size, max_new_tokens,
-  beam_size, length_penalty).
+def generate(lm, prompts: list[str], *, lines: list[int], path: str) -> Generated:
+  """Generates for each text prompt of `lm` (a research.LanguageModel) with the run's `eval`
+  settings (batch_size, max_new_tokens, beam_size, length_penalty).
 
   Raises:
     UserError: an encoder-only run, an empty prompt, or prompts that do not fit the context;
       the message names `path` and the first offending line (`lines[i]` for prompt i).
   """
-  config, e = restored.config, restored.config.eval
+  config, e = lm.config, lm.config.eval
   family = config.model.family
   if jax.process_count() > 1:
     # Prompts are host arrays given whole to one program; splitting them over hosts (and
@@ -166,7 +166,7 @@ def generate(restored, prompts: list[str], *, lines: list[int], path: str) -> Ge
   if family not in ('decoder', 'encoder_decoder'):
     raise UserError(f'{family} runs do not generate text: generation and few_shot need a decoder '
                     'or encoder_decoder run (use --task=validation or --task=perplexity)')
-  ids = restored.tokenizer.encode_batch(prompts)
+  ids = lm.require_tokenizer().encode_batch(prompts)
   empty = [lines[i] for i, p in enumerate(ids) if not p]
   if empty:
     raise UserError(f'{path}:{empty[0]}: the input is empty after tokenization ({len(empty)} such '
@@ -184,8 +184,8 @@ def generate(restored, prompts: list[str], *, lines: list[int], path: str) -> Ge
         'long: shorten them, or lower --config.eval.max_new_tokens (or --config.eval.k for '
         'few_shot)')
   if family == 'decoder':
-    return generate_decoder(restored, ids, max_new_tokens=e.max_new_tokens,
+    return generate_decoder(lm, ids, max_new_tokens=e.max_new_tokens,
                             batch_size=e.batch_size)
-  return generate_seq2seq(restored, ids, max_new_tokens=e.max_new_tokens,
+  return generate_seq2seq(lm, ids, max_new_tokens=e.max_new_tokens,
                           batch_size=e.batch_size, beam_size=e.beam_size,
                           length_penalty=e.length_penalty)

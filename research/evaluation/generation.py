@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from research import loading
 from research.errors import UserError
 from research.evaluation import common, generate
 
@@ -74,14 +75,13 @@ def generation(workdir: str, *, data: str, out: str = '', step: int | None = Non
   and out/generation_predictions.jsonl ({line, input, prediction, references} per example).
   """
   lines, inputs, references = read_examples(data)  # bad input fails before the slow restore
-  config = common.load_run_config(workdir, overrides)
-  restored = common.restore(workdir, config, step=step, batched=False)
-  generated = generate.generate(restored, inputs, lines=lines, path=data)
-  stop = config.eval.stop
+  lm = loading.load(workdir, step=step, overrides=overrides)
+  generated = generate.generate(lm, inputs, lines=lines, path=data)
+  stop = lm.config.eval.stop
   predictions = [common.normalise(t, stop) for t in generated.texts]
   unfinished = sum(not done and not any(s in t for s in stop)
                    for t, done in zip(generated.texts, generated.finished))
-  metrics = {'step': restored.step, 'examples': len(inputs), 'unfinished': unfinished,
+  metrics = {'step': lm.step, 'examples': len(inputs), 'unfinished': unfinished,
              **corpus_scores(predictions, references)}
   if out:
     common.write_outputs(out, 'generation', metrics, [

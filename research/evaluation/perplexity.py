@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from research import loading
 from research.errors import UserError
-from research.evaluation import common
 
 
 def perplexity(workdir: str, *, source: str = '', split: str = 'validation', batches: int = 0,
@@ -28,7 +28,7 @@ def perplexity(workdir: str, *, source: str = '', split: str = 'validation', bat
   from research import objectives  # pylint: disable=g-import-not-at-top
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
   from research.training import trainer  # pylint: disable=g-import-not-at-top
-  config = common.load_run_config(workdir, overrides)
+  config = loading.load_config(workdir, overrides)
   source = source or config.data.source
   tokenizer = pipeline.load_tokenizer_from_workdir(workdir)
   store = pipeline.load_split(config.data, tokenizer.name, source=source, split=split)
@@ -39,9 +39,9 @@ def perplexity(workdir: str, *, source: str = '', split: str = 'validation', bat
                     f"run's tokenizer, fewer than one batch of train.batch_size="
                     f'{config.train.batch_size} windows of {window} tokens ({needed}): use more '
                     'text')
-  restored = common.restore(workdir, config, step=step)
-  dataset = pipeline.Dataset(tokenizer=restored.tokenizer, train=store, validation=store)
-  metrics = trainer.evaluate(restored.run, restored.params, dataset, num_batches=batches,
-                             model_state=restored.model_state)
-  return {'step': restored.step, 'source': source, 'split': split,
+  lm = loading.load(workdir, step=step, overrides=overrides)
+  dataset = pipeline.Dataset(tokenizer=tokenizer, train=store, validation=store)
+  metrics = trainer.evaluate(lm.run, lm.params, dataset, num_batches=batches,
+                             model_state=lm.model_state)
+  return {'step': lm.step, 'source': source, 'split': split,
           **{k.split('/', 1)[1]: v for k, v in metrics.items()}}

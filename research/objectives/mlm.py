@@ -53,6 +53,7 @@ def special_ids(tokenizer) -> np.ndarray:
   """Ids that are never chosen nor drawn as random replacements."""
   ids = [tokenizer.pad_id, tokenizer.eos_id, tokenizer.unk_id, tokenizer.bos_id,
          tokenizer.mask_id]
+  ids = [i for i in ids if i is not None]  # an imported tokenizer may lack bos or unk
   ids += [tokenizer.sentinel_id(i) for i in range(getattr(tokenizer, 'num_sentinels', 0))]
   return np.unique(np.asarray(ids, np.int64))
 

@@ -127,6 +127,17 @@ def count_params(params, peft_cfg) -> dict[str, int]:
   return {'trainable_params': trainable, 'total_params': total}
 
 
+def merged_model(config, params):
+  """(config, params) of a LoRA run as its plain model (deltas folded in, peft.method 'none');
+  other configs as they are. research.export and research.convert --to=hf both export this."""
+  if config.peft.method != 'lora':
+    return config, params
+  from research import config_lib  # pylint: disable=g-import-not-at-top
+  params = merge_lora(params, float(config.peft.alpha))
+  config.peft.method = 'none'
+  return config_lib.finalize(config), params
+
+
 def merge_lora(params, alpha: float):
   """Folds every `NAME_lora_a` / `NAME_lora_b` pair into `NAME` and drops the pairs: the plain
   model whose outputs equal the LoRA model's (to float rounding)."""

@@ -1,12 +1,13 @@
 """Start a run from another run's parameters (`config.init_from`), by rules in the config.
 
 The source is any workdir with config.json and Orbax checkpoints: a pre-training run, an import
-by research.convert, or an earlier fine-tune. Its latest checkpoint is restored onto this run's
-mesh (research.evaluate.load_state's path), then each parameter of this run is decided by
-`finetune.restore`, (regex, 'load' | 'init') pairs where the first regex that matches the whole
-path wins: 'load' copies the source's array, which must exist with the same shape; 'init' keeps
-this run's fresh initialisation. Parameters that a PEFT method adds are always 'init'. The
-optimizer state is always fresh (built from the restored parameters), and the step is 0.
+by research.convert, or an earlier fine-tune. Its latest checkpoint is restored by research.load
+(on its training mesh when that fits the devices here, else on one device), then each parameter
+of this run is decided by `finetune.restore`, (regex, 'load' | 'init') pairs where the first
+regex that matches the whole path wins: 'load' copies the source's array, which must exist with
+the same shape; 'init' keeps this run's fresh initialisation. Parameters that a PEFT method adds
+are always 'init'. The optimizer state is always fresh (built from the restored parameters), and
+the step is 0.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import re
 import jax
 import jax.numpy as jnp
 
-from research import config_lib
-from research.errors import ConfigError, UserError
-from research.training import checkpointing, peft
+from research.errors import ConfigError
+from research.training import peft
 
 ACTIONS = ('load', 'init')
 
@@ -45,39 +45,6 @@ def action_of(path: str, rules) -> str:
   raise ConfigError('finetune.restore', rules,
                     f"no rule matches parameter {path!r}: end the rules with ('.*', 'load') or "
                     "('.*', 'init')")
-
-
-def source_config(workdir: str):
-  """The source run's config, on a mesh of this process's devices (data parallel)."""
-  config = config_lib.load_saved_config(os.path.join(workdir, 'config.json'))
-  config.mesh.preset = ''
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.expert = -1, 1, 1, 1
-  n = jax.device_count()
-  config.train.batch_size = n * max(1, -(-config.train.batch_size // n))
-  config.train.micro_batches = 1
-  return config_lib.finalize(config)
-
-
-def load_source_params(workdir: str):
-  """(config, params) of the latest checkpoint in `workdir`."""
-  config, state = load_source_state(workdir)
-  return config, state.params
-
-
-def load_source_state(workdir: str):
-  """(config, TrainState) of the latest checkpoint in `workdir`, on this process's devices."""
-  from research.training import trainer  # pylint: disable=g-import-not-at-top
-  if not os.path.isdir(workdir):
-    raise ConfigError('init_from', workdir, 'is not a directory: give a workdir that '
-                      'research.train or research.convert wrote')
-  config = source_config(workdir)
-  run = trainer.build_run(config)
-  manager = checkpointing.make_manager(workdir, keep=config.train.keep_checkpoints)
-  state = checkpointing.restore(manager, trainer.abstract_state(run))
-  manager.close()
-  if state is None:
-    raise ConfigError('init_from', workdir, 'has no checkpoint: train it first')
-  return config, state
 
 
 def select(target_params, source_params, rules):
@@ -119,8 +86,11 @@ def init_from(run, state, workdir: str):
   fresh optimizer state, and the objective's model state (a DPO reference) rebuilt."""
   rules = run.config.finetune.restore
   check_rules(rules)
-  _, source_params = load_source_params(workdir)
-  params, report = select(state.params, source_params, rules)
+  from research import loading  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(workdir):
+    raise ConfigError('init_from', workdir, 'is not a directory: give a workdir that '
+                      'research.train or research.convert wrote')
+  params, report = select(state.params, loading.load(workdir).params, rules)
   if report['unused_source']:
     logging.warning('init_from %s: %d source parameters are not used (first: %s)', workdir,
                     len(report['unused_source']), report['unused_source'][0])

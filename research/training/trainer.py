@@ -360,7 +360,13 @@ def load_dataset(run: Run, workdir: str):
   if hasattr(run.objective, 'load_dataset'):
     return run.objective.load_dataset(run.config, workdir)
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.load_dataset(run.config.data, workdir=workdir)
+  data = run.config.data
+  source = run.config.get('init_from', '')
+  if source and not data.tokenizer and pipeline.has_tokenizer(source):
+    # The source model's ids: its tokenizer (research.convert imports one), not a new one.
+    data = data.copy_and_resolve_references()
+    data.tokenizer = source
+  return pipeline.load_dataset(data, workdir=workdir)
 
 
 def _is_due(step: int, every: int, last: int) -> bool:

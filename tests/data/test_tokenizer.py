@@ -1,6 +1,11 @@
-"""The SentencePiece tokenizer: fixed special ids, exact round trips, reproducible training."""
+"""The SentencePiece tokenizer: fixed special ids, exact round trips, reproducible training, and
+the shared interface (files, hashes, saving, BOS, offsets, errors)."""
 
 from __future__ import annotations
+
+import hashlib
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -99,3 +104,50 @@ def test_bad_settings_are_config_errors(tmp_path):
   (tmp_path / 'junk.model').write_bytes(b'not a model')
   with pytest.raises(errors.ConfigError, match='not a SentencePiece model'):
     tokenizer_lib.load_tokenizer(str(tmp_path / 'junk.model'))
+
+
+def test_default_tokenizer_files_and_hash_are_the_model_file(small_tokenizer, tmp_path):
+  proto = small_tokenizer.model_proto
+  assert isinstance(small_tokenizer, tokenizer_lib.SentencePieceTokenizer)
+  assert small_tokenizer.files == {'tokenizer.model': proto}
+  assert small_tokenizer.sha256 == hashlib.sha256(proto).hexdigest()  # as prepared corpora hold
+  assert small_tokenizer.chat_template is None and not small_tokenizer.adds_bos
+  workdir = tmp_path / 'run'
+  small_tokenizer.save(str(workdir))
+  assert os.listdir(workdir) == ['tokenizer.model']
+  assert (workdir / 'tokenizer.model').read_bytes() == proto
+  assert tokenizer_lib.find_tokenizer(str(workdir)) == 'tokenizer.model'
+  loaded = tokenizer_lib.load_tokenizer(str(workdir))
+  assert loaded.model_proto == proto and loaded.encode(HAMLET) == small_tokenizer.encode(HAMLET)
+  again = pickle.loads(pickle.dumps(small_tokenizer))
+  assert again.encode(HAMLET) == small_tokenizer.encode(HAMLET) and again.sha256 == loaded.sha256
+
+
+def test_bos_is_the_callers_choice(small_tokenizer):
+  ids = small_tokenizer.encode(HAMLET)
+  assert small_tokenizer.encode(HAMLET, add_bos=True) == [small_tokenizer.bos_id] + ids
+  assert small_tokenizer.encode_batch([HAMLET], add_bos=True) == [[3] + ids]
+
+
+def test_offsets_locate_each_id(small_tokenizer):
+  text = 'To be, or not — 哈姆雷特\n  [MASK] 🎭'
+  ids, offsets = small_tokenizer.encode_with_offsets(text)
+  assert ids == small_tokenizer.encode(text)
+  assert [start for start, _ in offsets] == sorted(start for start, _ in offsets)
+  assert all(0 <= start <= end <= len(text) for start, end in offsets)
+  assert text[slice(*offsets[ids.index(small_tokenizer.mask_id)])] == '[MASK]'
+
+
+def test_paths_that_hold_no_tokenizer_are_one_line_errors(tmp_path):
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(errors.ConfigError, match=r'^data\.tokenizer=.*empty.: holds no tokenizer '
+                     r'\(tokenizer\.json, tokenizer\.model'):
+    tokenizer_lib.load_tokenizer(str(tmp_path / 'empty'))
+  with pytest.raises(errors.ConfigError, match=r'^data\.tokenizer=.*cannot read it'):
+    tokenizer_lib.load_tokenizer(str(tmp_path / 'missing' / 'tokenizer.json'))
+  (tmp_path / 'bad').mkdir()
+  (tmp_path / 'bad' / 'tokenizer.json').write_text('{"not": "a tokenizer"}')
+  with pytest.raises(errors.ConfigError, match='has a tokenizer.json the tokenizers library '
+                     'cannot read') as e:
+    tokenizer_lib.load_tokenizer(str(tmp_path / 'bad'))
+  assert '\n' not in str(e.value)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from research import config_lib
+from research import config_lib, loading
 from research.errors import ConfigError, UserError
 from research.evaluation import common, few_shot, generation
 
@@ -110,22 +110,22 @@ def _saved_run(tmp_path):
 
 def test_eval_overrides_apply_to_a_saved_config_and_the_model_stays(tmp_path):
   workdir = _saved_run(tmp_path)
-  config = common.load_run_config(workdir, [('eval.k', '5'), ('eval.stop', "('.', '\\n')"),
+  config = loading.load_config(workdir, [('eval.k', '5'), ('eval.stop', "('.', '\\n')"),
                                             ('eval.prompt_template', 'Q {input} A {target}')])
   assert config.eval.k == 5 and config.eval.stop == ('.', '\n')
   assert config.eval.prompt_template == 'Q {input} A {target}'
-  typed = common.load_run_config(workdir, [('eval.prompt_template', r'Q: {input}\nA: {target}'),
+  typed = loading.load_config(workdir, [('eval.prompt_template', r'Q: {input}\nA: {target}'),
                                            ('eval.example_separator', r'\n\n'),
                                            ('eval.seed', '3')])
   assert typed.eval.prompt_template == 'Q: {input}\nA: {target}'
   assert typed.eval.example_separator == '\n\n' and typed.eval.seed == 3
   assert common.unescape(r'a\\nb\tc') == 'a\\nb\tc'  # an escaped backslash stays one
-  assert common.load_run_config(workdir).eval.stop == ('\n',)  # saved as a JSON list
+  assert loading.load_config(workdir).eval.stop == ('\n',)  # saved as a JSON list
   with pytest.raises(UserError, match='can only change eval'):
-    common.load_run_config(workdir, [('model.num_layers', '2')])
+    loading.load_config(workdir, [('model.num_layers', '2')])
   with pytest.raises(ConfigError, match='unknown key'):
-    common.load_run_config(workdir, [('eval.shots', '2')])
+    loading.load_config(workdir, [('eval.shots', '2')])
   with pytest.raises(ConfigError, match='eval.prompt_template'):
-    common.load_run_config(workdir, [('eval.prompt_template', '{target} then {input}')])
+    loading.load_config(workdir, [('eval.prompt_template', '{target} then {input}')])
   with pytest.raises(ConfigError, match='eval.k'):
-    common.load_run_config(workdir, [('eval.k', '-1')])
+    loading.load_config(workdir, [('eval.k', '-1')])

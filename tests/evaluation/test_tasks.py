@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+import research
 from research import evaluate
 from research.errors import UserError
-from research.evaluation import common, few_shot, generate, generation, perplexity
+from research.evaluation import few_shot, generate, generation, perplexity
 from research.inference import decoding
 from tests.evaluation.conftest import KEYS, TABLE, VALUES, write_corpus, write_jsonl
 
@@ -74,18 +75,17 @@ def test_generation_metrics_and_predictions(decoder_workdir, tmp_path):
 
 
 def test_batched_greedy_matches_the_kv_cache_decoder(decoder_workdir):
-  config = common.load_run_config(decoder_workdir)
-  restored = common.restore(decoder_workdir, config)
-  tok = restored.tokenizer
+  lm = research.load(decoder_workdir)
+  tok = lm.tokenizer
   prompts = [tok.encode(p) for p in ('amber red\nbasil', 'moss', 'pine jet\njade moss\nfjord')]
   assert len({len(p) for p in prompts}) == 3  # rows are padded differently
-  by_8 = generate.generate_decoder(restored, prompts, max_new_tokens=6, batch_size=8)
-  by_2 = generate.generate_decoder(restored, prompts, max_new_tokens=6, batch_size=2)
+  by_8 = generate.generate_decoder(lm, prompts, max_new_tokens=6, batch_size=8)
+  by_2 = generate.generate_decoder(lm, prompts, max_new_tokens=6, batch_size=2)
   assert by_8 == by_2 and by_8.texts[0].startswith(' blue')
   # The most padded row against the KV-cache decoder, which needs no padding for one prompt.
-  tokens_BN = decoding.generate(restored.model, restored.params, np.asarray([prompts[1]]),
+  tokens_BN = decoding.generate(lm.model, lm.params, np.asarray([prompts[1]]),
                                 jax.random.key(0), max_new_tokens=6, temperature=0.0,
-                                eos_id=tok.eos_id, model_state=restored.model_state)
+                                eos_id=tok.eos_id, model_state=lm.model_state)
   ids = np.asarray(tokens_BN)[0].tolist()
   assert tok.decode(ids[:ids.index(tok.eos_id)] if tok.eos_id in ids else ids) == by_8.texts[1]
 

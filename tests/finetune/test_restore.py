@@ -1,13 +1,15 @@
 """init_from: restore rules, clear errors on mismatched or missing parameters, a fresh
 optimizer, and the architecture inherited from the source."""
 
+import types
+
 import jax
 import numpy as np
 import pytest
 
 from research.errors import ConfigError
 from research.training import restore, trainer
-from tests.finetune.conftest import ONE_DEVICE, sft_config
+from tests.finetune.conftest import ONE_DEVICE, sft_config, source_config
 
 
 def _tree():
@@ -64,3 +66,18 @@ def test_init_from_loads_the_source_with_a_fresh_optimizer(decoder_source, copy_
   with pytest.raises(ConfigError, match=r"'stack/layer_0/mlp/b_in' has shape \(256,\) in the "
                      r'source but \(96,\)'):
     restore.init_from(run, trainer.init_state(run, 0), source)
+
+
+def test_pretraining_from_a_source_tokenizes_with_its_tokenizer(decoder_source, tmp_path,
+                                                                monkeypatch):
+  from research.data import pipeline  # pylint: disable=g-import-not-at-top
+  source, _ = decoder_source
+  seen = []
+  monkeypatch.setattr(pipeline, 'load_dataset', lambda data, workdir: seen.append(data.tokenizer))
+  config = source_config()
+  config.init_from = source
+  run = types.SimpleNamespace(config=config, objective=types.SimpleNamespace())
+  trainer.load_dataset(run, str(tmp_path))
+  config.data.tokenizer = '/given/tokenizer.model'  # a tokenizer given explicitly stays
+  trainer.load_dataset(run, str(tmp_path))
+  assert seen == [source, '/given/tokenizer.model']

@@ -9,8 +9,9 @@ import sys
 import jax
 import numpy as np
 
-from research import config_lib, evaluate
-from research.training import peft, restore, trainer
+import research
+from research import config_lib, evaluate, loading
+from research.training import peft, trainer
 from tests.finetune.conftest import (ONE_DEVICE, make_source_workdir, sft_config,
                                      source_config)
 
@@ -73,24 +74,26 @@ def test_command_line_lora_then_export(tmp_path, decoder_source, copy_data):
   # optimizer holds state (Adam's mu and nu) for the LoRA parameters only.
   losses, rows = _losses(workdir)
   assert losses[-1] < losses[0] - 0.05, losses
-  lora_config, lora_state = restore.load_source_state(workdir)
-  trained = jax.device_get(lora_state.params)
+  lora = research.load(workdir)
+  trained = jax.device_get(lora.params)
   source_params = decoder_source[1]
   flat = {peft.path_of(kp): x for kp, x in jax.tree_util.tree_leaves_with_path(trained)}
   for kp, x in jax.tree_util.tree_leaves_with_path(source_params):
     np.testing.assert_array_equal(flat[peft.path_of(kp)], x)
   lora_b = [x for path, x in flat.items() if path.endswith('_lora_b')]
   assert lora_b and all(float(np.abs(x).max()) > 0 for x in lora_b)  # the deltas moved
-  counts = peft.count_params(trained, lora_config.peft)
+  counts = peft.count_params(trained, lora.config.peft)
   assert rows[0]['train/trainable_params'] == counts['trainable_params'] == sum(
       x.size for path, x in flat.items() if '_lora_' in path)
-  assert sum(x.size for x in jax.tree.leaves(lora_state.opt_state) if x.ndim) == (
+  opt_state = loading.restore_state(workdir, lora.run).opt_state  # research.load drops it
+  assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim) == (
       2 * counts['trainable_params'])
   result = run('research.export', f'--workdir={workdir}', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout.strip().splitlines()[-1])['merged']
   # The merged workdir is a plain model: no LoRA parameters, the same eval loss.
-  config, params = restore.load_source_params(out)
+  merged_lm = research.load(out)
+  config, params = merged_lm.config, merged_lm.params
   assert config.peft.method == 'none'
   paths = [str(kp) for kp, _ in jax.tree_util.tree_leaves_with_path(params)]
   assert not any('lora' in p for p in paths)

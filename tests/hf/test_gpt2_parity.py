@@ -32,8 +32,7 @@ def test_convert_cli_writes_a_workdir_that_restores(tmp_path):
   import os
   import subprocess
   import sys
-  from research import config_lib
-  from research.evaluate import load_params
+  import research
   torch.manual_seed(0)
   reference = transformers.GPT2LMHeadModel(transformers.GPT2Config(
       vocab_size=97, n_positions=32, n_embd=48, n_layer=2, n_head=4)).eval()
@@ -44,12 +43,10 @@ def test_convert_cli_writes_a_workdir_that_restores(tmp_path):
                           cwd=repo, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert json.loads(result.stdout.splitlines()[-1])['family'] == 'decoder'
-  config = config_lib.finalize(config_lib.load_saved_config(str(tmp_path / 'w/config.json')))
-  config.model.dtype = 'float32'
-  run, params, step = load_params(str(tmp_path / 'w'), config)
-  assert step == 0
+  lm = research.load(str(tmp_path / 'w'), overrides=[('model.dtype', 'float32')])
+  assert lm.step == 0
   tokens = np.random.default_rng(1).integers(0, 97, (1, 16))
   with torch.no_grad():
     expected = reference(torch.tensor(tokens)).logits.numpy()
-  got = run.eval_model.apply({'params': params}, tokens)
+  got = lm(tokens)
   np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=1e-4)

@@ -3,12 +3,20 @@
 Families (each a `mapping.Family`; mapping.py explains the table):
 
   gpt2     GPT2LMHeadModel              decoder: learned positions, LayerNorm, tanh GELU, tied
-  llama    LlamaForCausalLM             decoder: RoPE, RMSNorm, SwiGLU, GQA, tied or untied
+  llama    LlamaForCausalLM             decoder: RoPE (linear or llama3 scaling), RMSNorm,
+                                        SwiGLU, GQA, tied or untied
   mistral  MistralForCausalLM           llama with one sliding window on every layer
+  qwen2    Qwen2ForCausalLM             llama with q/k/v biases
+  qwen3    Qwen3ForCausalLM             llama with QK-norm
+  gemma2   Gemma2ForCausalLM            decoder: (1 + w) RMSNorm before and after each sublayer,
+                                        GeGLU, embedding scale, soft-capping, local:global
+                                        layers ('sliding,full'), GQA, tied
+  gemma3_text  Gemma3ForCausalLM        gemma2 with QK-norm, its own local RoPE base and no
+                                        attention soft-cap ('sliding*5,full')
   bert     BertForMaskedLM              encoder (MLM)
   t5       T5ForConditionalGeneration   encoder-decoder (T5 1.0 and v1.1)
   mixtral  MixtralForCausalLM           mistral with MoE on every layer (model.moe; moe.py)
-  qwen3_moe Qwen3MoeForCausalLM         QK-norm, MoE on every k-th layer, dense between
+  qwen3_moe  Qwen3MoeForCausalLM        qwen3 with MoE on every k-th layer, dense between
 
 Import picks the family by config.json's model_type; export by architecture (`export_family`):
 the first family whose `unsupported(config)` is empty. research/convert.py has the commands;
@@ -22,12 +30,12 @@ import jax
 
 from research import models, objectives
 from research.errors import UserError
-from research.models.hf import bert, gpt2, llama, mapping, moe, streaming, t5
+from research.models.hf import bert, gemma, gpt2, llama, mapping, moe, streaming, t5
 from research.models.hf.checkpoint import Checkpoint
 
 FAMILIES: dict[str, mapping.Family] = {
-    'gpt2': gpt2.FAMILY, **llama.FAMILIES, 'bert': bert.FAMILY, 't5': t5.FAMILY,
-    **moe.FAMILIES}
+    'gpt2': gpt2.FAMILY, **llama.FAMILIES, **gemma.FAMILIES, 'bert': bert.FAMILY,
+    't5': t5.FAMILY, **moe.FAMILIES}
 
 
 def family_of(hf_config: dict, where: str) -> mapping.Family:

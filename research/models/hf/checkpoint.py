@@ -112,4 +112,7 @@ def _torch_load(path: str) -> dict:
   except ImportError:
     raise UserError(f'{path} needs torch to read: pip install torch, or save the model with '
                     'safe_serialization=True') from None
-  return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+  except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped: read it whole
+    return torch.load(path, map_location='cpu', weights_only=True)

@@ -233,8 +233,9 @@ def differences(config, wanted: dict[str, Any]) -> list[str]:
   return reasons
 
 
-# Options of lmforge models that none of the families here express (each would be a flag of
-# the family that has it: Qwen's qkv biases and QK-norm, Gemma's norms and soft-capping, ...).
+# Options of lmforge models that a family expresses only when it has them: each family's
+# `unsupported` overrides its own (llama.py: Qwen's qkv biases and QK-norm, RoPE scaling;
+# gemma.py: embedding scale, soft-capping, a local RoPE base) and requires these elsewhere.
 PLAIN = {
     'model.moe.num_experts': 0,
     'peft.method': 'none',

@@ -70,8 +70,17 @@ def _sources_by_target(table: list[Tensor], targets: dict[str, Any], family: Fam
   if missing:
     raise UserError(f'lmforge parameter {missing[0]} has no {family.model_type} tensor (and '
                     f'{len(missing) - 1} more): its config is not one this family expresses')
-  return {path: [layers[i] for i in sorted(layers, key=lambda i: -1 if i is None else i)]
-          for path, layers in grouped.items()}
+  by_target = {}
+  for path, layers in grouped.items():
+    if None in layers:  # unscanned: one entry
+      by_target[path] = [layers[None]]
+      continue
+    depth = targets[path].shape[0]
+    if sorted(layers) != list(range(depth)):
+      raise UserError(f'the {family.model_type} table gives layers {sorted(layers)} of {path}, '
+                      f'whose stack has {depth}')
+    by_target[path] = [layers[i] for i in range(depth)]
+  return by_target
 
 
 def _resolve(entry: Tensor, hf: str, names: dict[str, str], checkpoint: Checkpoint) -> str:
@@ -136,16 +145,33 @@ def _layer_reader(checkpoint: Checkpoint, source: Source, dtype) -> Callable[...
   return layer
 
 
-def _layer_slice(layer, source: Source, i: int, index: tuple) -> np.ndarray:
-  """Layer i's lmforge array at `index`; a stacked entry reads only the members in index[0]."""
-  if not source.entries[i].stacked:
-    return np.ascontiguousarray(layer(i)[index])
-  members = range(len(source.names[i]))[index[0]]
-  return np.stack([layer(i, m)[index[1:]] for m in members])
-
-
 def _index_key(index) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _rows(items: range, part: Callable[[int], np.ndarray]) -> np.ndarray:
+  """The stack of part(i) for i in `items`, each copied into its row of one preallocated array
+  as it is read (no list of parts)."""
+  out = None
+  for row, i in enumerate(items):
+    value = part(i)
+    if out is None:
+      out = np.empty((len(items),) + value.shape, value.dtype)
+    out[row] = value
+  return out
+
+
+def _layer_slice(layer, source: Source, i: int, index) -> np.ndarray:
+  """Layer i's lmforge array at `index`; a stacked entry reads only the members in index[0]."""
+  if not source.entries[i].stacked:
+    return layer(i)[index]
+  return _rows(range(len(source.names[i]))[index[0]], lambda m: layer(i, m)[index[1:]])
+
+
+def _scanned_slice(layer, source: Source, index) -> np.ndarray:
+  """index[0] picks layers of the stack: only those are read, each into its row."""
+  return _rows(range(len(source.entries))[index[0]],
+               lambda i: _layer_slice(layer, source, i, index[1:]))
 
 
 def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array:
@@ -156,11 +182,8 @@ def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array
   def callback(index) -> np.ndarray:
     key = _index_key(index)
     if key not in slices:
-      if source.scanned:
-        layers = range(len(source.entries))[index[0]]
-        slices[key] = np.stack([_layer_slice(layer, source, i, index[1:]) for i in layers])
-      else:
-        slices[key] = _layer_slice(layer, source, 0, index)
+      slices[key] = _scanned_slice(layer, source, index) if source.scanned else (
+          np.ascontiguousarray(_layer_slice(layer, source, 0, index)))
     return slices[key]
 
   return jax.make_array_from_callback(target.shape, target.sharding, callback)
@@ -178,11 +201,11 @@ def read_host(checkpoint: Checkpoint, sources: dict[str, Source], abstract_param
   """The parameters as a nested dict of host numpy arrays (small models, tests, notebooks)."""
   flat = {}
   for path, target in flat_leaves(abstract_params).items():
-    layer = _layer_reader(checkpoint, sources[path], target.dtype)
-    everything = (slice(None),) * (len(target.shape) - sources[path].scanned)
-    arrays = [_layer_slice(layer, sources[path], i, everything)
-              for i in range(len(sources[path].entries))]
-    flat[path] = np.stack(arrays) if sources[path].scanned else arrays[0]
+    source = sources[path]
+    layer = _layer_reader(checkpoint, source, target.dtype)
+    everything = (slice(None),) * len(target.shape)
+    flat[path] = (_scanned_slice(layer, source, everything) if source.scanned
+                  else _layer_slice(layer, source, 0, everything))
   return traverse_util.unflatten_dict(flat, sep='/')
 
 

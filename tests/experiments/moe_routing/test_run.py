@@ -15,6 +15,7 @@ import pytest
 from experiments.moe_routing import plot as plot_lib
 from experiments.moe_routing import run as run_lib
 from experiments.moe_routing import variants
+import research
 from research import evaluate
 from research.training import trainer
 from tests import helpers
@@ -90,12 +91,11 @@ def test_study_writes_table_and_figures_and_skips_finished_variants(tmp_path, mo
   result = evaluate.evaluate_workdir(directory, batches=2)
   assert result['step'] == 4
   assert result['loss'] == pytest.approx(rows[1]['final_val_loss'], rel=1e-5)
-  config = variants.build_grid(study_config())[1].config
-  run, state = evaluate.load_state(directory, config)
-  bias = state.model_state['moe_state']['stack']['layer_0']['moe']['selection_bias']
+  lm = research.load(directory)
+  bias = lm.model_state['moe_state']['stack']['layer_0']['moe']['selection_bias']
   assert np.abs(np.asarray(bias)).max() > 0.05
-  zero_bias = jax.tree.map(jnp.zeros_like, state.model_state)  # what params alone route with
-  unbiased = trainer.evaluate(run, state.params, dataset, num_batches=2,
+  zero_bias = jax.tree.map(jnp.zeros_like, lm.model_state)  # what params alone route with
+  unbiased = trainer.evaluate(lm.run, lm.params, dataset, num_batches=2,
                               model_state=zero_bias)['eval/loss']
   assert abs(unbiased - result['loss']) > 1e-4
 
