@@ -11,23 +11,18 @@ import jax
 import numpy as np
 import pytest
 
-from research import config_lib, models
+from research import config_lib, convert, models
 from research.errors import UserError
 from research.inference import decoding
 from research.models import hf
 from research.models.hf import checkpoint as checkpoint_lib
-from research.models.hf import streaming
-from research.training import trainer
+from tests.hf import parity
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 safetensors_numpy = pytest.importorskip('safetensors.numpy')
 
 pytestmark = pytest.mark.hf
-
-# The references are tiny: on a shared machine torch's thread pool waits for cores more than it
-# multiplies (tests/hf/conftest.py does the same where it exists).
-torch.set_num_threads(1)
 
 VOCAB = 128
 COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -80,11 +75,6 @@ def imported(saved):
   return {variant: hf.convert(path) for variant, (_, path) in saved.items()}
 
 
-def _logits(reference, tokens):
-  with torch.no_grad():
-    return reference(torch.tensor(tokens)).logits.numpy()
-
-
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_logits_and_greedy_generation_match(variant, saved, imported):
   """The forward pass, and KV-cache decoding (the prompt's prefill, then one token at a time)
@@ -92,7 +82,7 @@ def test_logits_and_greedy_generation_match(variant, saved, imported):
   reference, _ = saved[variant]
   config, params = imported[variant]
   model = models.build_model(config)
-  expected = _logits(reference, TOKENS_BT[:2])
+  expected = parity.hf_logits(reference, TOKENS_BT[:2])
   got = np.asarray(jax.jit(model.apply)({'params': params}, TOKENS_BT[:2]))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
   assert np.abs(expected).max() > 1.0  # not a comparison of near-zero logits
@@ -128,29 +118,13 @@ def test_config_fields(imported):
   assert sparse.moe.load_balance_coef == pytest.approx(0.04)  # one MoE layer
 
 
-def _export(config, params, out_dir):
-  """Writes config.json and model.safetensors as research.convert's export does."""
-  family = hf.export_family(config)
-  streaming.write_safetensors(str(out_dir), streaming.hf_specs(family, config, params),
-                              streaming.hf_tensor_fn(family, config, params), '5GB')
-  (out_dir / 'config.json').write_text(json.dumps(family.hf_config(config)))
-  return family
-
-
-def _assert_trees_equal(a, b):
-  flat_a, flat_b = streaming.flat_leaves(a), streaming.flat_leaves(b)
-  assert flat_a.keys() == flat_b.keys()
-  for key, value in flat_a.items():
-    assert np.array_equal(np.asarray(value), np.asarray(flat_b[key])), key
-
-
 @pytest.mark.parametrize('variant', list(VARIANTS))
 def test_export_round_trips_and_loads_in_transformers(variant, saved, imported, tmp_path):
   reference, path = saved[variant]
   config, params = imported[variant]
   # HF -> lmforge -> HF: every tensor, bit for bit (the tied lm_head is not written).
-  family = _export(config, params, tmp_path / 'out')
-  assert family.model_type == variant.removesuffix('_sparse')
+  summary = convert.export_params(config, params, str(tmp_path / 'out'))
+  assert summary['model_type'] == variant.removesuffix('_sparse')
   original = safetensors_numpy.load_file(f'{path}/model.safetensors')
   written = safetensors_numpy.load_file(str(tmp_path / 'out/model.safetensors'))
   assert written.keys() == original.keys() - ({'lm_head.weight'} if config.model.tie_embeddings
@@ -158,19 +132,16 @@ def test_export_round_trips_and_loads_in_transformers(variant, saved, imported, 
   for name, array in written.items():
     assert array.dtype == original[name].dtype and np.array_equal(array, original[name]), name
   # transformers reads the export: every key, no stray one, the same logits.
-  loaded, info = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path / 'out'), output_loading_info=True)
-  assert type(loaded).__name__ == family.architecture
-  assert not info['missing_keys'] and not info['unexpected_keys'], info
-  np.testing.assert_array_equal(_logits(loaded.eval(), TOKENS_BT[:2]),
-                                _logits(reference, TOKENS_BT[:2]))
+  loaded = parity.load_export(str(tmp_path / 'out'), summary['architecture'])
+  np.testing.assert_array_equal(parity.hf_logits(loaded, TOKENS_BT[:2]),
+                                parity.hf_logits(reference, TOKENS_BT[:2]))
   # lmforge -> HF -> lmforge: arbitrary parameters come back bit for bit, and so does the config.
   rng = np.random.default_rng(1)
   random = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
                         hf.abstract_params(config))
-  _export(config, random, tmp_path / 'random')
+  convert.export_params(config, random, str(tmp_path / 'random'))
   config_back, params_back = hf.convert(str(tmp_path / 'random'))
-  _assert_trees_equal(params_back, random)
+  parity.assert_trees_equal(params_back, random)
   assert config_back.model.to_dict() == config.model.to_dict()
 
 
@@ -192,15 +163,9 @@ def test_import_on_an_expert_parallel_mesh(variant, scanned, saved, imported, tm
   read = checkpoint_lib.Checkpoint.read
   monkeypatch.setattr(checkpoint_lib.Checkpoint, 'read',
                       lambda self, name: reads.append(name) or read(self, name))
-  with checkpoint_lib.Checkpoint(path) as checkpoint:
-    family = hf.family_of(checkpoint.config, path)
-    config = family.lmforge_config(checkpoint.config)
-    config.model.scan_layers, config.mesh.expert = scanned, 4
-    config = config_lib.finalize(config)
-    run = trainer.build_run(config)
-    abstract = trainer.abstract_state(run).params
-    params = streaming.place(checkpoint, streaming.plan(checkpoint, family, config, abstract),
-                             abstract)
+  config, run, params = convert.load_hf(
+      path, (('model.scan_layers', str(scanned).lower()), ('mesh.expert', '4')))
+  assert config.model.scan_layers == scanned
   w_gate = (params['stack']['layers'] if scanned else params['stack']['layer_1'])['moe']['w_gate']
   assert w_gate.shape[-3:] == (4, 32, 24 if variant.startswith('qwen') else 48)  # [(L,) E, D, F]
   assert {s.data.shape[-3] for s in w_gate.addressable_shards} == {1}  # one expert per shard
@@ -208,15 +173,27 @@ def test_import_on_an_expert_parallel_mesh(variant, scanned, saved, imported, tm
   moe_layers = 2 if scanned else 1
   assert len(expert_reads) == len(set(expert_reads)) == moe_layers * 4 * 3  # E x 3 matrices
   unscanned = imported[variant][1]
-  _assert_trees_equal(params, _stacked_layers(unscanned) if scanned else unscanned)
+  parity.assert_trees_equal(params, _stacked_layers(unscanned) if scanned else unscanned)
   with run.context():
     got = jax.jit(run.eval_model.apply)({'params': params}, TOKENS_BT)
-  np.testing.assert_allclose(np.asarray(got), _logits(reference, TOKENS_BT), atol=1e-4,
-                             rtol=1e-4)
-  _export(config, params, tmp_path)  # from the devices: one layer's expert at a time
+  np.testing.assert_allclose(np.asarray(got), parity.hf_logits(reference, TOKENS_BT),
+                             atol=1e-4, rtol=1e-4)
+  convert.export_params(config, params, str(tmp_path))  # from the devices, expert by expert
   original = safetensors_numpy.load_file(f'{path}/model.safetensors')
   for name, array in safetensors_numpy.load_file(str(tmp_path / 'model.safetensors')).items():
     assert np.array_equal(array, original[name]), name
+
+
+def test_rope_scaling_goes_both_ways(saved):
+  """llama.py's RoPE fields: a scaled Mixtral imports, exports and is picked by its family."""
+  _, path = saved['mixtral']
+  with open(f'{path}/config.json') as f:
+    fields = json.load(f)
+  fields['rope_parameters'] = {'rope_type': 'linear', 'factor': 4.0, 'rope_theta': 500.0}
+  config = hf.FAMILIES['mixtral'].lmforge_config(fields)
+  assert (config.model.rope_scaling.kind, config.model.rope_scaling.factor) == ('linear', 4.0)
+  assert hf.export_family(config).model_type == 'mixtral'
+  assert hf.FAMILIES['mixtral'].hf_config(config)['rope_parameters'] == fields['rope_parameters']
 
 
 def _qwen_config(**extra):

@@ -1,8 +1,8 @@
 """Mixture-of-experts decoders (HF `MixtralForCausalLM`, `Qwen3MoeForCausalLM`) <-> lmforge decoder
 with `model.moe` (research/layers/moe.py).
 
-Both are Llama-shaped (llama.py: RoPE, RMSNorm, SwiGLU experts, GQA; the attention, norm,
-embedding and dense-MLP entries and the config's common fields come from llama.py) with a sparse
+Both are Llama-shaped (llama.py: RoPE with its scaling, RMSNorm, SwiGLU experts, GQA; the
+config's common fields and the attention and dense-MLP entries come from llama.py) with a sparse
 MoE block in place of the MLP of some layers:
 
   router   HF `gate.weight` [E, D] is lmforge's `moe/router` [D, E] (transposed).
@@ -22,7 +22,8 @@ Qwen3-MoE: layer i is MoE when (i + 1) % decoder_sparse_step == 0 and i is not i
 mlp_only_layers; lmforge's layers are every `model.moe.every`-th, so mlp_only_layers must leave
 such a set. Dense layers use intermediate_size (model.d_ff), experts moe_intermediate_size
 (model.moe.d_ff). Qwen3-MoE has QK-norm (model.qk_norm); both have sliding windows on every layer
-(Mixtral's sliding_window, Qwen3-MoE's with use_sliding_window), as Mistral.
+(Mixtral's sliding_window, Qwen3-MoE's with use_sliding_window, which transformers applies to
+every layer: it reads no max_window_layers for Qwen3-MoE), as Mistral.
 
 Balancing. HF's router_aux_loss_coef scales the Switch loss E x sum_e f_e P_e once, over all
 layers' tokens pooled, with f_e the share of tokens routed to e (summing to k); lmforge adds
@@ -44,16 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 
 from research import config_lib
 from research.errors import UserError
 from research.layers import patterns as patterns_lib
-from research.models.hf import llama, mapping
+from research.models.hf import llama, mapping, rope
 from research.models.hf.mapping import TRANSPOSE, Tensor, stacked_names
 from research.models.transformer import transformer_config
-
-_LAYER_MLP = re.compile(r'stack/layer_(\d+)/mlp/')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +109,8 @@ def lmforge_config(variant: Variant, hf: dict):
     raise UserError(f'{variant.model_type} num_experts={experts}: this model has no experts; '
                     'lmforge converts MoE models with at least one expert')
   every = _every(variant, hf)
-  dense = llama.Variant(variant.model_type, variant.architecture, sliding_window=True)
+  dense = llama.Variant(variant.model_type, variant.architecture, sliding_window=True,
+                        qk_norm=variant.qwen)
   c = llama.lmforge_config(dense, _attention_fields(variant, hf))
   m = c.model.moe
   m.num_experts = experts
@@ -125,7 +124,6 @@ def lmforge_config(variant: Variant, hf: dict):
   m.load_balance_coef = float(hf.get('router_aux_loss_coef', 0.0)) * m.top_k / moe_layers
   m.z_loss_coef = 0.0
   m.jitter = float(hf.get('router_jitter_noise', 0.0))
-  c.model.qk_norm = variant.qwen
   return config_lib.finalize(c)
 
 
@@ -171,8 +169,8 @@ def unsupported(variant: Variant, config) -> list[str]:
   return mapping.differences(config, {
       'model.position': 'rope', 'model.norm': 'rmsnorm', 'model.norm_position': 'pre',
       'model.activation': 'swiglu', 'model.use_bias': False, 'model.attention_scale': 0.0,
-      'model.qk_norm': variant.qwen, **plain}) + _moe_reasons(variant, config) + _pattern_reason(
-          config)
+      **plain, 'model.qk_norm': variant.qwen, 'model.rope_scaling.kind': llama.ROPE_SCALINGS,
+  }) + _moe_reasons(variant, config) + _pattern_reason(config)
 
 
 def hf_config(variant: Variant, config) -> dict:
@@ -184,8 +182,7 @@ def hf_config(variant: Variant, config) -> dict:
          'hidden_size': t.d_model, 'num_hidden_layers': t.num_layers,
          'num_attention_heads': t.num_heads, 'num_key_value_heads': t.num_kv_heads,
          'head_dim': t.head_dim, 'hidden_act': 'silu', 'max_position_embeddings': t.max_len,
-         'rms_norm_eps': t.norm_eps, 'rope_theta': t.rope_theta,
-         'rope_parameters': {'rope_type': 'default', 'rope_theta': t.rope_theta},
+         'rms_norm_eps': t.norm_eps, **rope.hf_fields(t.rope),
          'tie_word_embeddings': t.tie_embeddings, 'attention_dropout': 0.0,
          'sliding_window': window, 'num_experts_per_tok': moe.top_k,
          'router_aux_loss_coef': moe.load_balance_coef * moe_layers / moe.top_k,
@@ -215,18 +212,19 @@ def _moe_layer(variant: Variant, i: int, num_experts: int) -> list[Tensor]:
           Tensor(f'{p}w_out', down, TRANSPOSE)]  # [D, F] per expert <-> [E, F, D]
 
 
-def _is_moe_mlp(entry: Tensor, moe) -> bool:
-  """Whether `entry` is llama's dense MLP entry of a layer that is MoE here."""
-  match = _LAYER_MLP.match(entry.path)
-  return match is not None and moe.is_moe_layer(int(match[1]))
-
-
 def tensors(variant: Variant, config) -> list[Tensor]:
   t = transformer_config(config.model, seq_len=config.data.seq_len)
-  table = [e for e in llama.tensors(config) if not _is_moe_mlp(e, t.moe)]
+  table = [Tensor('embed/embedding', 'model.embed_tokens.weight')]
   for i in range(t.num_layers):
-    if t.moe.is_moe_layer(i):
-      table += _moe_layer(variant, i, t.moe.num_experts)
+    b, p = f'model.layers.{i}.', f'stack/layer_{i}/'
+    table += [Tensor(f'{p}attn_norm/scale', f'{b}input_layernorm.weight'),
+              *llama.attention_tensors(i, t),
+              Tensor(f'{p}mlp_norm/scale', f'{b}post_attention_layernorm.weight')]
+    table += (_moe_layer(variant, i, t.moe.num_experts) if t.moe.is_moe_layer(i)
+              else llama.mlp_tensors(i))
+  table.append(Tensor('final_norm/scale', 'model.norm.weight'))
+  if not t.tie_embeddings:
+    table.append(Tensor('unembed/kernel', 'lm_head.weight', TRANSPOSE))
   return table
 
 
