@@ -15,6 +15,8 @@ Families (each a `mapping.Family`; mapping.py explains the table):
                                         attention soft-cap ('sliding*5,full')
   bert     BertForMaskedLM              encoder (MLM)
   t5       T5ForConditionalGeneration   encoder-decoder (T5 1.0 and v1.1)
+  mixtral  MixtralForCausalLM           mistral with MoE on every layer (model.moe; moe.py)
+  qwen3_moe  Qwen3MoeForCausalLM        qwen3 with MoE on every k-th layer, dense between
 
 Import picks the family by config.json's model_type; export by architecture (`export_family`):
 the first family whose `unsupported(config)` is empty. research/convert.py has the commands;
@@ -28,12 +30,12 @@ import jax
 
 from research import models, objectives
 from research.errors import UserError
-from research.models.hf import bert, gemma, gpt2, llama, mapping, streaming, t5
+from research.models.hf import bert, gemma, gpt2, llama, mapping, moe, streaming, t5
 from research.models.hf.checkpoint import Checkpoint
 
 FAMILIES: dict[str, mapping.Family] = {
     'gpt2': gpt2.FAMILY, **llama.FAMILIES, **gemma.FAMILIES, 'bert': bert.FAMILY,
-    't5': t5.FAMILY}
+    't5': t5.FAMILY, **moe.FAMILIES}
 
 
 def family_of(hf_config: dict, where: str) -> mapping.Family:

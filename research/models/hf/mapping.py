@@ -6,7 +6,8 @@ config and back, why an lmforge config may not be expressible in it, and its par
 
   path       the lmforge parameter, in the unscanned layout ('stack/layer_0/attn/query'; a
              scanned model's 'stack/layers/attn/query' is the stack of its layers' entries)
-  hf         the HF tensor that holds it
+  hf         the HF tensor that holds it; or a tuple of names, one tensor per slice of the
+             parameter's leading axis (stacked: see below)
   transform  a pair of pure numpy functions (to lmforge, back to HF) made only of reshapes and
              transposes, so that HF -> lmforge -> HF (and back) is bit-identical
   part       for a fused HF tensor (GPT-2's c_attn holds query, key and value): which of its
@@ -17,6 +18,18 @@ For example Llama's query projection, a torch Linear [H*K, D], is lmforge's [D, 
 
   Tensor('stack/layer_0/attn/query', 'model.layers.0.self_attn.q_proj.weight',
          linear_in_heads(h, k))   # transpose, then split the last axis into (H, K)
+
+A stacked entry is the opposite of a part: HF stores one tensor per slice of the lmforge
+parameter's new leading axis. lmforge's MoE experts are one [E, ...] array, HF's checkpoints keep
+one tensor per expert; `transform` maps each of them to its slice [e] (`stacked_names` spells
+the names):
+
+  Tensor('stack/layer_0/moe/w_gate',
+         stacked_names('model.layers.0.block_sparse_moe.experts.{}.w1.weight', 4),
+         TRANSPOSE)   # [F, D] per expert <-> w_gate [E, D, F]
+
+Import reads the HF tensors of the experts a device shard holds and stacks them; export writes
+expert e's tensor from slice [e]. A stacked entry has no part and no fallback.
 
 Import (research/models/hf/streaming.py) and export walk the same table.
 """
@@ -86,27 +99,47 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
-  """One lmforge parameter and the HF tensor that holds it (see the module docstring).
+  """One lmforge parameter and the HF tensor(s) that hold it (see the module docstring).
 
   `fallback`: names read instead of `hf` when a checkpoint lacks it (import only; export writes
   `hf`), e.g. a T5 head tied in the checkpoint but untied in lmforge.
   """
   path: str
-  hf: str
+  hf: str | tuple[str, ...]  # a tuple: stacked, one HF tensor per slice of the leading axis
   transform: Transform = IDENTITY
   part: Part | None = None
   fallback: tuple[str, ...] = ()
 
+  def __post_init__(self):
+    if self.stacked and (self.part is not None or self.fallback):
+      raise ValueError(f'{self.path}: a stacked entry has no part and no fallback')
+
+  @property
+  def stacked(self) -> bool:
+    return isinstance(self.hf, tuple)
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    """The HF tensors this entry reads and writes: `hf`, or its stacked names in order."""
+    return self.hf if self.stacked else (self.hf,)
+
+
+def stacked_names(pattern: str, count: int) -> tuple[str, ...]:
+  """pattern.format(i) for i < count: the names of a stacked entry, e.g. one per expert."""
+  return tuple(pattern.format(i) for i in range(count))
+
 
 def to_lmforge(entry: Tensor, hf_array: np.ndarray) -> np.ndarray:
-  """The lmforge parameter from the whole HF tensor `entry.hf`."""
+  """The lmforge parameter from the whole HF tensor `entry.hf` (a stacked entry: slice [i] of
+  it from its i-th HF tensor)."""
   if entry.part is not None:
     hf_array = np.split(hf_array, entry.part.count, axis=entry.part.axis)[entry.part.index]
   return entry.transform.to_lmforge(hf_array)
 
 
 def to_hf(entries: Sequence[Tensor], arrays: Sequence[np.ndarray]) -> np.ndarray:
-  """The HF tensor that `entries` (all naming it; one, or the parts of a fused one) fill."""
+  """The HF tensor that `entries` (all naming it; one, or the parts of a fused one) fill; a
+  stacked entry's array is its slice for this tensor."""
   if len(entries) == 1 and entries[0].part is None:
     return entries[0].transform.to_hf(arrays[0])
   parts = sorted(zip(entries, arrays), key=lambda pair: pair[0].part.index)
@@ -114,7 +147,10 @@ def to_hf(entries: Sequence[Tensor], arrays: Sequence[np.ndarray]) -> np.ndarray
 
 
 def hf_shape(entry: Tensor, lmforge_shape: Sequence[int]) -> tuple[int, ...]:
-  """The shape of the whole HF tensor `entry.hf`, from its lmforge parameter's shape."""
+  """The shape of the whole HF tensor `entry.hf` (each of a stacked entry's), from its lmforge
+  parameter's shape."""
+  if entry.stacked:
+    lmforge_shape = lmforge_shape[1:]
   # A zero-stride view: reshapes and transposes of it allocate nothing.
   shape = list(entry.transform.to_hf(np.broadcast_to(np.float32(0), tuple(lmforge_shape))).shape)
   if entry.part is not None:
@@ -126,7 +162,8 @@ def group_by_hf(entries: Sequence[Tensor]) -> dict[str, list[Tensor]]:
   """HF name -> the entries that fill it, in table order."""
   groups: dict[str, list[Tensor]] = {}
   for entry in entries:
-    groups.setdefault(entry.hf, []).append(entry)
+    for name in entry.names:
+      groups.setdefault(name, []).append(entry)
   return groups
 
 

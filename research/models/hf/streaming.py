@@ -5,9 +5,10 @@ and the target lmforge parameters before any tensor data is read: every table na
 its fallback), every shape fits, every checkpoint tensor is used or ignored by name, and every
 lmforge parameter has a source. `place` then builds each parameter with
 `jax.make_array_from_callback` on its sharding; the callback for a shard's index reads the HF
-tensor(s) it needs (a scanned parameter: only the layers in the index's slice), transforms and
-slices them. Host memory holds one HF tensor (and its transformed view) plus the unique shards
-of the parameter being placed: never the model.
+tensor(s) it needs (a scanned parameter: only the layers in the index's slice; a stacked one,
+such as MoE experts: only the experts in its slice), transforms and slices them. Host memory
+holds one HF tensor (and its transformed view) plus the unique shards of the parameter being
+placed: never the model.
 
 Export. `hf_specs` gives every HF tensor's name, shape and dtype from the abstract parameters;
 `write_safetensors` plans the shards by size (huggingface_hub), then builds and writes one
@@ -48,9 +49,9 @@ def flat_leaves(tree) -> dict[str, Any]:
 @dataclasses.dataclass
 class Source:
   """Where one lmforge parameter comes from: its table entries and the checkpoint names they
-  read, one per layer when the parameter is a scanned stack."""
+  read (a tuple for a stacked entry), one per layer when the parameter is a scanned stack."""
   entries: list[Tensor]
-  names: list[str]
+  names: list[str | tuple[str, ...]]
   scanned: bool
 
 
@@ -82,11 +83,12 @@ def _sources_by_target(table: list[Tensor], targets: dict[str, Any], family: Fam
   return by_target
 
 
-def _resolve(entry: Tensor, names: dict[str, str], checkpoint: Checkpoint) -> str:
-  for name in (entry.hf, *entry.fallback):
+def _resolve(entry: Tensor, hf: str, names: dict[str, str], checkpoint: Checkpoint) -> str:
+  """The checkpoint's name for `hf` (one of entry.names), else for a fallback."""
+  for name in (hf, *entry.fallback):
     if name in names:
       return names[name]
-  raise UserError(f'{checkpoint.hf_dir} has no tensor {entry.hf} (for lmforge {entry.path}): is '
+  raise UserError(f'{checkpoint.hf_dir} has no tensor {hf} (for lmforge {entry.path}): is '
                   'config.json the one saved with these weights?')
 
 
@@ -121,22 +123,24 @@ def plan(checkpoint: Checkpoint, family: Family, config, abstract_params) -> dic
     shape = targets[path].shape[1:] if scanned else targets[path].shape
     resolved = []
     for entry in entries:
-      name = _resolve(entry, names, checkpoint)
-      _check_shape(entry, name, shape, checkpoint)
-      resolved.append(name)
-      used.add(name)
+      found = tuple(_resolve(entry, hf, names, checkpoint) for hf in entry.names)
+      for name in found:
+        _check_shape(entry, name, shape, checkpoint)
+      resolved.append(found if entry.stacked else found[0])
+      used.update(found)
     sources[path] = Source(entries, resolved, scanned)
   _check_all_used(used, checkpoint, family, config)
   return sources
 
 
-def _layer_reader(checkpoint: Checkpoint, source: Source, dtype) -> Callable[[int], np.ndarray]:
-  """layer index -> that layer's lmforge array; keeps only the last one read."""
+def _layer_reader(checkpoint: Checkpoint, source: Source, dtype) -> Callable[..., np.ndarray]:
+  """(layer index, member of a stacked entry or None) -> its lmforge array; keeps only the last
+  one read."""
 
   @functools.lru_cache(maxsize=1)
-  def layer(i: int) -> np.ndarray:
-    hf_array = checkpoint.read(source.names[i])
-    return np.asarray(mapping.to_lmforge(source.entries[i], hf_array), dtype)
+  def layer(i: int, member: int | None = None) -> np.ndarray:
+    name = source.names[i] if member is None else source.names[i][member]
+    return np.asarray(mapping.to_lmforge(source.entries[i], checkpoint.read(name)), dtype)
 
   return layer
 
@@ -145,16 +149,29 @@ def _index_key(index) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _scanned_slice(layer: Callable[[int], np.ndarray], source: Source, index) -> np.ndarray:
-  """index[0] picks layers of the stack: only those are read, each into its row."""
-  layers = range(len(source.entries))[index[0]]
+def _rows(items: range, part: Callable[[int], np.ndarray]) -> np.ndarray:
+  """The stack of part(i) for i in `items`, each copied into its row of one preallocated array
+  as it is read (no list of parts)."""
   out = None
-  for row, i in enumerate(layers):
-    part = layer(i)[index[1:]]
+  for row, i in enumerate(items):
+    value = part(i)
     if out is None:
-      out = np.empty((len(layers),) + part.shape, part.dtype)
-    out[row] = part
+      out = np.empty((len(items),) + value.shape, value.dtype)
+    out[row] = value
   return out
+
+
+def _layer_slice(layer, source: Source, i: int, index) -> np.ndarray:
+  """Layer i's lmforge array at `index`; a stacked entry reads only the members in index[0]."""
+  if not source.entries[i].stacked:
+    return layer(i)[index]
+  return _rows(range(len(source.names[i]))[index[0]], lambda m: layer(i, m)[index[1:]])
+
+
+def _scanned_slice(layer, source: Source, index) -> np.ndarray:
+  """index[0] picks layers of the stack: only those are read, each into its row."""
+  return _rows(range(len(source.entries))[index[0]],
+               lambda i: _layer_slice(layer, source, i, index[1:]))
 
 
 def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array:
@@ -166,7 +183,7 @@ def place_parameter(checkpoint: Checkpoint, source: Source, target) -> jax.Array
     key = _index_key(index)
     if key not in slices:
       slices[key] = _scanned_slice(layer, source, index) if source.scanned else (
-          np.ascontiguousarray(layer(0)[index]))
+          np.ascontiguousarray(_layer_slice(layer, source, 0, index)))
     return slices[key]
 
   return jax.make_array_from_callback(target.shape, target.sharding, callback)
@@ -184,9 +201,11 @@ def read_host(checkpoint: Checkpoint, sources: dict[str, Source], abstract_param
   """The parameters as a nested dict of host numpy arrays (small models, tests, notebooks)."""
   flat = {}
   for path, target in flat_leaves(abstract_params).items():
-    layer = _layer_reader(checkpoint, sources[path], target.dtype)
-    arrays = [layer(i) for i in range(len(sources[path].entries))]
-    flat[path] = np.stack(arrays) if sources[path].scanned else arrays[0]
+    source = sources[path]
+    layer = _layer_reader(checkpoint, source, target.dtype)
+    everything = (slice(None),) * len(target.shape)
+    flat[path] = (_scanned_slice(layer, source, everything) if source.scanned
+                  else _layer_slice(layer, source, 0, everything))
   return traverse_util.unflatten_dict(flat, sep='/')
 
 
@@ -194,12 +213,16 @@ def read_host(checkpoint: Checkpoint, sources: dict[str, Source], abstract_param
 # Export.
 
 
-def _lmforge_array(flat_params: dict[str, Any], entry: Tensor) -> np.ndarray:
-  """An entry's lmforge array on the host: the parameter, or its layer of a scanned stack."""
+def _lmforge_array(flat_params: dict[str, Any], entry: Tensor, name: str) -> np.ndarray:
+  """An entry's lmforge array for HF tensor `name`, on the host: the parameter, or its layer of
+  a scanned stack; of a stacked entry, the slice that `name` holds."""
+  index = (entry.names.index(name),) if entry.stacked else ()
   if entry.path in flat_params:
-    return np.asarray(flat_params[entry.path])
-  path, layer = mapping.scanned_path(entry.path)
-  return np.asarray(flat_params[path][layer])  # only this layer leaves the devices
+    array = flat_params[entry.path]
+  else:
+    path, layer = mapping.scanned_path(entry.path)
+    array, index = flat_params[path], (layer, *index)
+  return np.asarray(array[index] if index else array)  # only this layer and expert move
 
 
 def hf_specs(family: Family, config, abstract_params) -> dict[str, jax.ShapeDtypeStruct]:
@@ -225,7 +248,7 @@ def hf_tensor_fn(family: Family, config, params) -> Callable[[str], np.ndarray]:
 
   def tensor(name: str) -> np.ndarray:
     entries = groups[name]
-    return mapping.to_hf(entries, [_lmforge_array(flat, e) for e in entries])
+    return mapping.to_hf(entries, [_lmforge_array(flat, e, name) for e in entries])
 
   return tensor
 
