@@ -4,7 +4,8 @@
   python -m research.convert --to=hf --workdir=runs/shakespeare --hf_dir=OUT [--max_shard_size=5GB]
 
 Import (--from=hf) reads a local HF directory (config.json with model.safetensors, a sharded
-model.safetensors.index.json, or pytorch_model.bin) of GPT-2, Llama, Mistral, BERT or T5 and
+model.safetensors.index.json, or pytorch_model.bin) of any family in research/models/hf (GPT-2,
+Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Mixtral, Qwen3-MoE, BERT, T5) and
 writes a workdir that research.train / evaluate / sample accept: the resolved config.json and an
 Orbax checkpoint at step 0 (the converted parameters with a fresh optimizer state), and the
 checkpoint's tokenizer files (tokenizer.json or a sentencepiece model, with its special tokens
@@ -14,7 +15,7 @@ holds the model; --config.FIELD=VALUE overrides the imported config first (a mes
 large model, --config.mesh.fsdp=8; a scanned stack, --config.model.scan_layers=true).
 
 Export (--to=hf) restores the workdir's latest parameters (LoRA folded in), picks the HF family
-that expresses its architecture (GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM,
+that expresses its architecture (GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM, ...,
 BertForMaskedLM, T5ForConditionalGeneration; research/models/hf) and writes config.json,
 float32 safetensors (sharded with model.safetensors.index.json above --max_shard_size) and the
 workdir's tokenizer as files AutoTokenizer reads (its special token ids go into config.json),
