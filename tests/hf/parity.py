@@ -10,7 +10,31 @@ import jax
 import numpy as np
 
 from research.inference import decoding
+from research.models import hf
 from research.models.hf import streaming
+
+
+def save_references(names, build, tmp_path_factory) -> dict:
+  """name -> (HF reference model, its save_pretrained directory), `build(name)` making each."""
+  out = {}
+  for name in names:
+    model = build(name)
+    path = str(tmp_path_factory.mktemp(name))
+    model.save_pretrained(path)
+    out[name] = model, path
+  return out
+
+
+def import_all(saved: dict, dtype: str | None = None) -> dict:
+  """name -> (config, host params) of each saved reference's import, with model.dtype set to
+  `dtype` if given (the import's 'auto' is float32 on CPU, where the tests run)."""
+  out = {}
+  for name, (_, path) in saved.items():
+    config, params = hf.convert(path)
+    if dtype:
+      config.model.dtype = dtype
+    out[name] = config, params
+  return out
 
 
 def randomise(model, *, std: float, norm_offset: float = 1.0, embed_std: float | None = None,

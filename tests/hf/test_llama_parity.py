@@ -12,6 +12,7 @@ from research.inference import decoding
 from research.models import hf
 from research.models.hf import checkpoint as checkpoint_lib
 from research.models.hf import streaming
+from tests.hf import parity
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -45,24 +46,13 @@ def _reference(variant):
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
   """variant -> (HF model, its save_pretrained directory)."""
-  out = {}
-  for variant in VARIANTS:
-    model = _reference(variant)
-    path = tmp_path_factory.mktemp(variant)
-    model.save_pretrained(path)
-    out[variant] = model, str(path)
-  return out
+  return parity.save_references(VARIANTS, _reference, tmp_path_factory)
 
 
 @pytest.fixture(scope='module')
 def imported(saved):
   """variant -> (config, host params) of the import."""
-  out = {}
-  for variant, (_, path) in saved.items():
-    config, params = hf.convert(path)
-    config.model.dtype = 'float32'
-    out[variant] = config, params
-  return out
+  return parity.import_all(saved, dtype='float32')
 
 
 @pytest.mark.parametrize('variant', list(VARIANTS))

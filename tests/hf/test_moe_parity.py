@@ -60,19 +60,13 @@ def _reference(variant):
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
   """variant -> (HF model, its save_pretrained directory)."""
-  out = {}
-  for variant in VARIANTS:
-    model = _reference(variant)
-    path = tmp_path_factory.mktemp(variant)
-    model.save_pretrained(path)
-    out[variant] = model, str(path)
-  return out
+  return parity.save_references(VARIANTS, _reference, tmp_path_factory)
 
 
 @pytest.fixture(scope='module')
 def imported(saved):
   """variant -> (config, host params) of the import."""
-  return {variant: hf.convert(path) for variant, (_, path) in saved.items()}
+  return parity.import_all(saved)
 
 
 @pytest.mark.parametrize('variant', list(VARIANTS))

@@ -98,29 +98,25 @@ PROMPT_BP = TOKENS_BT[:, :8]
 NEW_TOKENS = 32
 
 
+def _reference(name: str):
+  """The random transformers model of CASES[name] (eager attention: the soft-caps)."""
+  case = CASES[name]
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(
+      case.config(**SHAPE, **case.fields), attn_implementation='eager')
+  return parity.randomise(model, **case.init)
+
+
 @pytest.fixture(scope='module')
 def saved(tmp_path_factory):
   """name -> (the random transformers model, its save_pretrained directory)."""
-  out = {}
-  for name, case in CASES.items():
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(
-        case.config(**SHAPE, **case.fields), attn_implementation='eager')  # soft-caps: eager
-    path = str(tmp_path_factory.mktemp(name))
-    parity.randomise(model, **case.init).save_pretrained(path)
-    out[name] = model, path
-  return out
+  return parity.save_references(CASES, _reference, tmp_path_factory)
 
 
 @pytest.fixture(scope='module')
 def imported(saved):
   """name -> (config, host params) of the import."""
-  out = {}
-  for name, (_, path) in saved.items():
-    config, params = hf.convert(path)
-    config.model.dtype = 'float32'
-    out[name] = config, params
-  return out
+  return parity.import_all(saved, dtype='float32')
 
 
 @pytest.fixture(scope='module')

@@ -41,7 +41,7 @@ from research import config_lib
 from research.errors import UserError
 from research.layers import patterns as patterns_lib
 from research.models.hf import llama, mapping, rope
-from research.models.hf.mapping import TRANSPOSE, Tensor
+from research.models.hf.mapping import Tensor
 from research.models.transformer import transformer_config
 
 _ACTIVATIONS = ('gelu_pytorch_tanh', 'gelu_new', 'gelu_fast')  # the tanh approximation
@@ -292,14 +292,7 @@ def _layer(i: int, t) -> list[Tensor]:
 
 
 def tensors(config) -> list[Tensor]:
-  t = transformer_config(config.model, seq_len=config.data.seq_len)
-  table = [Tensor('embed/embedding', 'model.embed_tokens.weight')]
-  for i in range(t.num_layers):
-    table += _layer(i, t)
-  table.append(Tensor('final_norm/scale', 'model.norm.weight'))
-  if not t.tie_embeddings:
-    table.append(Tensor('unembed/kernel', 'lm_head.weight', TRANSPOSE))
-  return table
+  return llama.decoder_tensors(config, _layer)
 
 
 def _family(variant: Variant) -> mapping.Family:

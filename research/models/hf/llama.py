@@ -178,15 +178,21 @@ def _layer(i: int, t) -> list[Tensor]:
           *mlp_tensors(i)]
 
 
-def tensors(config) -> list[Tensor]:
+def decoder_tensors(config, layer_tensors) -> list[Tensor]:
+  """The frame every Llama-shaped table shares (Gemma's and the MoE families' too): the token
+  embedding, `layer_tensors(i, t)` for each layer, the final norm and an untied head."""
   t = transformer_config(config.model, seq_len=config.data.seq_len)
   table = [Tensor('embed/embedding', 'model.embed_tokens.weight')]
   for i in range(t.num_layers):
-    table += _layer(i, t)
+    table += layer_tensors(i, t)
   table.append(Tensor('final_norm/scale', 'model.norm.weight'))
   if not t.tie_embeddings:
     table.append(Tensor('unembed/kernel', 'lm_head.weight', TRANSPOSE))
   return table
+
+
+def tensors(config) -> list[Tensor]:
+  return decoder_tensors(config, _layer)
 
 
 def ignored(config) -> tuple[str, ...]:

@@ -212,20 +212,17 @@ def _moe_layer(variant: Variant, i: int, num_experts: int) -> list[Tensor]:
           Tensor(f'{p}w_out', down, TRANSPOSE)]  # [D, F] per expert <-> [E, F, D]
 
 
+def _layer(variant: Variant, i: int, t) -> list[Tensor]:
+  b, p = f'model.layers.{i}.', f'stack/layer_{i}/'
+  table = [Tensor(f'{p}attn_norm/scale', f'{b}input_layernorm.weight'),
+           *llama.attention_tensors(i, t),
+           Tensor(f'{p}mlp_norm/scale', f'{b}post_attention_layernorm.weight')]
+  return table + (_moe_layer(variant, i, t.moe.num_experts) if t.moe.is_moe_layer(i)
+                  else llama.mlp_tensors(i))
+
+
 def tensors(variant: Variant, config) -> list[Tensor]:
-  t = transformer_config(config.model, seq_len=config.data.seq_len)
-  table = [Tensor('embed/embedding', 'model.embed_tokens.weight')]
-  for i in range(t.num_layers):
-    b, p = f'model.layers.{i}.', f'stack/layer_{i}/'
-    table += [Tensor(f'{p}attn_norm/scale', f'{b}input_layernorm.weight'),
-              *llama.attention_tensors(i, t),
-              Tensor(f'{p}mlp_norm/scale', f'{b}post_attention_layernorm.weight')]
-    table += (_moe_layer(variant, i, t.moe.num_experts) if t.moe.is_moe_layer(i)
-              else llama.mlp_tensors(i))
-  table.append(Tensor('final_norm/scale', 'model.norm.weight'))
-  if not t.tie_embeddings:
-    table.append(Tensor('unembed/kernel', 'lm_head.weight', TRANSPOSE))
-  return table
+  return llama.decoder_tensors(config, functools.partial(_layer, variant))
 
 
 def _family(variant: Variant) -> mapping.Family:
