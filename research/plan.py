@@ -49,7 +49,9 @@ What is counted, per device:
       per token, with a the compute dtype's size, D model width, F MLP width, H and G query and
       key-value heads, K head dim, S keys attended:
         each norm: its input and normalised value in float32 and its output: (8 + a) D
-          (LayerNorm also keeps the centred input: (12 + a) D);
+          (LayerNorm also keeps the centred input: (12 + a) D); a norm on a sublayer's output
+          (norm_position='sandwich') and QK-norm keep the same less the output, which only the
+          residual add or RoPE reads: 8 D per sublayer and 8 K (H + G) for QK-norm (RMSNorm);
         attention: q, k, v and the attention output: a K (2H + 2G);
         XLA attention: exp(scores) in float32 and the probabilities, (4 + a) H S; cuDNN flash
           attention keeps only its softmax statistics, 4 H;
@@ -261,13 +263,16 @@ class _Dims:
   f: int
   v: int
   norm: float  # bytes per element of D that one norm keeps
+  post_norm: bool = False  # a second norm on each sublayer's output (norm_position='sandwich')
+  qk_norm: bool = False  # a norm over head_dim of each query and key head (model.qk_norm)
 
   @classmethod
   def of(cls, cfg: transformer.TransformerConfig, a: int, split: Split) -> '_Dims':
     return cls(a=a, d=_cdiv(cfg.d_model, split.embed), heads=_cdiv(cfg.num_heads, split.heads),
                kv_heads=_cdiv(cfg.num_kv_heads, split.kv_heads), head_dim=cfg.head_dim,
                f=_cdiv(cfg.d_ff, split.mlp), v=_cdiv(cfg.vocab_size, split.vocab),
-               norm=(12 if cfg.norm == 'layernorm' else 8) + a)
+               norm=(12 if cfg.norm == 'layernorm' else 8) + a,
+               post_norm=cfg.norm_position == 'sandwich', qk_norm=cfg.qk_norm)
 
 
 def _attention_half(m: _Dims, impl: str, t: int, s: int) -> dict[str, float]:
@@ -275,6 +280,12 @@ def _attention_half(m: _Dims, impl: str, t: int, s: int) -> dict[str, float]:
   half = {'norm': t * m.d * m.norm, 'query': t * m.heads * m.head_dim * m.a,
           'key_value': s * 2 * m.kv_heads * m.head_dim * m.a,
           'attention_out': t * m.heads * m.head_dim * m.a}
+  # QK-norm and a post-sublayer norm keep a norm's residuals less its output, which only RoPE
+  # or the residual add reads (neither keeps it).
+  if m.qk_norm:
+    half['qk_norm'] = (t * m.heads + s * m.kv_heads) * m.head_dim * (m.norm - m.a)
+  if m.post_norm:
+    half['post_norm'] = t * m.d * (m.norm - m.a)
   if impl == 'xla':
     half['probs'] = t * m.heads * s * (4 + m.a)  # exp(scores) in float32, probabilities
   else:
@@ -284,7 +295,10 @@ def _attention_half(m: _Dims, impl: str, t: int, s: int) -> dict[str, float]:
 
 def _mlp_half(m: _Dims, activation: str, t: int) -> dict[str, float]:
   arrays, extra = MLP_RESIDUALS[activation]
-  return {'norm': t * m.d * m.norm, 'hidden': t * m.f * (arrays * m.a + extra)}
+  half = {'norm': t * m.d * m.norm, 'hidden': t * m.f * (arrays * m.a + extra)}
+  if m.post_norm:
+    half['post_norm'] = t * m.d * (m.norm - m.a)
+  return half
 
 
 def _saved_by_policy(policy: str, kind: str, half: dict[str, float], m: _Dims, impl: str,

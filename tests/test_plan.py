@@ -96,6 +96,12 @@ RESIDUAL_CASES = {
     'dots_no_batch': {'model.remat': 'dots_no_batch'},
     'save_qkv_attention': {'model.remat': 'save_qkv_attention', 'model.dtype': 'bfloat16'},
     'save_attention_out': {'model.remat': 'save_attention_out'},
+    # Gemma 3's layer: (1 + scale) RMSNorm before and after each sublayer, QK-norm, GeGLU, MQA.
+    'gemma_shape': {'model.norm': 'rmsnorm_plus_one', 'model.norm_position': 'sandwich',
+                    'model.qk_norm': True, 'model.activation': 'geglu', 'model.embed_scale': True,
+                    'model.num_kv_heads': 1},
+    'qk_norm_bfloat16': {'model.qk_norm': True, 'model.activation': 'swiglu',
+                         'model.num_kv_heads': 2, 'model.dtype': 'bfloat16'},
     'encoder': FAMILIES['encoder'],
     'encoder_decoder': FAMILIES['encoder_decoder'],
     'encoder_decoder_full': {**FAMILIES['encoder_decoder'], 'model.remat': 'full'},
