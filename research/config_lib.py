@@ -270,6 +270,40 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def open_model_recipe(c: ml_collections.ConfigDict, *, steps: int, batch_size: int,
+                      checkpoint_every: int = 1000) -> ml_collections.ConfigDict:
+  """The pre-training recipe of the open-model configs (configs/decoder/llama3_2_1b.py and its
+  peers): Llama 2's AdamW (peak 3e-4, 2,000 warmup steps, cosine to 10 %, b2 0.95, eps 1e-5,
+  weight decay 0.1, clipping at 1), a stand-in, as none of those models published one."""
+  c.train.steps = steps
+  c.train.batch_size = batch_size
+  c.train.lr = 3e-4
+  c.train.warmup_steps = 2000
+  c.train.min_lr_ratio = 0.1
+  c.train.b2 = 0.95
+  c.train.eps = 1e-5
+  c.train.weight_decay = 0.1
+  c.train.grad_clip = 1.0
+  c.train.log_every = 10
+  c.train.eval_every = 1000
+  c.train.eval_batches = 16
+  c.train.checkpoint_every = checkpoint_every
+  return c
+
+
+def shrink_open_model(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """An open-model config's `:tiny` variant: `shrink_for_smoke_test`, keeping grouped-query
+  attention (2 query heads share 1) and a chunked loss; widths derived from the shrunk model."""
+  shrink_for_smoke_test(c)
+  c.data.workers = 0
+  c.model.vocab_size = 0  # the shrunk data vocabulary
+  c.model.num_kv_heads = 1
+  c.model.head_dim = 0
+  c.model.d_ff = 0
+  c.model.loss_chunk_size = 16
+  return c
+
+
 def shrink_for_smoke_test(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `:tiny` variant of the Shakespeare configs: a 2 x 64 model, 20 steps of 8 x 64 tokens,
   logging, evaluating and checkpointing often. For smoke tests of a whole command in seconds."""

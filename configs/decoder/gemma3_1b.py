@@ -102,33 +102,15 @@ def get_config(arg=None):
   c.model.remat = 'save_attention_out'  # research.plan: needed at 4 x 32,768 tokens a GPU
   c.model.loss_chunk_size = 512
 
-  c.train.steps = 20_000
-  c.train.batch_size = 32
-  c.train.lr = 3e-4
-  c.train.warmup_steps = 2000
-  c.train.min_lr_ratio = 0.1
-  c.train.b2 = 0.95
-  c.train.eps = 1e-5
-  c.train.weight_decay = 0.1
-  c.train.grad_clip = 1.0
-  c.train.log_every = 10
-  c.train.eval_every = 1000
-  c.train.eval_batches = 16
-  c.train.checkpoint_every = 1000
+  config_lib.open_model_recipe(c, steps=20_000, batch_size=32)
 
   c.mesh.preset = 'fsdp'  # parameters, gradients and AdamW moments over every device
 
   if arg == 'tiny':
-    config_lib.shrink_for_smoke_test(c)
-    c.data.workers = 0
-    c.model.vocab_size = 0  # the shrunk data vocabulary
+    config_lib.shrink_open_model(c)
     c.model.num_layers = 6  # one period of the pattern: five sliding layers, one global
-    c.model.num_kv_heads = 1
-    c.model.head_dim = 0
-    c.model.d_ff = 0
     c.model.attention_scale = 0.0  # head_dim ** -0.5 at the tiny head_dim, as Gemma 3's rule
     c.model.attention.window = 16  # shorter than the 64-token sequences: the window matters
-    c.model.loss_chunk_size = 16
   elif arg:
     raise config_lib.unknown_variant(arg)
   return c

@@ -101,32 +101,15 @@ def get_config(arg=None):
   c.model.remat = 'full'  # the dropless router's gathered sort dominates memory (see above)
   c.model.loss_chunk_size = 512
 
-  c.train.steps = 250_000
-  c.train.batch_size = 256
+  config_lib.open_model_recipe(c, steps=250_000, batch_size=256, checkpoint_every=500)
   c.train.micro_batches = 4  # one sequence a chip per micro-batch on 64 chips
-  c.train.lr = 3e-4
-  c.train.warmup_steps = 2000
-  c.train.min_lr_ratio = 0.1
-  c.train.b2 = 0.95
-  c.train.eps = 1e-5
-  c.train.weight_decay = 0.1
-  c.train.grad_clip = 1.0
-  c.train.log_every = 10
-  c.train.eval_every = 1000
-  c.train.eval_batches = 16
-  c.train.checkpoint_every = 500
 
   c.mesh.preset = 'fsdp_ep'  # FSDP x experts over 4
 
   if arg == 'tiny':
-    config_lib.shrink_for_smoke_test(c)
-    c.data.workers = 0
-    c.model.vocab_size = 0  # the shrunk data vocabulary
-    c.model.num_kv_heads = 1  # still grouped-query: 2 query heads share 1
-    c.model.head_dim = 0
+    config_lib.shrink_open_model(c)
     c.model.d_ff = 128
     c.model.moe.num_experts = 4
-    c.model.loss_chunk_size = 16
     c.train.micro_batches = 1
     c.mesh.preset = 'fsdp'  # runs on any number of devices
   elif arg:

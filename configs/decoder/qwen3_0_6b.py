@@ -90,30 +90,13 @@ def get_config(arg=None):
   c.model.remat = 'save_qkv_attention'  # research.plan: needed at 16 x 4,096 tokens a GPU
   c.model.loss_chunk_size = 512
 
-  c.train.steps = 25_000
-  c.train.batch_size = 128
-  c.train.lr = 3e-4
-  c.train.warmup_steps = 2000
-  c.train.min_lr_ratio = 0.1
-  c.train.b2 = 0.95
-  c.train.eps = 1e-5
-  c.train.weight_decay = 0.1
-  c.train.grad_clip = 1.0
-  c.train.log_every = 10
-  c.train.eval_every = 1000
-  c.train.eval_batches = 16
-  c.train.checkpoint_every = 1000
+  config_lib.open_model_recipe(c, steps=25_000, batch_size=128)
 
   c.mesh.preset = 'dp'  # a 0.6B state fits every device: no per-layer all-gathers
 
   if arg == 'tiny':
-    config_lib.shrink_for_smoke_test(c)
-    c.data.workers = 0
-    c.model.vocab_size = 0  # the shrunk data vocabulary
-    c.model.num_kv_heads = 1  # still grouped-query: 2 query heads share 1
+    config_lib.shrink_open_model(c)
     c.model.head_dim = 64  # still wider than d_model / heads = 32, as Qwen3's
-    c.model.d_ff = 0
-    c.model.loss_chunk_size = 16
   elif arg:
     raise config_lib.unknown_variant(arg)
   return c
