@@ -71,11 +71,7 @@ def unsupported(config) -> list[str]:
   m = config.model
   if m.type_vocab_size < 1:
     reasons.append(f'model.type_vocab_size={m.type_vocab_size} (needs >= 1)')
-  if m.num_kv_heads not in (0, m.num_heads):
-    reasons.append(f'model.num_kv_heads={m.num_kv_heads} (needs {m.num_heads}: no GQA)')
-  if m.head_dim not in (0, m.d_model // m.num_heads):
-    reasons.append(f'model.head_dim={m.head_dim} (needs d_model / num_heads)')
-  return reasons
+  return reasons + mapping.plain_heads_reasons(m)
 
 
 def hf_config(config) -> dict:

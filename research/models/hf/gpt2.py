@@ -56,12 +56,7 @@ def unsupported(config) -> list[str]:
       'model.norm_position': 'pre', 'model.activation': 'gelu', 'model.use_bias': True,
       'model.tie_embeddings': True, 'model.attention.pattern': 'full',
       'model.attention_scale': 0.0, **mapping.PLAIN})
-  m = config.model
-  if m.num_kv_heads not in (0, m.num_heads):
-    reasons.append(f'model.num_kv_heads={m.num_kv_heads} (needs {m.num_heads}: no GQA)')
-  if m.head_dim not in (0, m.d_model // m.num_heads):
-    reasons.append(f'model.head_dim={m.head_dim} (needs d_model / num_heads)')
-  return reasons
+  return reasons + mapping.plain_heads_reasons(config.model)
 
 
 def hf_config(config) -> dict:

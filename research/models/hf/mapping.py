@@ -249,6 +249,17 @@ PLAIN = {
 }
 
 
+def plain_heads_reasons(model_cfg) -> list[str]:
+  """Why `config.model` is not plain multi-head attention (head_dim = d_model / num_heads, no
+  grouped-query heads), which GPT-2 and BERT are; [] when it is."""
+  m, reasons = model_cfg, []
+  if m.num_kv_heads not in (0, m.num_heads):
+    reasons.append(f'model.num_kv_heads={m.num_kv_heads} (needs {m.num_heads}: no GQA)')
+  if m.head_dim not in (0, m.d_model // m.num_heads):
+    reasons.append(f'model.head_dim={m.head_dim} (needs d_model / num_heads)')
+  return reasons
+
+
 def hf_common(config, family: Family) -> dict:
   """config.json fields every family writes. Token ids are null: the tokenizer files say them."""
   return {'architectures': [family.architecture], 'model_type': family.model_type,
