@@ -267,6 +267,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 8  # inputs per generation batch; the last one is padded to this size
   c.eval.beam_size = 1  # encoder-decoder: beam search width; 1 is greedy (decoders: greedy)
   c.eval.length_penalty = 0.6  # encoder-decoder beam search: GNMT alpha
+  # Evaluation tasks run during training, every train.eval_every steps (and at the last step),
+  # logged as eval/<task>/<metric> in metrics.jsonl and TensorBoard. Comma-separated NAME:ARG:
+  # 'validation', 'perplexity:SOURCE' (its validation split), 'few_shot:FILE.jsonl',
+  # 'generation:FILE.jsonl', 'lm_eval:TASK[,TASK...]'; '' runs only the trainer's eval/loss.
+  c.eval.during_training = ''
+  # --task=lm_eval (lm-evaluation-harness, research/evaluation/harness.py).
+  c.eval.lm_eval = ml_collections.ConfigDict()
+  c.eval.lm_eval.tasks = ''  # comma-separated harness task names, e.g. 'hellaswag,arc_easy'
+  c.eval.lm_eval.num_fewshot = -1  # -1: each task's own default
+  c.eval.lm_eval.limit = 0  # examples per task; 0: all
+  c.eval.lm_eval.include_path = ''  # a directory of extra task YAMLs (local tasks)
   return c
 
 
