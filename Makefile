@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
-.PHONY: install train test docs notebooks bench upgrade clean
+.PHONY: install train test docs aot notebooks bench upgrade clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,12 @@ train: $(STAMP)
 # README's command blocks and the notebooks (minutes each) have their own targets; CI (.ci/run)
 # runs all three.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks and not docs' tests
+	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks and not docs and not aot' tests
+
+# Compiles the full-size open-model configs for their TPU slices (research.aot with libtpu, on
+# this CPU host): minutes each, 10-20 minutes in all, so outside `make test`.
+aot: $(TEST_STAMP)
+	$(PY) -m pytest -q -n 2 -m aot --durations=5 tests/test_open_model_configs.py
 
 # Runs the README's ```bash blocks in order on a fresh directory (tests/test_readme.py): 3-4 min.
 docs: $(TEST_STAMP)

@@ -3,7 +3,7 @@ qwen3_0_6b.py, gemma3_1b.py, mixtral_8x7b.py): their fields against each model's
 config.json (typed in below: nothing is downloaded), their exact parameter counts against the
 published numbers and against transformers' own models built from those config.json files on the
 `meta` device (no weights allocated), their plans, their `:tiny` variants, and their compiles for
-TPU slices (research.aot, on this CPU host)."""
+TPU slices (research.aot, on this CPU host; `make aot`)."""
 
 import dataclasses
 import functools
@@ -251,13 +251,12 @@ def test_tiny_variant_keeps_the_architecture_and_its_train_step_traces(name):
 # and the TPU compiler takes minutes over each on 2 CPU cores, scanned stack or not (measured:
 # Llama 3.2 1B 73 s on idle cores; on cores shared with other work Llama 3.1 8B 121-175 s, Qwen3
 # 133-176 s, Gemma 3 285-536 s with its 26 unrolled layers, Mixtral 154-315 s; all five fit).
-# `make test` has 15 minutes in all, so the suite compiles the smallest, Llama 3.2 1B; each other
-# config's docstring gives its `python -m research.aot` command and the report it printed.
-IN_SUITE = ('llama3_2_1b',)
+# Together they would not fit `make test`'s 15 minutes, so they carry the `aot` marker and run as
+# `make aot`, which CI (.ci/run) runs after `make test`.
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('name', IN_SUITE)
+@pytest.mark.aot
+@pytest.mark.parametrize('name', CASES)
 def test_compiles_for_its_tpu_slice_and_fits(name):
   from research import aot  # pylint: disable=g-import-not-at-top
   case = CASES[name]
