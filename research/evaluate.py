@@ -34,9 +34,8 @@ import json
 import jax
 from absl import flags
 
-from research import cli, evaluation, loading
+from research import cli, evaluation
 from research.errors import UserError
-from research.training import trainer
 
 FLAGS = flags.FLAGS
 
@@ -54,24 +53,6 @@ def define_flags() -> None:
   flags.DEFINE_string('data', '', 'generation/few_shot: the JSONL file of examples')
   flags.DEFINE_string('out', '', 'generation/few_shot: a directory for the metrics and '
                       'predictions')
-
-
-def evaluate_workdir(workdir: str, *, batches: int = 0, step: int | None = None,
-                     overrides=()) -> dict:
-  """Validation metrics of the latest (or `step`) checkpoint in `workdir`; `overrides` as in
-  research.load (data locations, eval.*)."""
-  lm = loading.load(workdir, step=step, overrides=overrides)
-  dataset = trainer.load_dataset(lm.run, workdir)  # an SFT/DPO run: its own held-out examples
-  # model_state: the trained aux-free selection bias (an MoE model routes with 0 without it),
-  # a DPO run's reference.
-  metrics = trainer.evaluate(lm.run, lm.params, dataset, num_batches=batches,
-                             model_state=lm.model_state)
-  out = {'step': lm.step, **{k.split('/', 1)[1]: v for k, v in metrics.items()}}
-  out['batches'], out['split_batches'] = int(out['batches']), int(out['split_batches'])
-  # Which loss is this? The trainer's eval/loss covers train.eval_batches batches only.
-  out['covers'] = ('the whole validation split' if out['batches'] >= out['split_batches'] else
-                   f"{out['batches']} of {out['split_batches']} validation batches (--batches)")
-  return out
 
 
 def main(config, argv, overrides):

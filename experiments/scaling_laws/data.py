@@ -9,6 +9,10 @@ Two CSV layouts are understood, told apart by their header:
 
 Rows whose loss is empty, `nan` or infinite (diverged or unfinished runs) are skipped and counted
 in `ScalingData.skipped_rows`; anything else that is not a positive number is an error.
+
+`target` fits another column as the loss L: a downstream metric the sweep collected (its
+`sweep.columns`, e.g. `eval/perplexity/bpb`); `1-COLUMN` fits one minus it, the error rate of an
+accuracy, so that L still falls with scale towards an irreducible floor.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def read_csv(path: str | os.PathLike,
              *,
              drop_highest: int = 0,
              params_column: str = 'params',
+             target: str = 'loss',
              label: str | None = None) -> ScalingData:
   """Reads a results CSV (lmforge or Epoch layout) into ScalingData.
 
@@ -114,6 +119,7 @@ def read_csv(path: str | os.PathLike,
     drop_highest: number of highest-loss points to drop after reading.
     params_column: lmforge layout only: 'params' (Chinchilla's count) or 'non_embedding_params'
       (Kaplan's).
+    target: the column fitted as L ('loss'), or '1-COLUMN' for one minus that column.
     label: how errors name the file, e.g. '--data=results.csv'; defaults to the path.
 
   Raises:
@@ -135,9 +141,15 @@ def read_csv(path: str | os.PathLike,
                     'the column')
   n_col, c_col, d_col = ((EPOCH_COLUMNS[0], EPOCH_COLUMNS[1], None) if fmt == EPOCH else
                          (params_column, 'flops' if 'flops' in columns else None, 'tokens'))
+  complement = target.startswith('1-')
+  target_col = target[2:] if complement else target
+  if target_col not in columns:
+    extra = [c for c in columns if c.startswith('eval/')]
+    raise UserError(f'--target={target}: {label} has no column {target_col!r}; its metric '
+                    f'columns are {extra or "none"} (a sweep collects them with sweep.columns)')
   n, d, c, loss, skipped = [], [], [], [], 0
   for line, row in rows:
-    row_loss = _number(row, 'loss', line, label, allow_missing=True)
+    row_loss = _target(row, target_col, complement, line, label)
     if not np.isfinite(row_loss):
       skipped += 1
       continue
@@ -154,6 +166,22 @@ def read_csv(path: str | os.PathLike,
                     'needs at least 3')
   data = ScalingData(N=n, D=d, C=c, L=loss, source=str(path), format=fmt, skipped_rows=skipped)
   return drop_highest_loss(data, drop_highest)
+
+
+def _target(row: dict, column: str, complement: bool, line: int, label: str) -> float:
+  """The row's L: the column (nan when missing), or one minus it."""
+  if not complement:
+    return _number(row, column, line, label, allow_missing=True)
+  text = (row.get(column) or '').strip()
+  try:
+    value = 1.0 - float(text) if text else float('nan')
+  except ValueError:
+    raise UserError(f'{label} line {line}: column {column!r} holds {text!r}, not a '
+                    'number') from None
+  if np.isfinite(value) and value <= 0:
+    raise UserError(f'{label} line {line}: 1-{column} is {value!r}: a fitted L must be '
+                    'positive (an accuracy of 1 has no error left to fit)')
+  return value if np.isfinite(value) else float('nan')
 
 
 def _read_rows(path, label) -> tuple[list[tuple[int, dict]], list[str]]:

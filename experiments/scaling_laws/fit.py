@@ -1,7 +1,8 @@
 r"""Fits scaling laws to (N, D, C, loss) points, with seeded bootstrap confidence intervals.
 
     python -m experiments.scaling_laws.fit --data=results.csv --out=fits/ \
-        [--approaches=1,2,3,kaplan] [--bootstrap=200] [--seed=0] [--drop_highest=K]
+        [--approaches=1,2,3,kaplan] [--bootstrap=200] [--seed=0] [--drop_highest=K] \
+        [--target=loss | --target=eval/perplexity/bpb | --target=1-eval/few_shot/accuracy]
 
 writes `fit.json` (every coefficient with its 95% interval and its bootstrap samples) and PNG plots
 into --out, and prints a table. On Epoch's Chinchilla points
@@ -696,6 +697,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       'for the Epoch file, as Epoch did; 0 otherwise)')
   parser.add_argument('--params_column', default='params', choices=data_lib.PARAMS_COLUMNS,
                       help='parameter count column of an lmforge CSV')
+  parser.add_argument('--target', default='loss',
+                      help="the column fitted as L: 'loss', a collected metric column such as "
+                      "'eval/perplexity/bpb', or '1-COLUMN' (an accuracy's error rate)")
   parser.add_argument('--plots', action=argparse.BooleanOptionalAction, default=True,
                       help='write PNG plots')
   args = parser.parse_args(argv)
@@ -710,10 +714,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def load_data(path: str, drop_highest: int | None, params_column: str = 'params',
-              log: Callable[[str], None] = print) -> data_lib.ScalingData:
+              log: Callable[[str], None] = print, target: str = 'loss') -> data_lib.ScalingData:
   """Reads --data; for the Epoch file, drops its 5 highest losses unless told otherwise."""
   label = f'--data={path}'
-  data = data_lib.read_csv(path, params_column=params_column, label=label)
+  data = data_lib.read_csv(path, params_column=params_column, target=target, label=label)
+  if target != 'loss':
+    log(f'fitting {target} as L (--target)')
   if drop_highest is None:
     drop_highest = data_lib.EPOCH_DROP_HIGHEST if data.format == data_lib.EPOCH else 0
     if drop_highest:
@@ -724,10 +730,10 @@ def load_data(path: str, drop_highest: int | None, params_column: str = 'params'
 
 def run(data_path: str, out_dir: str, *, approaches: Sequence[str] = APPROACHES,
         bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0, drop_highest: int | None = None,
-        params_column: str = 'params', plots: bool = True,
+        params_column: str = 'params', plots: bool = True, target: str = 'loss',
         log: Callable[[str], None] = print) -> dict[str, Fit | Skipped]:
   """Everything the command does: read, fit, write fit.json (and PNGs), print the table."""
-  data = load_data(data_path, drop_highest, params_column, log)
+  data = load_data(data_path, drop_highest, params_column, log, target)
   log(data.describe())
   try:
     os.makedirs(out_dir, exist_ok=True)
@@ -750,7 +756,8 @@ def run(data_path: str, out_dir: str, *, approaches: Sequence[str] = APPROACHES,
 def main(argv: Sequence[str] | None = None) -> None:
   args = _parse_args(argv)
   run(args.data, args.out, approaches=args.approaches, bootstrap=args.bootstrap, seed=args.seed,
-      drop_highest=args.drop_highest, params_column=args.params_column, plots=args.plots)
+      drop_highest=args.drop_highest, params_column=args.params_column, plots=args.plots,
+      target=args.target)
 
 
 if __name__ == '__main__':

@@ -24,7 +24,9 @@ The grid and the per-size recipes come from the config's `sweep` section
 results.csv has one row per finished run, in grid order: `params`, `non_embedding_params`,
 `tokens`, `flops` (the trainer's per-architecture FLOPs per step x steps), `loss` (final
 validation loss, nats/token), `name`, `config` (the run's config name), `wall_time_s`, then the
-budget, steps and recipe. It is what `python -m experiments.scaling_laws.fit --data=...` reads.
+budget, steps and recipe, then one column per `sweep.columns` metric (e.g. `eval/bpb`, or
+`eval/few_shot/accuracy` of an `eval.during_training` task), read from the same final evaluation.
+It is what `python -m experiments.scaling_laws.fit --data=... [--target=COLUMN]` reads.
 """
 
 from __future__ import annotations
@@ -74,8 +76,11 @@ def run_dir(workdir: str, run: sweep_lib.SweepRun) -> str:
 
 
 def result_row(run: sweep_lib.SweepRun, config_name: str, loss: float,
-               wall_time_s: float | None) -> dict:
-  return {'params': run.params, 'non_embedding_params': run.non_embedding_params,
+               wall_time_s: float | None, metrics: dict | None = None,
+               columns: Sequence[str] = ()) -> dict:
+  """The run's results.csv row; `columns` are read from its final evaluation `metrics`."""
+  return {**{c: (metrics or {}).get(c) for c in columns},
+          'params': run.params, 'non_embedding_params': run.non_embedding_params,
           'tokens': run.tokens, 'flops': run.flops, 'loss': loss, 'name': run.name,
           'config': config_name,
           'wall_time_s': None if wall_time_s is None else round(wall_time_s, 2),
@@ -133,12 +138,15 @@ def finished_rows(workdir: str, grid: sweep_lib.Grid) -> dict[str, dict]:
   return rows
 
 
-def write_results(workdir: str, grid: sweep_lib.Grid, rows: dict[str, dict]) -> str:
-  """Rewrites WORKDIR/results.csv atomically: the finished runs, in grid order."""
-  lines = [','.join(COLUMNS)]
+def write_results(workdir: str, grid: sweep_lib.Grid, rows: dict[str, dict],
+                  columns: Sequence[str] = ()) -> str:
+  """Rewrites WORKDIR/results.csv atomically: the finished runs, in grid order, with the
+  metric `columns` (sweep.columns) after the standard ones."""
+  header = COLUMNS + tuple(c for c in columns if c not in COLUMNS)
+  lines = [','.join(header)]
   for run in grid.runs:
     if run.name in rows:
-      lines.append(','.join(_csv_value(rows[run.name].get(c)) for c in COLUMNS))
+      lines.append(','.join(_csv_value(rows[run.name].get(c)) for c in header))
   path = os.path.join(workdir, RESULTS_CSV)
   _atomic_write(path, '\n'.join(lines) + '\n')
   return path
@@ -184,12 +192,13 @@ class _WallClock:
       self.save()
 
 
-def final_eval_loss(run_directory: str, steps: int) -> float | None:
-  """The validation loss logged at the run's last step, from its metrics.jsonl (None if absent)."""
+def final_eval_metrics(run_directory: str, steps: int) -> dict[str, float]:
+  """The evaluation metrics (eval/*) logged at the run's last step, from its metrics.jsonl
+  ({} if none)."""
   path = os.path.join(run_directory, 'metrics.jsonl')
   if not os.path.exists(path):
-    return None
-  loss = None
+    return {}
+  metrics = {}
   with open(path) as f:
     for line in f:
       if not line.strip():
@@ -198,9 +207,10 @@ def final_eval_loss(run_directory: str, steps: int) -> float | None:
         entry = json.loads(line)
       except json.JSONDecodeError:
         continue  # a line cut short by a kill
-      if entry.get('step') == steps and entry.get('eval/loss') is not None:
-        loss = float(entry['eval/loss'])
-  return loss
+      if entry.get('step') == steps:
+        metrics.update({k: float(v) for k, v in entry.items()
+                        if k.startswith('eval/') and v is not None})
+  return metrics
 
 
 def logged_train_seconds(run_directory: str, tokens_per_step: int) -> float | None:
@@ -224,6 +234,13 @@ def logged_train_seconds(run_directory: str, tokens_per_step: int) -> float | No
   return seconds or None
 
 
+def _warn_missing(name: str, row: dict, columns: Sequence[str], log: Callable) -> None:
+  absent = [c for c in columns if row.get(c) is None]
+  if absent:
+    log(f'warning: {name} logged no {", ".join(absent)} at its last step (sweep.columns): '
+        'check eval.during_training; the cells stay empty')
+
+
 def _evaluate_checkpoint(config, directory: str, dataset) -> float:
   """Final loss of a run whose training finished but whose last evaluation was not logged."""
   import research  # pylint: disable=g-import-not-at-top
@@ -244,6 +261,7 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
   import jax  # pylint: disable=g-import-not-at-top
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   grid = sweep_lib.build_grid(config)
+  columns = tuple(config.sweep.columns)
   os.makedirs(workdir, exist_ok=True)
   lead = jax.process_index() == 0
   _log_grid(grid, log)
@@ -278,15 +296,17 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
     if preempted and final.get('step') != r.steps:
       log(f'{r.name}: stopped at step {final["preempted_at"]} (SIGTERM); rerun to continue')
       break
-    loss = final.get('eval/loss')
-    if loss is None or final.get('step') != r.steps:  # trained before; not evaluated here
-      loss = final_eval_loss(directory, r.steps)
+    metrics = final
+    if final.get('eval/loss') is None or final.get('step') != r.steps:  # trained before
+      metrics = final_eval_metrics(directory, r.steps)
+    loss = metrics.get('eval/loss')
     if loss is None:
       loss = _evaluate_checkpoint(cfg, directory, dataset)
-    rows[r.name] = result_row(r, cfg.name, float(loss), clock.seconds())
+    rows[r.name] = result_row(r, cfg.name, float(loss), clock.seconds(), metrics, columns)
+    _warn_missing(r.name, rows[r.name], columns, log)
     if lead:
       _mark_finished(workdir, r, rows[r.name])
-      write_results(workdir, grid, rows)
+      write_results(workdir, grid, rows, columns)
     trained += 1
     flops_done += r.flops
     remaining_flops -= r.flops
@@ -295,7 +315,7 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
       log('SIGTERM: stopping the sweep; rerun to continue')
       break
   if lead:
-    path = write_results(workdir, grid, rows)
+    path = write_results(workdir, grid, rows, columns)
     log(f'{len(rows)} of {len(grid.runs)} runs finished; wrote {path} '
         f'({_format_seconds(time.perf_counter() - start)} here)')
     if fit and len(rows) == len(grid.runs):
@@ -329,7 +349,8 @@ def fit_results(config, workdir: str, *, bootstrap: int | None = None,
   log(f'fitting {",".join(approaches)} into {out}')
   try:
     return fit_lib.run(os.path.join(workdir, RESULTS_CSV), out, approaches=approaches,
-                       bootstrap=s.fit_bootstrap if bootstrap is None else bootstrap, log=log)
+                       bootstrap=s.fit_bootstrap if bootstrap is None else bootstrap,
+                       target=s.fit_target, log=log)
   except UserError as e:
     log(f'fit skipped: {e}')
     return None
@@ -373,21 +394,25 @@ def collect(config, workdir: str, *, fit: bool = True, bootstrap: int | None = N
             log: Callable[[str], None] = print) -> list[dict]:
   """results.csv from the runs' own logs (their final evaluation), for runs trained elsewhere."""
   grid = sweep_lib.build_grid(config)
+  columns = tuple(config.sweep.columns)
   rows = finished_rows(workdir, grid)
   missing = []
   for r in grid.runs:
     if r.name in rows:
       continue
     directory = run_dir(workdir, r)
-    loss = final_eval_loss(directory, r.steps)
-    if loss is None:
+    metrics = final_eval_metrics(directory, r.steps)
+    if 'eval/loss' not in metrics:
       missing.append(r.name)
       continue
     saved = _read_json(os.path.join(directory, 'config.json')) or {}
-    rows[r.name] = result_row(r, saved.get('name', f'{config.name}/{r.name}'), loss,
-                              logged_train_seconds(directory, r.tokens_per_step))
+    rows[r.name] = result_row(r, saved.get('name', f'{config.name}/{r.name}'),
+                              metrics['eval/loss'],
+                              logged_train_seconds(directory, r.tokens_per_step), metrics,
+                              columns)
+    _warn_missing(r.name, rows[r.name], columns, log)
     _mark_finished(workdir, r, rows[r.name])
-  path = write_results(workdir, grid, rows)
+  path = write_results(workdir, grid, rows, columns)
   log(f'{len(rows)} of {len(grid.runs)} runs finished; wrote {path}')
   if missing:
     log(f'unfinished ({len(missing)}): {", ".join(missing)}')

@@ -84,9 +84,15 @@ def default_sweep() -> ml_collections.ConfigDict:
   # Evaluation of the final model: the same batches for every run.
   s.eval_batches = 0  # 0: the whole validation split
   s.eval_every = 0  # 0: only at the end of each run
+  # Metrics of each run's final evaluation kept as extra results.csv columns, e.g.
+  # ('eval/bpb', 'eval/few_shot/accuracy'): the trainer's eval/* and the eval.during_training
+  # tasks' eval/<task>/* (research/evaluation/during_training.py), so a law can be fitted to a
+  # downstream metric (fit.py --target, or fit_target below).
+  s.columns = ()
   # The fit run.py does after the grid.
   s.fit_bootstrap = 200
   s.fit_approaches = '1,2,3,kaplan'
+  s.fit_target = 'loss'  # the column fitted as L; '1-COLUMN' for an accuracy's error rate
   return s
 
 

@@ -1,22 +1,27 @@
-"""Evaluation tasks of a trained run, by name (`python -m research.evaluate --task=NAME`).
+"""Evaluation tasks, by name: `python -m research.evaluate --task=NAME`, and during training
+(`eval.during_training`, research/evaluation/during_training.py).
 
-  validation  loss, perplexity and accuracy on the run's own validation split (the default)
+  validation  loss, perplexity, accuracy and bits per byte on the run's own validation split
+              (the default)
   perplexity  the same on any source and split, tokenized with the run's tokenizer
   generation  BLEU, chrF and ROUGE of generations against references (a JSONL file)
   few_shot    exact-match accuracy with eval.k solved examples in each prompt (a JSONL file)
 
-Each task is a function of the workdir and keyword options that returns a dict of numbers; a
-notebook calls it directly:
+Each task is a function of a model (a research.LanguageModel, or a workdir that it opens with
+research.load) and keyword options that returns a dict of numbers; a notebook calls it directly:
 
   from research.evaluation import few_shot
   few_shot.few_shot('runs/shakespeare', data='qa.jsonl', overrides=[('eval.k', '5')])
+  few_shot.few_shot(research.load('runs/shakespeare'), data='qa.jsonl')
 
-`TASKS` maps a name to its function and the command-line flags it reads.
+`TASKS` maps a name to its function, the command-line flags it reads, and the option an
+`eval.during_training` entry NAME:ARG sets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Callable
 
 from research.errors import UserError
@@ -24,35 +29,27 @@ from research.errors import UserError
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  fn: Callable[..., dict]
+  function: str  # 'MODULE.FUNCTION' in research.evaluation: fn(model, **options) -> metrics
   flags: tuple[str, ...]  # research.evaluate flags passed on as keyword arguments
+  arg: str = ''  # the option that ARG of a during-training entry 'NAME:ARG' sets ('': none)
+  arg_required: bool = False
+  generates: bool = False  # decodes text: decoder or encoder-decoder runs, one process
 
-
-def _validation(workdir, *, batches=0, step=None, overrides=()):
-  from research import evaluate  # pylint: disable=g-import-not-at-top
-  return evaluate.evaluate_workdir(workdir, batches=batches, step=step, overrides=overrides)
-
-
-def _perplexity(workdir, **kwargs):
-  from research.evaluation import perplexity  # pylint: disable=g-import-not-at-top
-  return perplexity.perplexity(workdir, **kwargs)
-
-
-def _generation(workdir, **kwargs):
-  from research.evaluation import generation  # pylint: disable=g-import-not-at-top
-  return generation.generation(workdir, **kwargs)
-
-
-def _few_shot(workdir, **kwargs):
-  from research.evaluation import few_shot  # pylint: disable=g-import-not-at-top
-  return few_shot.few_shot(workdir, **kwargs)
+  @property
+  def fn(self) -> Callable[..., dict]:
+    """Imported on first use (the harness imports slowly)."""
+    module, name = self.function.rsplit('.', 1)
+    return getattr(importlib.import_module(f'research.evaluation.{module}'), name)
 
 
 TASKS = {
-    'validation': Task(_validation, ('batches', 'step')),
-    'perplexity': Task(_perplexity, ('source', 'split', 'batches', 'step')),
-    'generation': Task(_generation, ('data', 'out', 'step')),
-    'few_shot': Task(_few_shot, ('data', 'out', 'step')),
+    'validation': Task('validation.validation', ('batches', 'step')),
+    'perplexity': Task('perplexity.perplexity', ('source', 'split', 'batches', 'step'),
+                       arg='source'),
+    'generation': Task('generation.generation', ('data', 'out', 'step'), arg='data',
+                       arg_required=True, generates=True),
+    'few_shot': Task('few_shot.few_shot', ('data', 'out', 'step'), arg='data',
+                     arg_required=True, generates=True),
 }
 
 

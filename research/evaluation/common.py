@@ -1,6 +1,7 @@
-"""What every evaluation task shares: the checks of the `eval` config section, JSONL input files
-with line-numbered errors, and the text normalisation of predictions. A task loads its run with
-research.load (research/loading.py), passing the command's --config.eval.* overrides."""
+"""What every evaluation task shares: the model it scores (a research.LanguageModel, or a workdir
+opened with research.load and the command's --config.eval.* overrides), the checks of the `eval`
+config section, JSONL input files with line-numbered errors, and the text normalisation of
+predictions."""
 
 from __future__ import annotations
 
@@ -8,13 +9,35 @@ import dataclasses
 import json
 import os
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from research.errors import UserError
 
 # Text fields whose command-line overrides read \n, \t and \\ as a line break, a tab and a
 # backslash: prompt formats are mostly line breaks, which a shell makes awkward to type.
 ESCAPED_FIELDS = ('eval.prompt_template', 'eval.example_separator')
+
+
+def as_model(model, *, step: int | None = None, overrides: Sequence[tuple[str, Any]] = ()):
+  """`model` itself when it is a research.LanguageModel (a loaded run, or the one the trainer
+  evaluates during training), else the run in the workdir `model` at `step` (default the latest)
+  with `overrides` (research.load)."""
+  from research import loading  # pylint: disable=g-import-not-at-top
+  if isinstance(model, loading.LanguageModel):
+    if step is not None or overrides:
+      raise UserError('step and overrides choose what to load from a workdir: pass them to '
+                      'research.load, not with a loaded model')
+    return model
+  return loading.load(model, step=step, overrides=overrides)
+
+
+def eval_config(model, overrides: Sequence[tuple[str, Any]] = ()):
+  """The `eval` section a task reads: the model's, or the workdir's config.json with
+  `overrides` (read before the slow restore, so bad input fails first)."""
+  from research import loading  # pylint: disable=g-import-not-at-top
+  if isinstance(model, loading.LanguageModel):
+    return model.config.eval
+  return loading.load_config(model, overrides).eval
 
 
 def unescape(text: str) -> str:

@@ -20,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from research import loading
 from research.errors import UserError
 from research.evaluation import common, generate
 
@@ -74,18 +73,19 @@ def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> list[bool
   return [p == t.strip() for p, t in zip(predictions, targets)]
 
 
-def few_shot(workdir: str, *, data: str, out: str = '', step: int | None = None,
+def few_shot(model, *, data: str, out: str = '', step: int | None = None,
              overrides: Sequence[tuple[str, str]] = ()) -> dict:
-  """Exact-match accuracy of `workdir`'s few-shot answers to the examples of the JSONL `data`.
+  """Exact-match accuracy of the few-shot answers of `model` (a research.LanguageModel or a
+  workdir, see common.as_model) to the examples of the JSONL `data`.
 
   Returns {step, examples, k, correct, accuracy, unfinished (answers that hit
   eval.max_new_tokens without eos or a stop string)}. With `out`, also writes out/few_shot.json
   and out/few_shot_predictions.jsonl ({line, prompt, prediction, target, correct}).
   """
   lines, inputs, targets = read_examples(data)  # bad input fails before the slow restore
-  e = loading.load_config(workdir, overrides).eval
+  e = common.eval_config(model, overrides)
   prompts = build_prompts(inputs, targets, e)
-  lm = loading.load(workdir, step=step, overrides=overrides)
+  lm = common.as_model(model, step=step, overrides=overrides)
   generated = generate.generate(lm, prompts, lines=lines, path=data)
   predictions = [common.normalise(t, e.stop) for t in generated.texts]
   correct = exact_match(predictions, targets)

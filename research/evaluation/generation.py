@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from research import loading
 from research.errors import UserError
 from research.evaluation import common, generate
 
@@ -66,16 +65,17 @@ def read_examples(path: str) -> tuple[list[int], list[str], list[list[str]]]:
   return lines, inputs, references
 
 
-def generation(workdir: str, *, data: str, out: str = '', step: int | None = None,
+def generation(model, *, data: str, out: str = '', step: int | None = None,
                overrides: Sequence[tuple[str, str]] = ()) -> dict:
-  """BLEU, chrF and ROUGE of `workdir`'s generations for the inputs of the JSONL file `data`.
+  """BLEU, chrF and ROUGE of the generations of `model` (a research.LanguageModel or a workdir,
+  see common.as_model) for the inputs of the JSONL file `data`.
 
   Returns {step, examples, unfinished (predictions that hit eval.max_new_tokens without eos or a
   stop string), bleu, chrf, rouge1, rouge2, rougeL}. With `out`, also writes out/generation.json
   and out/generation_predictions.jsonl ({line, input, prediction, references} per example).
   """
   lines, inputs, references = read_examples(data)  # bad input fails before the slow restore
-  lm = loading.load(workdir, step=step, overrides=overrides)
+  lm = common.as_model(model, step=step, overrides=overrides)
   generated = generate.generate(lm, inputs, lines=lines, path=data)
   stop = lm.config.eval.stop
   predictions = [common.normalise(t, stop) for t in generated.texts]

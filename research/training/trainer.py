@@ -58,6 +58,9 @@ class Run:
   batch_sharding: jax.sharding.NamedSharding  # every batch array: rows over the batch axes
   # PEFT (config.peft): True per trainable parameter; None when every parameter trains.
   trainable: Any = None
+  # Jitted programs built once per run (the eval step): evaluations during training and the
+  # evaluation tasks that share the run then reuse one compiled program.
+  programs: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @contextlib.contextmanager
   def context(self):
@@ -214,7 +217,13 @@ def make_train_step(run: Run) -> Callable:
 
 def make_eval_step(run: Run) -> Callable:
   """jit(params, batch, model_state={}) -> summed loss, weights, correct predictions and the
-  objective's own metric sums (aux['metrics'], e.g. DPO's rewards)."""
+  objective's own metric sums (aux['metrics'], e.g. DPO's rewards). One program per run."""
+  if 'eval_step' not in run.programs:
+    run.programs['eval_step'] = _build_eval_step(run)
+  return run.programs['eval_step']
+
+
+def _build_eval_step(run: Run) -> Callable:
   model, objective = run.eval_model, run.objective
   extra = loss_kwargs(run)
 
@@ -283,6 +292,25 @@ def host_eval_batch(run: Run, dataset, index: int) -> dict[str, np.ndarray]:
 _BPB_OBJECTIVES = ('causal_lm', 'prefix_lm')
 
 
+def scored_bytes(tokenizer, targets_BT: np.ndarray, weights_BT: np.ndarray) -> int:
+  """UTF-8 bytes of the text that the scored targets (weight > 0) spell, row by row: what bits
+  per byte divides by, so models with different tokenizers compare. (A SentencePiece row that
+  starts on a word boundary decodes without its leading space: at most one byte per row.)"""
+  total = 0
+  for targets_T, weights_T in zip(np.asarray(targets_BT), np.asarray(weights_BT)):
+    ids = targets_T[weights_T > 0].tolist()
+    if ids:
+      total += len(tokenizer.decode(ids).encode('utf-8'))
+  return total
+
+
+def _sum_over_processes(value: float) -> float:
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return float(np.sum(multihost_utils.process_allgather(np.float64(value))))
+
+
 def token_eval_metrics(totals, prefix: str = 'eval/') -> dict[str, float]:
   """Loss per target token, its perplexity, next-token accuracy, the tokens scored and, where
   the data knows its bytes, bits per byte: the summary of every objective whose loss is a mean
@@ -299,7 +327,7 @@ def token_eval_metrics(totals, prefix: str = 'eval/') -> dict[str, float]:
 def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | None = None,
              model_state=None):
   """Validation metrics over `num_batches` per evaluation set (0/None: the whole split), and
-  bits per byte where the data knows its bytes.
+  bits per byte (`scored_bytes`) for objectives that score the text's own tokens.
 
   A mixture reports each source as eval/NAME/... and their total as eval/... The objective's
   `eval_metrics(totals, prefix)` summarises when it has one (DPO: preference accuracy and reward
@@ -313,17 +341,21 @@ def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | No
   summarise = getattr(run.objective, 'eval_metrics', token_eval_metrics)
   sets = dataset.eval_sets() if hasattr(dataset, 'eval_sets') else {'': dataset}
   metrics, grand, scored, split = {}, None, 0, 0
+  tokenizer = getattr(dataset, 'tokenizer', None)  # tests' synthetic data may have no decoder
+  count_bytes = hasattr(tokenizer, 'decode') and c.objective.name in _BPB_OBJECTIVES
   for name, eval_set in sets.items():
     available = eval_set.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
     n = min(num_batches or available, available)
-    totals = None
+    totals, num_bytes = None, 0
     for i in range(n):
-      out = eval_step(params, device_batch(run, builder.eval(i, eval_set)), model_state)
+      host = builder.eval(i, eval_set)
+      out = eval_step(params, device_batch(run, host), model_state)
       totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+      if count_bytes:  # on the host while the device scores the batch
+        num_bytes += scored_bytes(tokenizer, host['targets'], host['weights'])
     totals = jax.device_get(totals)
-    bytes_per_token = getattr(getattr(eval_set, 'validation', None), 'bytes_per_token', None)
-    if bytes_per_token and c.objective.name in _BPB_OBJECTIVES:
-      totals['bytes'] = totals['weight_sum'] * bytes_per_token
+    if count_bytes:
+      totals['bytes'] = _sum_over_processes(num_bytes)
     metrics.update(summarise(totals, f'eval/{name}/' if name else 'eval/'))
     grand = totals if grand is None else {k: jax.tree.map(np.add, grand[k], totals[k])
                                           for k in grand if k in totals}
@@ -427,6 +459,8 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
     logging.info('resumed from step %d', int(state.step))
     saver.last_good = int(state.step)
   train_step, eval_step = make_train_step(run), make_eval_step(run)
+  from research.evaluation import during_training  # pylint: disable=g-import-not-at-top
+  evaluator = during_training.Evaluator.create(run, workdir, dataset)  # inputs checked now
 
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   tokens_per_step = c.train.batch_size * c.data.seq_len
@@ -478,9 +512,13 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
       if _is_due(step, c.train.eval_every, last):
         ev = evaluate(run, state.params, dataset, eval_step, num_batches=c.train.eval_batches,
                       model_state=state.model_state)
+        bar.write(f'step {step}: {describe_eval(ev)}')
+        if evaluator is not None:
+          tasks = evaluator(step, state)
+          bar.write(f'step {step}: {during_training.describe(tasks, evaluator.entries)}')
+          ev.update(tasks)
         writer.write(step, ev)
         final.update(ev)
-        bar.write(f'step {step}: {describe_eval(ev)}')
         t_log = time.perf_counter()  # evaluation time is not training throughput
       for hook in hooks:
         hook(step, state, logged)

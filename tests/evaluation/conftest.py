@@ -85,10 +85,36 @@ def eval_cache(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp('eval_cache'))
 
 
+class CompileCounter:
+  """A trainer hook that records, at each step, how many XLA compiles the process has done."""
+
+  def __init__(self):
+    self.total, self.at_step = 0, {}
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event: str, *args, **kwargs):
+    del args, kwargs
+    if event == '/jax/core/compile/backend_compile_duration':
+      self.total += 1
+
+  def __call__(self, step, state, metrics):
+    del state, metrics
+    self.at_step[step] = self.total
+
+
+COMPILES = CompileCounter()
+DURING_TRAINING_EVERY = 40  # the decoder run evaluates its tasks at steps 40 and 80
+
+
 @pytest.fixture(scope='session')
-def decoder_workdir(tmp_path_factory, corpus, eval_cache) -> str:
+def decoder_workdir(tmp_path_factory, corpus, eval_cache, table_jsonl) -> str:
+  """The decoder run; it also evaluates perplexity (the whole validation split) and few-shot
+  accuracy on the table during training (tests/evaluation/test_during_training.py)."""
   workdir = str(tmp_path_factory.mktemp('decoder_run'))
-  trainer.train(_config('decoder', corpus, eval_cache), workdir, devices=jax.devices()[:1])
+  config = _config('decoder', corpus, eval_cache)
+  config.train.eval_every = DURING_TRAINING_EVERY
+  config.eval.during_training = f'perplexity,few_shot:{table_jsonl}'
+  trainer.train(config, workdir, devices=jax.devices()[:1], hooks=(COMPILES,))
   return workdir
 
 

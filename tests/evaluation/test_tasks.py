@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import research
-from research import evaluate
 from research.errors import UserError
-from research.evaluation import few_shot, generate, generation, perplexity
+from research.evaluation import few_shot, generate, generation, perplexity, validation
 from research.inference import decoding
 from tests.evaluation.conftest import KEYS, TABLE, VALUES, write_corpus, write_jsonl
 
@@ -20,11 +19,14 @@ SHIFTED = {k: VALUES[(i + 1) % len(VALUES)] for i, k in enumerate(KEYS)}
 
 def test_perplexity_of_the_own_source_is_the_validation_task(decoder_workdir):
   own = perplexity.perplexity(decoder_workdir)
-  validation = evaluate.evaluate_workdir(decoder_workdir)
-  for key in ('loss', 'perplexity', 'accuracy', 'tokens'):
-    assert own[key] == pytest.approx(validation[key], rel=1e-6), key
-  assert own['split'] == 'validation' and own['step'] == validation['step']
+  whole = validation.validation(decoder_workdir)
+  for key in ('loss', 'perplexity', 'accuracy', 'tokens', 'bpb'):
+    assert own[key] == pytest.approx(whole[key], rel=1e-6), key
+  assert own['split'] == 'validation' and own['step'] == whole['step']
   assert own['perplexity'] == pytest.approx(np.exp(own['loss']), rel=1e-6)
+  # A loaded model scores the same as its workdir.
+  lm = research.load(decoder_workdir)
+  assert perplexity.perplexity(lm)['loss'] == pytest.approx(own['loss'], rel=1e-6)
 
 
 def test_perplexity_of_another_source_uses_the_run_tokenizer(decoder_workdir, tmp_path):

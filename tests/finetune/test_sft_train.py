@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 import research
-from research import config_lib, evaluate, loading
+from research import config_lib, loading
+from research.evaluation import validation
 from research.training import peft, trainer
 from tests.finetune.conftest import (ONE_DEVICE, make_source_workdir, sft_config,
                                      source_config)
@@ -34,7 +35,7 @@ def test_decoder_sft_loss_falls(tmp_path, decoder_source, copy_data):
   assert counts['train/trainable_params'] == counts['train/total_params'] > 0
   assert os.path.isfile(tmp_path / 'sft' / 'tokenizer.model')  # the source's, for sampling
   # research.evaluate scores the run on its own held-out examples, not the pre-training text.
-  again = evaluate.evaluate_workdir(str(tmp_path / 'sft'), batches=config.train.eval_batches)
+  again = validation.validation(str(tmp_path / 'sft'), batches=config.train.eval_batches)
   np.testing.assert_allclose(again['loss'], final['eval/loss'], rtol=1e-5)
 
 

@@ -48,7 +48,7 @@ def test_skip_drops_nonfinite_updates_then_stops_after_max_skips(tmp_path):
 
 
 def test_retention_keeps_newest_good_and_milestones_and_evaluate_names_edited_field(tmp_path):
-  from research import evaluate  # pylint: disable=g-import-not-at-top
+  from research.evaluation import validation  # pylint: disable=g-import-not-at-top
   config = helpers.tiny_config(**{'train.steps': 10, 'train.checkpoint_every': 2,
                                   'train.keep_checkpoints': 2, 'train.keep_every': 4,
                                   'train.eval_every': 1000})
@@ -63,7 +63,7 @@ def test_retention_keeps_newest_good_and_milestones_and_evaluate_names_edited_fi
   with pytest.raises(resume_check.ConfigMismatch,
                      match=r'config.json does not match checkpoint step 10 \(model.num_layers: '
                            r'checkpoint 2, config.json 3\)'):
-    evaluate.evaluate_workdir(str(tmp_path))
+    validation.validation(str(tmp_path))
 
 
 def test_resume_check_lists_each_changed_field_and_allows_the_resumable(tmp_path):

@@ -16,7 +16,7 @@ from experiments.moe_routing import plot as plot_lib
 from experiments.moe_routing import run as run_lib
 from experiments.moe_routing import variants
 import research
-from research import evaluate
+from research.evaluation import validation
 from research.training import trainer
 from tests import helpers
 
@@ -88,7 +88,7 @@ def test_study_writes_table_and_figures_and_skips_finished_variants(tmp_path, mo
   # trainer's final evaluation, and evaluating without the bias (0) gives another loss.
   monkeypatch.setattr('research.data.pipeline.load_dataset', lambda *a, **k: dataset)
   directory = os.path.join(workdir, 'aux_free')
-  result = evaluate.evaluate_workdir(directory, batches=2)
+  result = validation.validation(directory, batches=2)
   assert result['step'] == 4
   assert result['loss'] == pytest.approx(rows[1]['final_val_loss'], rel=1e-5)
   lm = research.load(directory)

@@ -18,6 +18,7 @@ from experiments.scaling_laws import laws
 from experiments.scaling_laws import run as run_lib
 from experiments.scaling_laws import sweep
 from research import config_lib
+from research.errors import UserError
 from tests import helpers
 from tests.experiments.scaling_laws import conftest
 
@@ -54,6 +55,7 @@ def _rows(path):
 
 def test_sweep_resumes_and_never_reruns_a_finished_run(tmp_path):
   c = _config()
+  c.sweep.columns = ('eval/accuracy', 'eval/perplexity')  # collected from the final evaluation
   grid = sweep.build_grid(c)
   small, large = grid.runs
   assert small.steps > large.steps > 4
@@ -96,9 +98,12 @@ def test_sweep_resumes_and_never_reruns_a_finished_run(tmp_path):
     assert np.isfinite(float(row['loss'])) and float(row['loss']) > 0
     assert float(row['wall_time_s']) > 0
     assert row['config'] == f'test_run/{run.name}'
-  # The logged final validation loss is the one recorded.
-  assert float(table[1]['loss']) == pytest.approx(
-      run_lib.final_eval_loss(os.path.join(workdir, 'runs', large.name), large.steps))
+  # The logged final validation loss is the one recorded, and the collected metric columns too.
+  for row, run in zip(table, grid.runs):
+    final = run_lib.final_eval_metrics(os.path.join(workdir, 'runs', run.name), run.steps)
+    assert float(row['loss']) == pytest.approx(final['eval/loss'])
+    assert float(row['eval/accuracy']) == pytest.approx(final['eval/accuracy'])
+    assert float(row['eval/perplexity']) == pytest.approx(np.exp(float(row['loss'])), rel=1e-5)
 
   # Nothing left: a fourth invocation trains nothing.
   idle = _Counter()
@@ -187,9 +192,19 @@ def test_results_csv_round_trips_through_the_loader_into_the_fit(tmp_path):
   config.sweep.sizes = sizes
   grid = sweep.build_grid(config)
   truth = laws.Chinchilla(E=1.5, A=100.0, B=440.0, alpha=0.35, beta=0.35)
-  rows = {r.name: run_lib.result_row(r, f'x/{r.name}', float(truth.loss(r.params, r.tokens)),
-                                     1.0) for r in grid.runs}
-  path = run_lib.write_results(str(tmp_path), grid, rows)
+  # A downstream metric collected as a column: an accuracy whose error rate follows its own law.
+  error = laws.Chinchilla(E=0.2, A=30.0, B=90.0, alpha=0.3, beta=0.4)
+  column = 'eval/few_shot/accuracy'
+  rows = {r.name: run_lib.result_row(
+      r, f'x/{r.name}', float(truth.loss(r.params, r.tokens)), 1.0,
+      {column: 1.0 - float(error.loss(r.params, r.tokens))}, (column,)) for r in grid.runs}
+  path = run_lib.write_results(str(tmp_path), grid, rows, (column,))
+  downstream = data_lib.read_csv(path, target=f'1-{column}')
+  np.testing.assert_allclose(downstream.L, [error.loss(r.params, r.tokens) for r in grid.runs])
+  assert fit_lib.fit_all(downstream, ['3'], bootstrap=0)['approach3'].values['alpha'] == (
+      pytest.approx(0.3, abs=0.02))
+  with pytest.raises(UserError, match="no column 'eval/bpb'.*eval/few_shot/accuracy"):
+    data_lib.read_csv(path, target='eval/bpb')
   data = data_lib.read_csv(path)
   assert len(data) == len(grid.runs) == 21
   np.testing.assert_allclose(data.N, [r.params for r in grid.runs])
