@@ -4,6 +4,7 @@
   perplexity  the same on any source and split, tokenized with the run's tokenizer
   generation  BLEU, chrF and ROUGE of generations against references (a JSONL file)
   few_shot    exact-match accuracy with eval.k solved examples in each prompt (a JSONL file)
+  lm_eval     lm-evaluation-harness tasks (eval.lm_eval.tasks, e.g. hellaswag,arc_easy)
 
 Each task is a function of the workdir and keyword options that returns a dict of numbers; a
 notebook calls it directly:
@@ -48,11 +49,17 @@ def _few_shot(workdir, **kwargs):
   return few_shot.few_shot(workdir, **kwargs)
 
 
+def _lm_eval(workdir, **kwargs):
+  from research.evaluation import harness  # pylint: disable=g-import-not-at-top
+  return harness.lm_eval_workdir(workdir, **kwargs)
+
+
 TASKS = {
     'validation': Task(_validation, ('batches', 'step')),
     'perplexity': Task(_perplexity, ('source', 'split', 'batches', 'step')),
     'generation': Task(_generation, ('data', 'out', 'step')),
     'few_shot': Task(_few_shot, ('data', 'out', 'step')),
+    'lm_eval': Task(_lm_eval, ('out', 'step')),
 }
 
 
