@@ -398,7 +398,7 @@ def check_settings(*, num_fewshot: int, limit: int, include_path: str) -> None:
 def _fingerprint(include_path: str) -> tuple:
   """The task YAMLs under `include_path` with their sizes and times: what the index reads."""
   files = []
-  for root, _, names in os.walk(include_path or []):
+  for root, _, names in os.walk(include_path) if include_path else ():
     for name in names:
       if name.endswith('.yaml'):
         stat = os.stat(os.path.join(root, name))
@@ -441,10 +441,11 @@ def _load_task(manager, name: str) -> list:
   """
   try:
     loaded = manager.load([name])
-  except ConnectionError as e:  # what datasets raises offline for data it has not cached
-    raise UserError(f'lm_eval task {name!r}: its data is not available offline ({_first_line(e)}):'
-                    ' run on a machine that can fetch it (HF_HUB_OFFLINE=0), or pre-download it '
-                    'there into HF_DATASETS_CACHE and copy that directory here') from None
+  except ConnectionError as e:  # what datasets raises for data it cannot fetch or find cached
+    raise UserError(f'lm_eval task {name!r}: its data is not available on this machine '
+                    f'({_first_line(e)}): run on a machine that can fetch it (HF_HUB_OFFLINE=0), '
+                    'or pre-download it there into HF_DATASETS_CACHE and copy that directory '
+                    'here') from None
   except FileNotFoundError as e:
     raise UserError(f'lm_eval task {name!r}: its data was not found ({_first_line(e)}): check '
                     "the task YAML's dataset_path and dataset_kwargs (data_files)") from None

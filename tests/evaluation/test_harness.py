@@ -217,10 +217,10 @@ def test_registered_model_and_lm_eval_model_load_a_workdir(lm, decoder_workdir):
 @pytest.mark.parametrize('tasks,message', [
     ('lmforge_mcq', "lm_eval task 'lmforge_mcq' is unknown to lm_eval 0.4.13: similar: "
                     'lmforge_mc'),
-    ('lmforge_hub', "lm_eval task 'lmforge_hub': its data is not available offline (Couldn't "
-                    "reach 'lmforge-tests/absent' on the Hub (OfflineModeIsEnabled)): run on a "
-                    'machine that can fetch it (HF_HUB_OFFLINE=0), or pre-download it there into '
-                    'HF_DATASETS_CACHE'),
+    ('lmforge_hub', "lm_eval task 'lmforge_hub': its data is not available on this machine "
+                    "(Couldn't reach 'lmforge-tests/absent' on the Hub (OfflineModeIsEnabled)): "
+                    'run on a machine that can fetch it (HF_HUB_OFFLINE=0), or pre-download it '
+                    'there into HF_DATASETS_CACHE'),
     ('lmforge_missing', "lm_eval task 'lmforge_missing': its data was not found (Unable to find "),
     ('lmforge_empty', "lm_eval task 'lmforge_empty' has no examples to score: its evaluation"),
     ('lmforge_filtered', "lm_eval task 'lmforge_filtered' has no examples to score: its"),
@@ -251,6 +251,21 @@ def test_bad_settings_and_harness_versions_are_user_errors(lm):
       harness.check_harness_version(version)
   with pytest.raises(UserError, match='lm_eval .* is not installed'):
     harness.check_harness_version(None)
+
+
+def test_task_index_is_kept_until_a_task_yaml_changes(task_dir, tmp_path):
+  """Indexing the harness's task YAMLs takes seconds: harness.task_manager keeps one per
+  include_path and state of the YAML files under it."""
+  assert harness._fingerprint('') == ()
+  local = tmp_path / 'tasks'
+  local.mkdir()
+  (local / 'a.yaml').write_text((os.path.join(task_dir, 'lmforge_mc.yaml')))
+  before = harness._fingerprint(str(local))
+  assert [os.path.basename(f[0]) for f in before] == ['a.yaml']
+  (local / 'data.jsonl').write_text('{}\n')  # data and the datasets cache do not count
+  assert harness._fingerprint(str(local)) == before
+  (local / 'a.yaml').write_text('task: b\n')
+  assert harness._fingerprint(str(local)) != before
 
 
 def test_evaluate_command_prints_the_metrics_and_writes_the_harness_json(decoder_workdir,
