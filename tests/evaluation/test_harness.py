@@ -253,19 +253,17 @@ def test_bad_settings_and_harness_versions_are_user_errors(lm):
     harness.check_harness_version(None)
 
 
-def test_task_index_is_kept_until_a_task_yaml_changes(task_dir, tmp_path):
+def test_task_index_is_kept_until_a_task_yaml_changes(tmp_path):
   """Indexing the harness's task YAMLs takes seconds: harness.task_manager keeps one per
   include_path and state of the YAML files under it."""
-  assert harness._fingerprint('') == ()
-  local = tmp_path / 'tasks'
-  local.mkdir()
-  (local / 'a.yaml').write_text((os.path.join(task_dir, 'lmforge_mc.yaml')))
-  before = harness._fingerprint(str(local))
+  assert harness._fingerprint('') == ()  # the harness's own tasks alone
+  (tmp_path / 'a.yaml').write_text('task: a\n')
+  before = harness._fingerprint(str(tmp_path))
   assert [os.path.basename(f[0]) for f in before] == ['a.yaml']
-  (local / 'data.jsonl').write_text('{}\n')  # data and the datasets cache do not count
-  assert harness._fingerprint(str(local)) == before
-  (local / 'a.yaml').write_text('task: b\n')
-  assert harness._fingerprint(str(local)) != before
+  (tmp_path / 'data.jsonl').write_text('{}\n')  # data (and a datasets cache) do not count
+  assert harness._fingerprint(str(tmp_path)) == before
+  (tmp_path / 'a.yaml').write_text('task: another\n')
+  assert harness._fingerprint(str(tmp_path)) != before
 
 
 def test_evaluate_command_prints_the_metrics_and_writes_the_harness_json(decoder_workdir,
