@@ -51,7 +51,7 @@ def _few_shot(workdir, **kwargs):
 
 def _lm_eval(workdir, **kwargs):
   from research.evaluation import harness  # pylint: disable=g-import-not-at-top
-  return harness.lm_eval_workdir(workdir, **kwargs)
+  return harness.lm_eval_task(workdir, **kwargs)
 
 
 TASKS = {

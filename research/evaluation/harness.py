@@ -510,16 +510,21 @@ def lm_eval_metrics(lm, *, tasks: str | Sequence[str], num_fewshot: int = -1, li
   return metrics
 
 
-def lm_eval_workdir(workdir: str, *, out: str = '', step: int | None = None,
-                    overrides: Sequence[tuple[str, str]] = ()) -> dict:
-  """--task=lm_eval: the config's eval.lm_eval tasks on `workdir`'s checkpoint, {step, ...}.
-  Task names and settings are checked before the slow restore."""
-  settings = loading.load_config(workdir, overrides).eval.lm_eval
+def lm_eval_task(model, *, out: str = '', step: int | None = None,
+                 overrides: Sequence[tuple[str, str]] = ()) -> dict:
+  """--task=lm_eval: {step, **lm_eval_metrics} with the eval.lm_eval settings of `model`, a
+  research.LanguageModel or a workdir (opened with research.load at `step` with `overrides`,
+  after its task names and settings are checked: bad ones fail before the slow restore)."""
+  loaded = isinstance(model, loading.LanguageModel)
+  if loaded and (step is not None or overrides):
+    raise UserError('step and overrides choose what to load from a workdir: pass them to '
+                    'research.load, not with a loaded model')
+  settings = (model.config if loaded else loading.load_config(model, overrides)).eval.lm_eval
   names = task_names(settings.tasks)
   check_settings(num_fewshot=settings.num_fewshot, limit=settings.limit,
                  include_path=settings.include_path)
   check_task_names(names, task_manager(settings.include_path), settings.include_path)
-  lm = loading.load(workdir, step=step, overrides=overrides)
+  lm = model if loaded else loading.load(model, step=step, overrides=overrides)
   return {'step': lm.step, **lm_eval_metrics(
       lm, tasks=names, num_fewshot=settings.num_fewshot, limit=settings.limit,
       include_path=settings.include_path, out=out)}

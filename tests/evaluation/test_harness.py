@@ -7,6 +7,8 @@ harness's batches, buckets or shared rows), greedy checks from the logits, gener
 `lm.generate` cut at the stop string. The harness scores on all 8 devices, the command on one.
 """
 
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -251,6 +253,19 @@ def test_bad_settings_and_harness_versions_are_user_errors(lm):
       harness.check_harness_version(version)
   with pytest.raises(UserError, match='lm_eval .* is not installed'):
     harness.check_harness_version(None)
+
+
+def test_lm_eval_task_reads_the_settings_of_a_loaded_model(lm, task_dir, results):
+  config = copy.deepcopy(lm.config)
+  config.eval.lm_eval.tasks, config.eval.lm_eval.limit = 'lmforge_mc', 3
+  config.eval.lm_eval.include_path = task_dir
+  metrics = harness.lm_eval_task(dataclasses.replace(lm, config=config))
+  correct = [np.argmax([ll for ll, _ in s['filtered_resps']]) == s['doc']['gold']
+             for s in _samples(results, 'lmforge_mc')[:3]]
+  assert metrics['step'] == lm.step and metrics['lmforge_mc/sample_len'] == 3
+  assert metrics['lmforge_mc/acc'] == pytest.approx(np.mean(correct))
+  with pytest.raises(UserError, match='step and overrides choose what to load from a workdir'):
+    harness.lm_eval_task(lm, step=lm.step)
 
 
 def test_task_index_is_kept_until_a_task_yaml_changes(tmp_path):
