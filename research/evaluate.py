@@ -20,6 +20,10 @@ Prints one JSON line of metrics. Tasks (research/evaluation/, each an importable
   python -m research.evaluate --workdir=runs/shakespeare --task=few_shot --data=qa.jsonl \
       --config.eval.k=3
       exact-match accuracy with k examples of {"input", "target"} lines in each prompt.
+  python -m research.evaluate --workdir=runs/shakespeare --task=lm_eval \
+      --config.eval.lm_eval.tasks=hellaswag,arc_easy --config.eval.lm_eval.num_fewshot=0
+      lm-evaluation-harness tasks (research/evaluation/harness.py; needs the `eval` extra and
+      the tasks' data); --out writes the harness's results JSON.
 
 The prompt format and generation settings are the run's `eval` config section
 (research/config_lib.py: prompt_template, example_separator, k, seed, max_new_tokens, stop,
@@ -51,7 +55,7 @@ def define_flags() -> None:
                       "'': the run's own")
   flags.DEFINE_string('split', 'validation', "perplexity: 'train' | 'validation'")
   flags.DEFINE_string('data', '', 'generation/few_shot: the JSONL file of examples')
-  flags.DEFINE_string('out', '', 'generation/few_shot: a directory for the metrics and '
+  flags.DEFINE_string('out', '', 'generation/few_shot/lm_eval: a directory for the metrics and '
                       'predictions')
 
 

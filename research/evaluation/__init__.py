@@ -6,6 +6,7 @@
   perplexity  the same on any source and split, tokenized with the run's tokenizer
   generation  BLEU, chrF and ROUGE of generations against references (a JSONL file)
   few_shot    exact-match accuracy with eval.k solved examples in each prompt (a JSONL file)
+  lm_eval     lm-evaluation-harness tasks (eval.lm_eval.tasks, e.g. hellaswag,arc_easy)
 
 Each task is a function of a model (a research.LanguageModel, or a workdir that it opens with
 research.load) and keyword options that returns a dict of numbers; a notebook calls it directly:
@@ -50,6 +51,7 @@ TASKS = {
                        arg_required=True, generates=True),
     'few_shot': Task('few_shot.few_shot', ('data', 'out', 'step'), arg='data',
                      arg_required=True, generates=True),
+    'lm_eval': Task('harness.lm_eval_task', ('out', 'step'), arg='tasks', arg_required=True),
 }
 
 

@@ -1,5 +1,6 @@
 """Evaluation tasks during training: `eval.during_training`, run every train.eval_every steps
-(and at the last step) on the parameters being trained, logged as eval/<task>/<metric>.
+(and at the last step) on the parameters being trained, logged as eval/<task>/<metric>
+(lm-evaluation-harness tasks as eval/lm_eval/<harness task>/<metric>).
 
   --config.eval.during_training='lm_eval:lambada_openai,perplexity:text:notes/*.txt'
 
@@ -121,6 +122,14 @@ class Evaluator:
       few_shot.read_examples(options['data'])
     elif entry.name == 'generation':
       generation.read_examples(options['data'])
+    elif entry.name == 'lm_eval':
+      from research.evaluation import harness  # pylint: disable=g-import-not-at-top
+      settings = self.run.config.eval.lm_eval
+      harness.check_settings(num_fewshot=settings.num_fewshot, limit=settings.limit,
+                             include_path=settings.include_path)
+      harness.check_task_names(harness.task_names(options['tasks']),
+                               harness.task_manager(settings.include_path),
+                               settings.include_path)
 
   def model(self, step: int, state):
     """The trained state as a research.LanguageModel (no copy: the same device arrays)."""

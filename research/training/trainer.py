@@ -345,6 +345,11 @@ def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | No
   count_bytes = hasattr(tokenizer, 'decode') and c.objective.name in _BPB_OBJECTIVES
   for name, eval_set in sets.items():
     available = eval_set.num_eval_batches(c.train.batch_size, run.objective.window_len(c) - 1)
+    if not available:  # never a silent score of zero examples
+      raise UserError(f'the validation split{f" of {name}" if name else ""} holds less than one '
+                      f'batch (train.batch_size={c.train.batch_size} windows of '
+                      f'{run.objective.window_len(c)} tokens): add validation text or lower '
+                      'train.batch_size')
     n = min(num_batches or available, available)
     totals, num_bytes = None, 0
     for i in range(n):

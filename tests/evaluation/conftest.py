@@ -106,14 +106,35 @@ COMPILES = CompileCounter()
 DURING_TRAINING_EVERY = 40  # the decoder run evaluates its tasks at steps 40 and 80
 
 
+LM_EVAL_TASK = 'table_choice'  # a local lm-evaluation-harness task over the table
+
+
 @pytest.fixture(scope='session')
-def decoder_workdir(tmp_path_factory, corpus, eval_cache, table_jsonl) -> str:
-  """The decoder run; it also evaluates perplexity (the whole validation split) and few-shot
-  accuracy on the table during training (tests/evaluation/test_during_training.py)."""
+def lm_eval_task_dir(tmp_path_factory) -> str:
+  """A directory with one multiple-choice harness task: each key's value among four."""
+  root = tmp_path_factory.mktemp('table_tasks')
+  docs = [{'key': k, 'choices': [TABLE[k]] + [v for v in VALUES if v != TABLE[k]][i:i + 3],
+           'gold': 0} for i, k in enumerate(KEYS[:8])]
+  (root / 'table.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs))
+  (root / f'{LM_EVAL_TASK}.yaml').write_text(
+      f'task: {LM_EVAL_TASK}\ndataset_path: json\n'
+      f"dataset_kwargs: {{data_files: {{test: '{root / 'table.jsonl'}'}}, "
+      f"cache_dir: '{root / 'cache'}'}}\ntest_split: test\noutput_type: multiple_choice\n"
+      'doc_to_text: key\ndoc_to_choice: choices\ndoc_to_target: gold\n'
+      'metric_list: [{metric: acc}]\n')
+  return str(root)
+
+
+@pytest.fixture(scope='session')
+def decoder_workdir(tmp_path_factory, corpus, eval_cache, table_jsonl, lm_eval_task_dir) -> str:
+  """The decoder run; during training it also evaluates perplexity (the whole validation
+  split), few-shot accuracy on the table and a local lm-evaluation-harness task
+  (tests/evaluation/test_during_training.py)."""
   workdir = str(tmp_path_factory.mktemp('decoder_run'))
   config = _config('decoder', corpus, eval_cache)
   config.train.eval_every = DURING_TRAINING_EVERY
-  config.eval.during_training = f'perplexity,few_shot:{table_jsonl}'
+  config.eval.lm_eval.include_path = lm_eval_task_dir
+  config.eval.during_training = f'perplexity,few_shot:{table_jsonl},lm_eval:{LM_EVAL_TASK}'
   trainer.train(config, workdir, devices=jax.devices()[:1], hooks=(COMPILES,))
   return workdir
 

@@ -61,8 +61,8 @@ def test_makefile_installs_through_the_constraints(tmp_path):
   for line in train + test:
     assert '-c constraints.txt' in line, line
   train_text = '\n'.join(train)
-  for heavy in ('torch', 'hf', 'test', 'tpu'):
+  for heavy in ('torch', 'hf', 'test', 'tpu', 'eval'):
     assert heavy not in train_text, f'make train installs {heavy}: {train_text}'
   assert "'.[beam]'" in train_text  # the Shakespeare data is prepared by a Beam pipeline
   test_text = '\n'.join(test)
-  assert 'torch==' in test_text and "'.[test,hf,beam,tpu]'" in test_text
+  assert 'torch==' in test_text and "'.[test,hf,beam,tpu,eval]'" in test_text
