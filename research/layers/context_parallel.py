@@ -9,8 +9,9 @@ queries of its slice. Two strategies (`model.attention.context_strategy`):
 
   all_gather  each device gathers every device's keys and values (and their token indices and
               segment ids) and attends its queries to all of them (MaxText's default). One
-              collective per layer; keys/values of the whole sequence on every device. Their
-              gradients go back by the all-gather's transpose, a reduce-scatter.
+              collective per layer and pass; keys/values of the whole sequence on every device
+              while the layer runs. The backward gathers again (only the device's own slice is
+              kept between the passes) and reduce-scatters the keys' and values' gradients.
   ring        key/value blocks travel round the devices by `jax.lax.ppermute`, one block at a
               time, while each device accumulates its queries' attention with an online
               (flash-style) softmax: memory is one block, whatever the number of devices. The
@@ -21,6 +22,10 @@ Both compute each (query tile, key tile) pair of `model.attention.block_size` to
 with a custom VJP (FlashAttention-2's recomputation): the forward keeps only the output and the
 per-row log-sum-exp, never the [T, S] probabilities. A tile pair that the mask rules out entirely
 (causal future, another packed segment, out of the window) is skipped at run time (`lax.cond`).
+The custom VJP wraps the shard_maps, and each shard_map is a remat that saves nothing, so that
+no partial evaluation looks inside: in a scanned layer stack the token indices and segment ids
+are loop-invariant, and JAX would otherwise hoist every tile's mask out of the layer loop,
+O(T^2) memory (tests/parallel/test_context_parallel.py checks the compiled memory).
 
 Causal load balancing (zig-zag). With a contiguous split, device n-1 of n would attend to the
 whole sequence and device 0 to one slice. Causal stacks therefore cut the sequence into 2n
@@ -64,6 +69,7 @@ from jax.sharding import PartitionSpec as P
 
 from research.errors import ConfigError
 from research.layers import patterns as patterns_lib
+from research.parallel import mesh as mesh_lib
 
 AXIS = 'context'
 STRATEGIES = patterns_lib.CONTEXT_STRATEGIES
@@ -101,7 +107,7 @@ def _batch_axes(batch: int) -> tuple[str, ...]:
   if not rules:
     return ()
   entry = nn.logical_to_mesh_axes(('batch',), rules)[0]
-  axes = [a for a in ((entry,) if isinstance(entry, str) else entry or ()) if a != AXIS]
+  axes = [a for a in mesh_lib.axes_of(entry) if a != AXIS]
   while axes and batch % math.prod(mesh.shape[a] for a in axes):
     axes.pop()
   return tuple(axes)
@@ -218,6 +224,7 @@ class _Static:
   length: int  # the whole row (BigBird-style tables would need it; patterns_lib.allowed takes it)
   n: int
   steps: tuple[int, ...]  # ring steps to run; (0,) for all_gather (after the gather)
+  strategy: str = 'all_gather'
 
 
 def _tile_mask(st: _Static, qi, qs, ki, ks):
@@ -336,6 +343,11 @@ def _rows_tiles(x_BGRL, tile: int):
   return jnp.moveaxis(x_BGRL.reshape(b, g, r, l // tile, tile), 3, 0)
 
 
+def _rows_untile(x_NBGRT):
+  x = jnp.moveaxis(x_NBGRT, 0, 3)
+  return x.reshape(x.shape[:3] + (x.shape[3] * x.shape[4],))
+
+
 def _shift(tree, by: int, n: int):
   """Every device's arrays to device (d + by) mod n: device d then holds (d - by)'s."""
   pairs = tuple((d, (d + by) % n) for d in range(n))
@@ -371,62 +383,95 @@ def _ring(st: _Static, visit, carry, moving):
   return carry, moving, at
 
 
+def _gather(x):
+  return jax.lax.all_gather(x, AXIS, axis=1, tiled=True)
+
+
+def _forward_local(st: _Static, q, k, v, qi, qs, ki, ks):
+  """One device's queries against the keys of `st.steps` (after the all-gather, or round the
+  ring): (out_BLHK, lse_BGRL), the per-row log-sum-exp that the backward needs."""
+  if st.strategy == 'all_gather':
+    k, v, ki, ks = _gather(k), _gather(v), _gather(ki), _gather(ks)
+  g, t = k.shape[2], st.tile
+  q_tiles = (_heads_tiles(q, g, t), _split(qi, t), _split(qs, t))
+  b, l, h, kd = q.shape
+  state = (jnp.zeros((l // t, b, g, h // g, t, kd), jnp.float32),
+           jnp.full((l // t, b, g, h // g, t), _NEG_INF, jnp.float32),
+           jnp.zeros((l // t, b, g, h // g, t), jnp.float32))
+
+  def visit(state, kv):
+    return _forward_block(st, state, q_tiles, tuple(_split(x, t) for x in kv)), kv
+
+  (acc, m, l_sum), _, _ = _ring(st, visit, state, (k, v, ki, ks))
+  safe = jnp.where(l_sum > 0, l_sum, 1.0)  # a row that sees no key (impossible: itself)
+  out = _heads_untile(acc / safe[..., None]).astype(q.dtype)
+  lse = jnp.where(l_sum > 0, m + jnp.log(safe), 0.0)
+  return out, _rows_untile(lse)
+
+
+def _backward_local(st: _Static, q, k, v, qi, qs, ki, ks, out, lse, dout):
+  """(dq, dk, dv) of one device's slice. all_gather: gathers again (nothing of the whole row
+  was kept) and reduce-scatters dk, dv; ring: the blocks go round again, each with its
+  gradient so far, and the gradients end at the blocks' owners."""
+  if st.strategy == 'all_gather':
+    k, v, ki, ks = _gather(k), _gather(v), _gather(ki), _gather(ks)
+  g, t = k.shape[2], st.tile
+  do = _heads_tiles(dout, g, t)
+  delta = (do.astype(jnp.float32) * _heads_tiles(out, g, t).astype(jnp.float32)).sum(-1)
+  q_tiles = (_heads_tiles(q, g, t), do, _rows_tiles(lse, t), delta, _split(qi, t),
+             _split(qs, t))
+
+  def visit(dq, moving):
+    kv, (dk, dv) = moving
+    dq_s, (dk_s, dv_s) = _backward_block(st, q_tiles, tuple(_split(x, t) for x in kv))
+    return dq + dq_s, (kv, (dk + _merge(dk_s), dv + _merge(dv_s)))
+
+  dq0 = jnp.zeros(q_tiles[0].shape, jnp.float32)
+  dkv0 = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  dq, (_, (dk, dv)), at = _ring(st, visit, dq0, ((k, v, ki, ks), dkv0))
+  if st.strategy == 'all_gather':
+    scatter = lambda x: jax.lax.psum_scatter(x, AXIS, scatter_dimension=1, tiled=True)
+    dk, dv = scatter(dk), scatter(dv)
+  elif at:  # home: each block's gradient back to the device that owns the block
+    dk, dv = _shift((dk, dv), -at, st.n)
+  return _heads_untile(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
 @functools.lru_cache(maxsize=64)
-def _attention_fn(st: _Static):
-  """custom_vjp (q, k, v, q_index, q_segment, k_index, k_segment) -> out over `st.steps`."""
+def _attention_fn(st: _Static, rows):
+  """custom_vjp (q, k, v, q_index, q_segment, k_index, k_segment) -> out on global arrays.
 
-  def forward(q, k, v, qi, qs, ki, ks):
-    g, t = k.shape[2], st.tile
-    q_tiles = (_heads_tiles(q, g, t), _split(qi, t), _split(qs, t))
-    b, _, h, kd = q.shape
-    nq = q.shape[1] // t
-    state = (jnp.zeros((nq, b, g, h // g, t, kd), jnp.float32),
-             jnp.full((nq, b, g, h // g, t), _NEG_INF, jnp.float32),
-             jnp.zeros((nq, b, g, h // g, t), jnp.float32))
-
-    def visit(state, kv):
-      return _forward_block(st, state, q_tiles, tuple(_split(x, t) for x in kv)), kv
-
-    (acc, m, l), _, _ = _ring(st, visit, state, (k, v, ki, ks))
-    safe = jnp.where(l > 0, l, 1.0)  # a row that sees no key (impossible in self-attention)
-    out = _heads_untile(acc / safe[..., None]).astype(q.dtype)
-    lse = jnp.where(l > 0, m + jnp.log(safe), 0.0)  # [nq, B, G, R, tile]
-    return out, (q, k, v, qi, qs, ki, ks, out, lse)
-
-  def backward(res, dout):
-    q, k, v, qi, qs, ki, ks, out, lse = res
-    g, t = k.shape[2], st.tile
-    do = _heads_tiles(dout, g, t)
-    delta = (do.astype(jnp.float32) * _heads_tiles(out, g, t).astype(jnp.float32)).sum(-1)
-    q_tiles = (_heads_tiles(q, g, t), do, lse, delta, _split(qi, t), _split(qs, t))
-
-    def visit(dq, moving):  # the block's gradient so far travels with the block
-      kv, (dk, dv) = moving
-      dq_s, (dk_s, dv_s) = _backward_block(st, q_tiles, tuple(_split(x, t) for x in kv))
-      return dq + dq_s, (kv, (dk + _merge(dk_s), dv + _merge(dv_s)))
-
-    dq0 = jnp.zeros(q_tiles[0].shape, jnp.float32)
-    dkv0 = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-    dq, (_, dkv), at = _ring(st, visit, dq0, ((k, v, ki, ks), dkv0))
-    if at:  # home: each block's gradient back to the device that owns the block
-      dkv = _shift(dkv, -at, st.n)
-    return (_heads_untile(dq).astype(q.dtype), dkv[0].astype(k.dtype),
-            dkv[1].astype(v.dtype), None, None, None, None)
+  The custom VJP sits outside the shard_maps, so autodiff (and the partial evaluation of a
+  scanned layer stack) never looks inside them: only (q, k, v, out, lse) are kept.
+  """
+  x4, x2 = P(rows, AXIS, None, None), P(rows, AXIS)
+  stats = P(rows, None, None, AXIS)  # lse_BGRT
+  manual = {AXIS, *mesh_lib.axes_of(rows)}
+  smap = lambda f, ins, outs: jax.shard_map(f, in_specs=ins, out_specs=outs, axis_names=manual,
+                                            check_vma=False)
+  inputs = (x4, x4, x4, x2, x2, x2, x2)
+  # Opaque to partial evaluation (a remat that saves nothing): inside a scanned layer stack
+  # the token indices and segment ids are loop-invariant, and partial evaluation would
+  # otherwise hoist every tile's mask out of the layer loop: O(T^2) booleans.
+  opaque = lambda f: jax.checkpoint(f, prevent_cse=False,
+                                    policy=jax.checkpoint_policies.nothing_saveable)
+  forward = opaque(smap(functools.partial(_forward_local, st), inputs, (x4, stats)))
+  backward = opaque(smap(functools.partial(_backward_local, st), inputs + (x4, stats, x4),
+                         (x4, x4, x4)))
 
   @jax.custom_vjp
-  def attend(q, k, v, qi, qs, ki, ks):
-    return forward(q, k, v, qi, qs, ki, ks)[0]
+  def attend_fn(*args):
+    return forward(*args)[0]
 
-  attend.defvjp(forward, backward)
-  return attend
+  def fwd(*args):
+    out, lse = forward(*args)
+    return out, (*args, out, lse)
 
+  def bwd(res, dout):
+    return (*backward(*res, dout), None, None, None, None)
 
-def _local_attention(st: _Static, strategy: str, q, k, v, qi, qs, ki, ks):
-  """One device's queries: all_gather the keys first, or run the ring."""
-  if strategy == 'all_gather':
-    gather = lambda x: jax.lax.all_gather(x, AXIS, axis=1, tiled=True)
-    k, v, ki, ks = gather(k), gather(v), gather(ki), gather(ks)
-  return _attention_fn(st)(q, k, v, qi, qs, ki, ks)
+  attend_fn.defvjp(fwd, bwd)
+  return attend_fn
 
 
 def tile_size(block_size: int, length: int, n: int, causal: bool) -> int:
@@ -451,16 +496,12 @@ def attend(q_BTHK, k_BSGK, v_BSGK, spec, pattern: patterns_lib.Pattern | None = 
   causal = spec.causal
   steps = ring_steps(pattern, n, t, causal) if strategy == 'ring' else (0,)
   st = _Static(pattern=pattern, causal=causal, scale=kd ** -0.5 if scale is None else scale,
-               tile=tile_size(block_size, t, n, causal), length=t, n=n, steps=steps)
+               tile=tile_size(block_size, t, n, causal), length=t, n=n, steps=steps,
+               strategy=strategy)
   rows = _batch_axes(b)
-  rows = rows if len(rows) != 1 else rows[0]
-  spec4, spec2 = P(rows or None, AXIS, None, None), P(rows or None, AXIS)
-  manual = {AXIS, *(rows if isinstance(rows, tuple) else (rows,))}
-  fn = functools.partial(_local_attention, st, strategy)
-  return jax.shard_map(fn, in_specs=(spec4,) * 3 + (spec2,) * 4, out_specs=spec4,
-                       axis_names=manual, check_vma=False)(
-                           q_BTHK, k_BSGK, v_BSGK, spec.q_index_BT, spec.q_segment_ids_BT,
-                           spec.k_index_BS, spec.k_segment_ids_BS)
+  rows = None if not rows else rows[0] if len(rows) == 1 else rows
+  return _attention_fn(st, rows)(q_BTHK, k_BSGK, v_BSGK, spec.q_index_BT, spec.q_segment_ids_BT,
+                                 spec.k_index_BS, spec.k_segment_ids_BS)
 
 
 # ---------------------------------------------------------------------------------------------
