@@ -17,10 +17,12 @@ import ml_collections
 from research.errors import ConfigError, UserError
 
 # Logical axis -> mesh axes. Parameters use 'embed'; activations use 'act_embed', which stays
-# replicated so that FSDP shards weights but not the residual stream's width.
+# replicated so that FSDP shards weights but not the residual stream's width. Only activations
+# name 'length' (the sequence), so the context axis never cuts a parameter; at mesh.context=1 it
+# cuts nothing.
 DEFAULT_RULES = (
     ('batch', ('data', 'fsdp', 'expert')),
-    ('length', None),
+    ('length', 'context'),
     ('embed', 'fsdp'),
     ('act_embed', None),
     ('heads', 'tensor'),
@@ -124,6 +126,11 @@ def base_config() -> ml_collections.ConfigDict:
   # XLA, linear for sparse patterns) | 'cudnn' (GPU) | 'splash' (TPU)
   c.model.attention.implementation = 'auto'
   c.model.attention.seed = 0  # bigbird's random blocks
+  # With mesh.context > 1: 'all_gather' (every device gathers all keys/values, MaxText's
+  # default; simple, O(seq_len) key/value memory) | 'ring' (key/value blocks pass round the
+  # context devices, flash-style accumulation: one block in memory; windows skip the blocks
+  # they cannot reach). block_size is the tile of both.
+  c.model.attention.context_strategy = 'all_gather'
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0
@@ -240,6 +247,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1: all devices not used by the other axes
   c.mesh.fsdp = 1  # parameters, gradients and optimizer state sharded (ZeRO-3)
   c.mesh.expert = 1  # MoE experts sharded
+  # Context parallelism: activations' sequence axis split over this many devices, for sequences
+  # longer than one device holds (research/layers/context_parallel.py). Self-attention runs
+  # model.attention.context_strategy; causal stacks use a zig-zag split (device i holds chunks
+  # i and 2n-1-i of 2n) to balance the work. data.seq_len must split into 2 x context chunks
+  # (causal) or context chunks (bidirectional). Decoder and encoder families; not prefix LM,
+  # relative position bias, BigBird, soft-capped scores, prompt tuning or capacity-based MoE.
+  c.mesh.context = 1
   c.mesh.tensor = 1  # heads, MLP and vocabulary sharded (Megatron)
   c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes (DEFAULT_RULES above)
 
@@ -433,6 +447,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   mesh.axis_sizes(c.mesh)  # validates the preset name
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
   models.transformer_config(c.model, seq_len=c.data.seq_len)
+  from research.layers import context_parallel  # pylint: disable=g-import-not-at-top
+  context_parallel.check_config(c)
   return c
 
 

@@ -78,7 +78,17 @@ What is counted, per device:
       after for save_attention_out), and the plan assumes before, so both halves' recomputed
       residuals are live at once. FSDP adds one layer's gathered weights.
   Activations are cut over the mesh as the model's logical constraints cut them: rows over the
-  'batch' rule's axes, heads, MLP and vocabulary over theirs (tensor parallelism).
+  'batch' rule's axes, heads, MLP and vocabulary over theirs (tensor parallelism), and the
+  sequence over the context axis (`mesh.context`, the 'length' rule).
+  * Context parallelism (mesh.context = n > 1): each device holds T / n tokens of every
+    activation. Self-attention runs research/layers/context_parallel.py's tiled kernel
+    (attention 'context_all_gather' or 'context_ring'), which keeps only its own slice's q, k,
+    v, output and softmax statistics (4 H per token), no probabilities and no [T, S] mask.
+    Its backward working set: d q in float32, the score tiles (4 float32 [H, tile, tile]
+    arrays: s, p, d p, d s; tile = model.attention.block_size or the chunk) and the keys and
+    values it visits with their float32 gradients: the whole row, gathered again, for
+    all_gather; for the ring its slice's gradient accumulators and one block in flight with
+    its gradient.
   Fits: params + gradients + optimizer state + activations <= HBM x (1 - 10 %), the headroom
   for XLA's workspace, fragmentation and the runtime (HBM is the nominal size per chip).
   Adding all gradients to the activation peak is an upper bound: gradients fill up while
@@ -110,6 +120,7 @@ from absl import flags
 
 from research import cli, models, objectives
 from research.errors import ConfigError
+from research.layers import context_parallel
 from research.models import transformer
 from research.parallel import mesh as mesh_lib
 from research.training import flops as flops_lib, optimizers, trainer
@@ -265,6 +276,8 @@ class _Dims:
   norm: float  # bytes per element of D that one norm keeps
   post_norm: bool = False  # a second norm on each sublayer's output (norm_position='sandwich')
   qk_norm: bool = False  # a norm over head_dim of each query and key head (model.qk_norm)
+  tile: int = 0  # context-parallel attention's tile (0: not context-parallel)
+  context: int = 1  # devices a row is split over (mesh.context)
 
   @classmethod
   def of(cls, cfg: transformer.TransformerConfig, a: int, split: Split) -> '_Dims':
@@ -343,6 +356,10 @@ class _Stack:
   halves: tuple[tuple[str, dict[str, float], int], ...]  # (kind, residuals, keys attended)
 
 
+def _is_context(impl: str) -> bool:
+  return impl.startswith('context_')
+
+
 def _stacks(config, cfg, m: _Dims, impl: str, split: Split) -> list[_Stack]:
   c = config
   if c.model.family == 'encoder_decoder':
@@ -389,6 +406,12 @@ def _backward_temp(kind: str, half: dict[str, float], m: _Dims, impl: str, t: in
   """Gradient buffers live at once in one half's backward."""
   if kind == 'mlp':
     return 2 * t * m.f * m.a  # d hidden, d pre-activation
+  if _is_context(impl):
+    kv = 2 * m.kv_heads * m.head_dim * (m.a + 4)  # keys, values and their float32 gradients
+    temp = 4 * t * m.heads * m.head_dim + 4 * 4 * m.heads * m.tile ** 2  # d q; one tile
+    if impl == 'context_all_gather':
+      return temp + t * m.context * kv  # the whole row, gathered
+    return temp + 2 * t * kv  # the slice's accumulators and the block in flight
   if impl == 'xla':
     return 2 * t * m.heads * s * 4  # d probabilities, d scores (float32)
   return half['query'] + half['key_value']  # flash backward: d q, d k, d v
@@ -398,6 +421,10 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
                      sizes: StateSizes) -> dict[str, float]:
   """Named activation bytes on one device for one micro-batch of `rows` sequences."""
   m = _Dims.of(cfg, a, split)
+  if _is_context(impl):
+    causal = config.model.family == 'decoder'
+    m = dataclasses.replace(m, context=split.length, tile=context_parallel.tile_size(
+        cfg.attention.block_size, config.data.seq_len, split.length, causal))
   policy = cfg.remat
   terms = {'layers': 0.0, 'shared': 0.0, 'head': 0.0, 'weight_copies': 0.0,
            'dropout_masks': 0.0}
@@ -425,7 +452,7 @@ def _shared(stack: _Stack, m: _Dims, impl: str, cfg, policy: str) -> float:
   """Per-row bytes kept once per stack: masks, the XLA softmax's fill value, RoPE tables."""
   shared = 0.0
   for kind, _, s in stack.halves:
-    if kind != 'attention':
+    if kind != 'attention' or _is_context(impl):  # context-parallel masks are per tile
       continue
     shared += stack.tokens * s  # boolean mask [T, S]
     if impl == 'xla' and policy == 'none':
@@ -542,10 +569,14 @@ def compute_dtype(config, device: Device) -> tuple[str, str]:
   return name, f'model.dtype={name!r}'
 
 
-def attention_impl(config, device: Device, dtype: str) -> str:
+def attention_impl(config, device: Device, dtype: str, context: int = 1) -> str:
   """research.layers.attention.resolve_implementation of full attention, for the target
-  device's platform (sparse patterns are planned as full attention: an upper bound)."""
-  impl = models.transformer.attention_section(config.model).implementation
+  device's platform (sparse patterns are planned as full attention: an upper bound); over a
+  context axis of `context` > 1 devices, 'context_<strategy>'."""
+  att = models.transformer.attention_section(config.model)
+  if context > 1:
+    return f'context_{att.context_strategy}'
+  impl = att.implementation
   if impl != 'auto':
     return impl
   return 'cudnn' if device.platform == 'gpu' and dtype in ('bfloat16', 'float16') else 'xla'
@@ -577,7 +608,7 @@ def plan_devices(config, *, num_devices: int | None = None,
   plans = []
   for device in targets:
     dtype, reason = compute_dtype(c, device)
-    impl = attention_impl(c, device, dtype)
+    impl = attention_impl(c, device, dtype, split.length)
     terms = activation_terms(c, cfg, a=jnp.dtype(dtype).itemsize, impl=impl, split=split,
                              rows=rows, sizes=sizes)
     plans.append(Plan(

@@ -25,6 +25,11 @@ Implementations (`model.attention.implementation`):
              causal sliding windows on GPU in half precision, splash on TPU where it applies,
              else blockwise. Never cuDNN or splash on CPU.
 
+Context parallelism. When the ambient mesh's `context` axis is larger than 1, training and
+evaluation self-attention runs research/layers/context_parallel.py's kernel over the sharded
+sequence (`model.attention.context_strategy`: all-gather or ring), whatever the implementation;
+decoding and cross-attention do not.
+
 Decoding. With `decode=True` self-attention keys and values go to a 'cache' collection. Causal
 sliding-window and chunked layers keep a rolling cache of W (or chunk) slots, written at
 position mod W, so memory stays constant in the generated length; other layers keep one slot
@@ -44,6 +49,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from research.errors import ConfigError
 from research.layers import blockwise
+from research.layers import context_parallel
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
 from research.layers import norms
@@ -373,6 +379,9 @@ class Attention(nn.Module):
   scale: float | None = None  # score scale; None: 1/sqrt(head_dim)
   pattern: patterns_lib.Pattern | None = None
   peft: peft_lib.PeftConfig = peft_lib.PeftConfig()  # LoRA deltas on the projections
+  # Over a context-sharded sequence (mesh.context > 1): the strategy and the kernel's tile.
+  context_strategy: str = 'all_gather'
+  context_block_size: int = 64
 
   def _proj(self, name, x_BTD, heads, axis_name):
     d = x_BTD.shape[-1]
@@ -426,6 +435,8 @@ class Attention(nn.Module):
       # One-token decode steps against a masked cache are XLA's case, not flash attention's.
       k_BSGK, v_BSGK, mask = self._update_cache(k_BSGK, v_BSGK, mask_BTS, bias_HTS is None)
       out_BTHK = attend_xla(q_BTHK, k_BSGK, v_BSGK, mask, bias_HTS, self.scale, self.softcap)
+    elif not cross and isinstance(mask_BTS, MaskSpec) and context_parallel.context_size() > 1:
+      out_BTHK = self._attend_context(q_BTHK, k_BSGK, v_BSGK, mask_BTS, pattern, bias_HTS)
     else:
       spec = mask_BTS if isinstance(mask_BTS, MaskSpec) else None
       impl = resolve_implementation(
@@ -457,6 +468,16 @@ class Attention(nn.Module):
                                                                    ('embed',)),
                           (x_BTD.shape[-1],), jnp.float32).astype(self.dtype)
     return y_BTD
+
+  def _attend_context(self, q_BTHK, k_BSGK, v_BSGK, spec, pattern, bias_HTS):
+    """Self-attention over a context-sharded sequence (research/layers/context_parallel.py)."""
+    if bias_HTS is not None or self.softcap:
+      raise ValueError('context parallelism supports neither score biases nor soft-capping')
+    if self.is_mutable_collection(PROBS_COLLECTION) and not self.is_initializing():
+      raise ValueError('attention maps are dense [B, H, T, S]: take them with mesh.context=1')
+    return context_parallel.attend(q_BTHK, k_BSGK, v_BSGK, spec, pattern,
+                                   strategy=self.context_strategy,
+                                   block_size=self.context_block_size, scale=self.scale)
 
   def _update_cache(self, k_BLGK, v_BLGK, mask_BLS, may_roll: bool):
     """Writes L new keys/values; returns (keys, values, mask) for the L queries.

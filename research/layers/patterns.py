@@ -40,6 +40,9 @@ import numpy as np
 from research.errors import ConfigError
 
 KINDS = ('full', 'sliding', 'longformer', 'bigbird', 'chunked')
+# How self-attention runs over a sequence split on the mesh's context axis
+# (research/layers/context_parallel.py).
+CONTEXT_STRATEGIES = ('all_gather', 'ring')
 FIELD = 'model.attention'
 
 
@@ -95,6 +98,7 @@ class AttentionConfig:
   chunk: int = 0
   implementation: str = 'auto'
   seed: int = 0
+  context_strategy: str = 'all_gather'
 
   def layer_pattern(self, i: int) -> Pattern:
     """Layer i's pattern (0-based, within its stack): the cycle's entry i mod its length."""
@@ -143,6 +147,10 @@ def check_attention(att, *, num_layers: int, scan_layers: bool, implementations)
   if att['implementation'] not in implementations:
     raise ConfigError(f'{FIELD}.implementation', att['implementation'],
                       f'choose one of {list(implementations)}')
+  strategy = att.get('context_strategy', 'all_gather')
+  if strategy not in CONTEXT_STRATEGIES:
+    raise ConfigError(f'{FIELD}.context_strategy', strategy,
+                      f'choose one of {list(CONTEXT_STRATEGIES)}')
   used = set(kinds)
   if used & {'sliding', 'longformer'} and att['window'] <= 0:
     raise ConfigError(f'{FIELD}.window', att['window'],
@@ -174,7 +182,8 @@ def resolve(att) -> AttentionConfig:
       pattern=parse_pattern(att['pattern']), window=int(att['window']),
       global_tokens=int(att['global_tokens']), block_size=int(att['block_size']),
       random_blocks=int(att['random_blocks']), chunk=int(att['chunk']),
-      implementation=str(att['implementation']), seed=int(att['seed']))
+      implementation=str(att['implementation']), seed=int(att['seed']),
+      context_strategy=str(att.get('context_strategy', 'all_gather')))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
-from research.layers import attention, mlp, norms, positions
+from research.layers import attention, context_parallel, mlp, norms, positions
 from research.layers import moe as moe_lib
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
@@ -249,7 +249,9 @@ class Block(nn.Module):
         qk_norm=c.norm if c.qk_norm else '', norm_eps=c.norm_eps,
         softcap=c.attention_softcap, init_std=c.init_std,
         out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
-        pattern=self.pattern if name == 'attn' else None, peft=c.peft, name=name)
+        pattern=self.pattern if name == 'attn' else None, peft=c.peft,
+        context_strategy=c.attention.context_strategy,
+        context_block_size=c.attention.block_size, name=name)
 
   def _residual(self, name, x_BTD, sublayer):
     c = self.cfg
@@ -310,7 +312,28 @@ class Stack(nn.Module):
     Layer i has a mixture-of-experts feed-forward when `cfg.moe.is_moe_layer(i)` and the
     attention pattern `cfg.attention.layer_pattern(i)`; a scanned stack has one layer type, so
     MoE there needs every layer MoE (model.moe.every=1) and one pattern for every layer.
+
+    Over a context-sharded sequence (mesh.context > 1) a causal stack runs in the zig-zag
+    order that balances causal attention (research/layers/context_parallel.py): its inputs
+    are permuted once here and its output back, and every layer in between either works per
+    token or builds its mask from the permuted token indices.
     """
+    zigzag = (not self.decode and isinstance(mask_BTS, attention.MaskSpec) and mask_BTS.causal
+              and context_parallel.context_size() > 1)
+    if not zigzag:
+      return self._layers(x_BTD, positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
+    if self.cross_attention or bias_HTS is not None:
+      raise ValueError('context parallelism supports neither cross-attention nor score biases')
+    spec = mask_BTS
+    x_BTD, positions_BT, segment_ids_BT, index_BT = context_parallel.to_zigzag(
+        x_BTD, positions_BT, spec.q_segment_ids_BT, spec.q_index_BT)
+    spec = spec.replace(q_segment_ids_BT=segment_ids_BT, k_segment_ids_BS=segment_ids_BT,
+                        q_index_BT=index_BT, k_index_BS=index_BT)
+    x_BTD = self._layers(x_BTD, positions_BT, spec)
+    return context_parallel.from_zigzag(x_BTD)[0]
+
+  def _layers(self, x_BTD, positions_BT, mask_BTS, bias_HTS=None, encoded_BSD=None,
+              cross_mask_BTS=None):
     c = self.cfg
     args = (positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
     kwargs = dict(decode=self.decode, deterministic=self.deterministic,

@@ -1,4 +1,10 @@
-"""Device mesh from `config.mesh` and shardings from logical-axis rules (layouts as data)."""
+"""Device mesh from `config.mesh` and shardings from logical-axis rules (layouts as data).
+
+Axes, outermost first: data, fsdp, expert, context, tensor. `context` cuts activations along
+the sequence ('length'; research/layers/context_parallel.py) and never a parameter; it sits
+next to `tensor` so that its ring neighbours are close on the interconnect. A size-1 axis
+changes nothing, so configs and checkpoints from before an axis existed keep working.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research.errors import ConfigError
 
-MESH_AXES = ('data', 'fsdp', 'expert', 'tensor')
+MESH_AXES = ('data', 'fsdp', 'expert', 'context', 'tensor')
 
 # The base config's sizes: a field still at its default is one the user left to the preset.
-DEFAULT_SIZES = {'data': -1, 'fsdp': 1, 'expert': 1, 'tensor': 1}
+DEFAULT_SIZES = {'data': -1, 'fsdp': 1, 'expert': 1, 'context': 1, 'tensor': 1}
 
 # Named layouts (`mesh.preset`): axis sizes, -1 taking the remaining devices. The logical-axis
 # rules (config_lib.DEFAULT_RULES) already say what each axis shards, so a preset only sizes
@@ -29,7 +35,8 @@ PRESETS = {
 
 def axis_sizes(mesh_cfg) -> dict[str, int]:
   """Sizes per axis (-1 unresolved), with `mesh.preset` filling the fields left at default."""
-  sizes = {a: int(mesh_cfg[a]) for a in MESH_AXES}
+  # .get: a config saved before an axis existed has that axis at size 1.
+  sizes = {a: int(mesh_cfg.get(a, DEFAULT_SIZES[a])) for a in MESH_AXES}
   preset = mesh_cfg.get('preset', '')
   if not preset:
     return sizes
