@@ -244,8 +244,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.expert = 1  # MoE experts sharded
   c.mesh.tensor = 1  # heads, MLP and vocabulary sharded (Megatron)
   # Pipeline stages (GPipe, research/parallel/pipeline.py): the scanned layer stack's L layers
-  # in contiguous blocks of L / stage per stage; needs model.scan_layers and a decoder. 1: off.
-  # A fixed size, never -1.
+  # in contiguous blocks of L / stage per stage (each stack of an encoder-decoder); needs
+  # model.scan_layers and a dense model (no MoE). 1: off; a fixed size, never -1.
   c.mesh.stage = 1
   # Pipeline micro-batches per forward pass, M (0: mesh.stage): each gradient-accumulation
   # micro-batch (train.batch_size / train.micro_batches sequences) is cut into M that flow

@@ -22,6 +22,13 @@ as [repeats, S, ...] (a different parameter layout, so different checkpoints) or
 of the weights every step; GPipe keeps the unpipelined [L, ...] parameters, checkpoints and
 decoding path unchanged. Its bubble shrinks with M instead.
 
+Every family: decoders, encoders, and both stacks of an encoder-decoder (each pipelined on its
+own; the decoder's micro-batches carry their encoder outputs and cross masks). Not pipelined,
+as ConfigErrors: unrolled stacks (their per-layer parameters are not one [L, ...] array; set
+model.scan_layers) and mixture-of-experts layers (their auxiliary collections and expert
+all-to-alls are not threaded through the stages). The embeddings and the head run, replicated,
+on every stage.
+
 Shape letters beyond docs' key: S stages, M micro-batches, b rows of one micro-batch (B / M).
 """
 
@@ -65,16 +72,13 @@ def check_config(c) -> None:
                       'must be >= 0 (0: as many as mesh.stage)')
   if stages == 1:
     return
-  family = c.model.get('family', 'decoder')
-  if family != 'decoder':
-    raise ConfigError('mesh.stage', stages, f'pipelines decoder stacks only; model.family is '
-                      f'{family!r}: use mesh.stage=1 with mesh.fsdp / mesh.tensor')
   if not c.model.scan_layers:
     raise ConfigError('model.scan_layers', False, f'mesh.stage={stages} pipelines the scanned '
                       'layer stack: set model.scan_layers=True')
-  if c.model.num_layers % stages:
-    raise ConfigError('mesh.stage', stages, f'does not divide model.num_layers='
-                      f'{c.model.num_layers}: pick a divisor of the layer count')
+  for field, layers in _stack_depths(c.model):
+    if layers % stages:
+      raise ConfigError('mesh.stage', stages, f'does not divide {field}={layers}: pick a '
+                        'divisor of the layer count')
   if c.model.moe.num_experts:
     raise ConfigError('model.moe.num_experts', c.model.moe.num_experts,
                       f'mixture-of-experts layers are not pipelined (mesh.stage={stages}): use '
@@ -91,6 +95,16 @@ def check_config(c) -> None:
                       f'must divide the {rows} sequences of each train micro-batch '
                       f'(train.batch_size={c.train.batch_size} / train.micro_batches='
                       f'{c.train.micro_batches})')
+
+
+def _stack_depths(m) -> list[tuple[str, int]]:
+  """(field, layers) of each stack the pipeline cuts: one, or an encoder-decoder's two."""
+  if m.get('family', 'decoder') != 'encoder_decoder':
+    return [('model.num_layers', m.num_layers)]
+  return [('model.encoder_layers' if m.encoder_layers else 'model.num_layers',
+           m.encoder_layers or m.num_layers),
+          ('model.decoder_layers' if m.decoder_layers else 'model.num_layers',
+           m.decoder_layers or m.num_layers)]
 
 
 def split_micro(x, m: int):

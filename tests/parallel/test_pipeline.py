@@ -84,6 +84,30 @@ def test_pipeline_matches_unpipelined(reference, layout, expected_calls, monkeyp
   assert losses[-1] < losses[0]  # it trains
 
 
+def test_encoder_decoder_gradients_match_unpipelined(monkeypatch):
+  """Both T5 stacks pipelined: the bidirectional encoder, and the decoder whose stages take
+  their micro-batch's encoder outputs and cross mask; the relative bias reaches every stage."""
+  from tests.models import test_encoder_decoder  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = pipeline.gpipe
+  monkeypatch.setattr(pipeline, 'gpipe', lambda *a, **k: calls.append(k['stages']) or real(*a, **k))
+  dataset = test_encoder_decoder.pattern_dataset()
+  config = functools.partial(_config, **{
+      'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
+      'model.position': 'relative', 'model.num_layers': 2,
+      'data.vocab_size': test_encoder_decoder.VOCAB})
+  reference = trainer.build_run(config(), devices=jax.devices()[:1])
+  params = trainer.init_state(reference, seed=0).params
+  piped = trainer.build_run(config(**{'mesh.stage': 2, 'mesh.data': 2, 'mesh.tensor': 2}),
+                            devices=jax.devices())
+  loss, grads = helpers.batch_loss_and_grads(reference, params, dataset)
+  piped_loss, piped_grads = helpers.batch_loss_and_grads(
+      piped, jax.device_put(params, piped.state_shardings.params), dataset)
+  assert calls == [2, 2]  # encoder and decoder
+  assert piped_loss == pytest.approx(loss, rel=1e-5)
+  _assert_close(piped_grads, grads, 1e-5)
+
+
 def test_layer_parameters_are_sharded_over_stages():
   run = trainer.build_run(_config(**{'mesh.stage': 4, 'mesh.data': 2}), devices=jax.devices())
   state = trainer.init_state(run, seed=0)
@@ -100,8 +124,8 @@ def test_layer_parameters_are_sharded_over_stages():
     ({'mesh.stage': 2, 'train.micro_batches': 4, 'mesh.pipeline_micro_batches': 8},
      'mesh.pipeline_micro_batches=8: must divide the 4 sequences of each train micro-batch'),
     ({'mesh.stage': 2, 'model.scan_layers': False}, 'model.scan_layers=False: mesh.stage=2'),
-    ({'mesh.stage': 2, 'model.family': 'encoder', 'objective.name': 'mlm'},
-     "mesh.stage=2: pipelines decoder stacks only; model.family is 'encoder'"),
+    ({'mesh.stage': 2, 'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
+      'model.decoder_layers': 3}, 'mesh.stage=2: does not divide model.decoder_layers=3'),
     ({'mesh.stage': 2, 'model.moe.num_experts': 4},
      'model.moe.num_experts=4: mixture-of-experts layers are not pipelined'),
     ({'mesh.stage': 2, 'mesh.rules': (('batch', 'data'), ('layers', None))},
