@@ -29,6 +29,11 @@ model.scan_layers) and mixture-of-experts layers (their auxiliary collections an
 all-to-alls are not threaded through the stages). The embeddings and the head run, replicated,
 on every stage.
 
+Pipeline micro-batches are not `train.micro_batches`: those run one after another (gradient
+accumulation), while a pipeline needs several in flight at once. Each gradient-accumulation
+micro-batch is cut into M pipeline micro-batches, so the two compose. Dropout masks are keyed
+by (iteration, stage), so they differ from the unpipelined run's (everything else is equal).
+
 Shape letters beyond docs' key: S stages, M micro-batches, b rows of one micro-batch (B / M).
 """
 
