@@ -107,9 +107,8 @@ def build_run(config, *, devices=None) -> Run:
     raise ConfigError('train.batch_size', config.train.batch_size,
                       f'each of the {config.train.micro_batches} micro-batches ({micro} '
                       f'sequences) must divide over the {divisor} batch shards of the mesh')
-  stages = pipeline.stages_of(config)
-  if stages > 1 and (micro // pipeline.micro_batches_of(config)) % divisor:
-    m = pipeline.micro_batches_of(config)
+  m = pipeline.micro_batches_of(config)
+  if pipeline.stages_of(config) > 1 and (micro // m) % divisor:
     raise ConfigError('mesh.pipeline_micro_batches', m,
                       f'each pipeline micro-batch ({micro} / {m} = {micro // m} sequences) must '
                       f'divide over the {divisor} batch shards of the mesh: use fewer '
