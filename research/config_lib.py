@@ -31,7 +31,9 @@ DEFAULT_RULES = (
     ('mlp', 'tensor'),
     ('vocab', 'tensor'),
     ('expert', 'expert'),
-    ('layers', None),
+    # Scanned layer stacks [L, ...]: contiguous blocks of L / mesh.stage layers per pipeline
+  # stage (a size-1 'stage' axis shards nothing).
+  ('layers', 'stage'),
 )
 
 
@@ -255,6 +257,14 @@ def base_config() -> ml_collections.ConfigDict:
   # relative position bias, BigBird, soft-capped scores, prompt tuning or capacity-based MoE.
   c.mesh.context = 1
   c.mesh.tensor = 1  # heads, MLP and vocabulary sharded (Megatron)
+  # Pipeline stages (GPipe, research/parallel/pipeline.py): the scanned layer stack's L layers
+  # in contiguous blocks of L / stage per stage (each stack of an encoder-decoder); needs
+  # model.scan_layers and a dense model (no MoE). 1: off; a fixed size, never -1.
+  c.mesh.stage = 1
+  # Pipeline micro-batches per forward pass, M (0: mesh.stage): each gradient-accumulation
+  # micro-batch (train.batch_size / train.micro_batches sequences) is cut into M that flow
+  # through the stages together; bubble (stage - 1) / (M + stage - 1) of the step.
+  c.mesh.pipeline_micro_batches = 0
   c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes (DEFAULT_RULES above)
 
   c.sample = ml_collections.ConfigDict()  # what `make train` prints at the end
@@ -445,6 +455,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     peft.check_config(c)
   from research.parallel import mesh  # pylint: disable=g-import-not-at-top
   mesh.axis_sizes(c.mesh)  # validates the preset name
+  from research.parallel import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.check_config(c)
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
   models.transformer_config(c.model, seq_len=c.data.seq_len)
   from research.layers import context_parallel  # pylint: disable=g-import-not-at-top

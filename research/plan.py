@@ -122,7 +122,7 @@ from research import cli, models, objectives
 from research.errors import ConfigError
 from research.layers import context_parallel
 from research.models import transformer
-from research.parallel import mesh as mesh_lib
+from research.parallel import mesh as mesh_lib, pipeline
 from research.training import flops as flops_lib, optimizers, trainer
 
 GiB = 2 ** 30
@@ -445,7 +445,36 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
     terms['weight_copies'] = (sizes.param_bytes if policy == 'none'
                               else sizes.head_param_bytes) * a / 4
   terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
+  stages, micro = pipeline.stages_of(config), pipeline.micro_batches_of(config)
+  if stages > 1:
+    _pipeline_terms(terms, working, stacks[0], m, impl, cfg, rows=rows, stages=stages,
+                    micro=micro)
+    terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
   return terms
+
+
+def _pipeline_terms(terms, working, stack: '_Stack', m: '_Dims', impl: str, cfg, *, rows: int,
+                    stages: int, micro: int) -> None:
+  """GPipe (research/parallel/pipeline.py) in place of the whole stack on every device: a
+  device holds L/S layers and runs M + S - 1 iterations of b = rows / M rows each, keeping
+  every iteration's residuals for the backward (all forwards, then all backwards).
+
+  Per device: the layers' residuals x (M + S - 1) / (M S) of the unpipelined stack's; with
+  remat 'full' (applied per stage iteration) only each iteration's stage input, and the
+  working set gains one stage's full residuals for b rows (recomputed in the backward). The
+  buffer's per-iteration copies and the collected outputs, (M + S - 1) b + rows rows of D,
+  are the 'pipeline_buffer' term."""
+  b, iterations = rows / micro, micro + stages - 1
+  per_stage = stack.layers // stages
+  row_bytes = stack.tokens * m.d * m.a  # one row of the residual stream
+  if cfg.remat == 'full':
+    terms['layers'] = iterations * b * row_bytes
+    full, _ = _layer_saved_and_working(stack, 'none', m, impl, cfg)
+    working.append(per_stage * full * b)
+  else:
+    terms['layers'] *= iterations / (micro * stages)
+  working[0] = working[0] / micro  # a layer's working set, for one micro-batch
+  terms['pipeline_buffer'] = (iterations * b + rows) * row_bytes
 
 
 def _shared(stack: _Stack, m: _Dims, impl: str, cfg, policy: str) -> float:
@@ -519,6 +548,13 @@ class Plan:
   flops_per_step: float
   mfu: float = DEFAULT_MFU
   headroom: float = HEADROOM
+  pipeline_stages: int = 1  # mesh.stage
+  pipeline_micro_batches: int = 1  # pipeline micro-batches per train micro-batch
+
+  @property
+  def bubble_fraction(self) -> float:
+    """GPipe's idle share of the step, (S - 1) / (M + S - 1); 0 without a pipeline."""
+    return pipeline.bubble_fraction(self.pipeline_stages, self.pipeline_micro_batches)
 
   @property
   def activation_bytes(self) -> float:
@@ -538,14 +574,17 @@ class Plan:
 
   @property
   def step_time_s(self) -> float:
-    return self.flops_per_step / (self.num_devices * self.device.peak_flops * self.mfu)
+    """FLOPs over the devices' peak at `mfu`, stretched by the pipeline bubble: the devices
+    compute M micro-batches in M + S - 1 iterations."""
+    compute = self.flops_per_step / (self.num_devices * self.device.peak_flops * self.mfu)
+    return compute / (1 - self.bubble_fraction)
 
   def to_dict(self) -> dict:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != 'device'}
     out.update(device=self.device.name, device_label=self.device.label,
                hbm_bytes=self.device.hbm_bytes, activation_bytes=self.activation_bytes,
                total_bytes=self.total_bytes, usable_bytes=self.usable_bytes, fits=self.fits,
-               step_time_s=self.step_time_s,
+               step_time_s=self.step_time_s, bubble_fraction=self.bubble_fraction,
                tokens_per_sec=self.batch_size * self.seq_len / self.step_time_s)
     return out
 
@@ -621,7 +660,8 @@ def plan_devices(config, *, num_devices: int | None = None,
         opt_state_bytes=sizes.opt_state_bytes,
         opt_state_total_bytes=sizes.opt_state_total_bytes, activation_terms=terms,
         flops_per_token=flops_per_step / (c.train.batch_size * c.data.seq_len),
-        flops_per_step=flops_per_step))
+        flops_per_step=flops_per_step, pipeline_stages=pipeline.stages_of(c),
+        pipeline_micro_batches=pipeline.micro_batches_of(c) if pipeline.stages_of(c) > 1 else 1))
   return plans
 
 
@@ -635,7 +675,8 @@ def plan(config, *, num_devices: int | None = None, device: str = 'h100-80gb') -
 
 _TERM_LABELS = {'layers': 'saved by the layers', 'shared': 'shared (masks, final norms)',
                 'head': 'head and loss', 'weight_copies': 'compute-dtype weight copies',
-                'dropout_masks': 'dropout masks', 'working_set': 'backward working set'}
+                'dropout_masks': 'dropout masks', 'working_set': 'backward working set',
+                'pipeline_buffer': 'pipeline buffer (stage inputs, outputs)'}
 
 
 def _gib(n: float) -> str:
@@ -665,13 +706,21 @@ def format_plan(p: Plan) -> str:
       f'{plural(p.micro_batches, "micro-batch", "es")}: '
       f'{plural(p.rows_per_device, "sequence")} per device per micro-batch',
       f'compute {p.compute_dtype} ({p.dtype_reason}), attention {p.attention_impl}, '
-      f'scan_layers {"on" if p.scan_layers else "off"}', '', table, '',
+      f'scan_layers {"on" if p.scan_layers else "off"}', *_pipeline_line(p), '', table, '',
       f'{verdict} on {p.device.name}: {_gib(p.total_bytes)} of {_gib(p.usable_bytes)} usable '
       f'({p.device.hbm_bytes / GiB:g} GiB less {p.headroom:.0%} headroom), '
       f'{p.total_bytes / p.usable_bytes:.0%}',
       f'FLOPs: {p.flops_per_token:.3g} per token, {p.flops_per_step:.3g} per step',
       f'step time at {p.mfu:.0%} MFU: {p.step_time_s * 1e3:,.1f} ms '
       f'({p.batch_size * p.seq_len / p.step_time_s:,.0f} tokens/s; compute only)'])
+
+
+def _pipeline_line(p: Plan) -> list[str]:
+  if p.pipeline_stages == 1:
+    return []
+  return [f'pipeline (GPipe): {p.pipeline_stages} stages x {p.pipeline_micro_batches} '
+          f'micro-batches, bubble {p.bubble_fraction:.1%} of the step; parameters and '
+          f'activations below are per device, i.e. per stage shard']
 
 
 def format_devices(plans: list[Plan]) -> str:

@@ -276,7 +276,8 @@ def test_command_json_for_every_device_and_one_line_errors():
   assert result.returncode == 0, result.stderr[-3000:]
   rows = json.loads(result.stdout)['devices']
   assert len(rows) == len(plan_lib.DEVICES)
-  assert rows[0]['mesh'] == {'data': 2, 'fsdp': 4, 'expert': 1, 'context': 1, 'tensor': 1}
+  assert rows[0]['mesh'] == {'data': 2, 'stage': 1, 'fsdp': 4, 'expert': 1, 'context': 1,
+                             'tensor': 1}
   assert all(row['params_total'] == 124_475_904 for row in rows)
 
   bad = _run(f'--config={GPT2}', '--device=v100')

@@ -24,7 +24,7 @@ cores, libtpu needed, no TPU):
     FLOPs: 6.94e+09 per token, 7.28e+15 per step
   python -m research.aot --config=configs/decoder/gemma3_1b.py --topology=v5p:2x2x2 \
       --config.train.micro_batches=4
-    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x fsdp=8 x expert=1 x tensor=1
+    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x stage=1 x fsdp=8 x expert=1 x context=1 x tensor=1
       per device: arguments 1.40 GiB, temporaries 65.64 GiB, outputs 1.40 GiB (1.40 GiB donated)
       peak 67.04 GiB: fits in 95.00 GiB of HBM
 The plan counts every layer as global attention (an upper bound; FLOPs count the windows). On

@@ -25,7 +25,7 @@ cores, libtpu needed, no TPU):
     FLOPs: 5.15e+10 per token, 2.16e+17 per step
   python -m research.aot --config=configs/decoder/llama3_1_8b.py --topology=v5p:2x2x2 \
       --config.train.micro_batches=64
-    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x fsdp=8 x expert=1 x tensor=1
+    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x stage=1 x fsdp=8 x expert=1 x context=1 x tensor=1
       per device: arguments 11.23 GiB, temporaries 33.67 GiB, outputs 11.22 GiB (11.22 GiB donated)
       peak 44.90 GiB: fits in 95.00 GiB of HBM
 On TPUs full attention runs on XLA (model.attention.implementation='auto'), which materialises

@@ -23,7 +23,7 @@ cores, libtpu needed, no TPU):
     FLOPs: 9.03e+09 per token, 4.73e+15 per step
   python -m research.aot --config=configs/decoder/llama3_2_1b.py --topology=v5p:2x2x2 \
       --config.train.micro_batches=8
-    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x fsdp=8 x expert=1 x tensor=1
+    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x stage=1 x fsdp=8 x expert=1 x context=1 x tensor=1
       per device: arguments 1.73 GiB, temporaries 18.51 GiB, outputs 1.73 GiB (1.73 GiB donated)
       peak 20.24 GiB: fits in 95.00 GiB of HBM
 On TPUs full attention runs on XLA (model.attention.implementation='auto'), which materialises

@@ -21,7 +21,7 @@ cores, 2 min 6 s of CPU time; libtpu needed, no TPU):
     fits on tpu-v5p: 23.06 GiB of 85.50 GiB usable (95 GiB less 10% headroom), 27%
     FLOPs: 3.32e+10 per token, 8.7e+15 per step
   python -m research.aot --config=configs/decoder/long_context_128k.py --topology=v5p:2x2x2
-    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x fsdp=2 x expert=1 x context=4 x tensor=1
+    v5p:2x2x2: 8 x TPU v5 on 2 host(s), mesh data=1 x stage=1 x fsdp=2 x expert=1 x context=4 x tensor=1
       per device: arguments 6.91 GiB, temporaries 20.47 GiB, outputs 6.91 GiB (6.91 GiB donated)
       peak 27.37 GiB: fits in 95.00 GiB of HBM
 The plan is 16 % under the compiler's peak (23.06 / 27.37 GiB = 0.84; activations and gradients

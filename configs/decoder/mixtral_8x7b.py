@@ -26,7 +26,7 @@ cores, libtpu needed, no TPU):
     fits on tpu-v5p: 23.88 GiB of 85.50 GiB usable (95 GiB less 10% headroom), 28%
     FLOPs: 7.97e+10 per token, 8.36e+16 per step
   python -m research.aot --config=configs/decoder/mixtral_8x7b.py --topology=v5p:4x4x4
-    v5p:4x4x4: 64 x TPU v5 on 16 host(s), mesh data=1 x fsdp=16 x expert=4 x tensor=1
+    v5p:4x4x4: 64 x TPU v5 on 16 host(s), mesh data=1 x stage=1 x fsdp=16 x expert=4 x context=1 x tensor=1
       per device: arguments 9.00 GiB, temporaries 81.89 GiB, outputs 9.00 GiB (9.00 GiB donated)
       peak 90.89 GiB: fits in 95.00 GiB of HBM
 Trust the compile here, not the plan: research.plan models a dense MLP and counts none of the

@@ -24,7 +24,7 @@ cores, libtpu needed, no TPU):
     FLOPs: 4.99e+09 per token, 2.61e+15 per step
   python -m research.aot --config=configs/decoder/qwen3_0_6b.py --topology=v6e:2x2 \
       --config.train.micro_batches=32
-    v6e:2x2: 4 x TPU v6 lite on 1 host(s), mesh data=4 x fsdp=1 x expert=1 x tensor=1
+    v6e:2x2: 4 x TPU v6 lite on 1 host(s), mesh data=4 x stage=1 x fsdp=1 x expert=1 x context=1 x tensor=1
       per device: arguments 6.66 GiB, temporaries 14.20 GiB, outputs 6.66 GiB (6.66 GiB donated)
       peak 20.86 GiB: fits in 32.00 GiB of HBM
 On TPUs full attention runs on XLA (model.attention.implementation='auto'), which materialises

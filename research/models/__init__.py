@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import flax
 
 from research.errors import ConfigError
 from research.layers import attention
+from research.parallel import pipeline
 from research.models.transformer import TransformerConfig, transformer_config
 
 FAMILIES = {
@@ -29,6 +31,9 @@ def build_model(config, *, decode: bool = False, deterministic: bool = True):
   cls = model_class(config.model.family)
   cfg = transformer_config(config.model, seq_len=config.data.seq_len,
                            peft_cfg=config.get('peft', None))
+  if pipeline.stages_of(config) > 1:
+    cfg = dataclasses.replace(cfg, pipeline_stages=pipeline.stages_of(config),
+                              pipeline_micro_batches=pipeline.micro_batches_of(config))
   return cls(cfg, decode=decode, deterministic=deterministic)
 
 

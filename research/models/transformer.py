@@ -14,6 +14,7 @@ from research.layers import attention, context_parallel, mlp, norms, positions
 from research.layers import moe as moe_lib
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
+from research.parallel import pipeline
 
 NORM_POSITIONS = ('pre', 'post', 'sandwich')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -91,6 +92,10 @@ class TransformerConfig:
   # Parameter-efficient fine-tuning (`peft`; research/layers/peft.py): LoRA, soft prompt,
   # adapters. The default adds nothing.
   peft: peft_lib.PeftConfig = dataclasses.field(default_factory=peft_lib.PeftConfig)
+  # GPipe over the scanned stack (`mesh.stage`, `mesh.pipeline_micro_batches`, filled in by
+  # research.models.build_model; research/parallel/pipeline.py). 1 stage: no pipeline.
+  pipeline_stages: int = 1
+  pipeline_micro_batches: int = 1
 
   @property
   def attention_impl(self) -> str:
@@ -341,17 +346,11 @@ class Stack(nn.Module):
     policy = REMAT_POLICIES[c.remat]
     if c.scan_layers:
       block_cls = ScannedBlock if self.block is Block else self.block
-      if c.remat != 'none':
-        block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
-      variable_axes = {'params': 0, 'cache': 0, moe_lib.AUX_COLLECTION: 0,
-                       moe_lib.STATE_COLLECTION: 0, attention.PROBS_COLLECTION: 0,
-                       moe_lib.ROUTING_COLLECTION: 0}
-      scanned = nn.scan(block_cls, variable_axes=variable_axes,
-                        split_rngs={'params': True, 'dropout': True},
-                        in_axes=(nn.broadcast,) * len(args), length=c.num_layers,
-                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      x_BTD, _ = scanned(c, name='layers', moe_layer=c.moe.enabled,
-                         pattern=_pattern_or_none(c, 0), **kwargs)(x_BTD, *args)
+      layers = _scanned_layers(block_cls, c, c.num_layers, remat=c.remat != 'none')(
+          c, name='layers', moe_layer=c.moe.enabled, pattern=_pattern_or_none(c, 0), **kwargs)
+      if self._pipelined(x_BTD):
+        return self._pipeline(x_BTD, args, block_cls, kwargs)
+      x_BTD, _ = layers(x_BTD, *args)
       return x_BTD
     block_cls = self.block
     if c.remat != 'none':
@@ -360,6 +359,53 @@ class Stack(nn.Module):
       x_BTD = block_cls(c, name=f'layer_{i}', moe_layer=c.moe.is_moe_layer(i),
                         pattern=_pattern_or_none(c, i), **kwargs)(x_BTD, *args)
     return x_BTD
+
+  def _pipelined(self, x_BTD) -> bool:
+    """Whether this call runs the GPipe schedule. Initialisation (same parameters either
+    way), decoding (a KV cache per layer), attention maps (a collection per layer) and a batch
+    that the micro-batches do not divide (e.g. a few-shot scoring batch) take the plain scan
+    over the same [L, ...] parameters instead: same numbers, no pipelining."""
+    c = self.cfg
+    return (c.pipeline_stages > 1 and not self.is_initializing() and not self.decode
+            and not self.is_mutable_collection(attention.PROBS_COLLECTION)
+            and x_BTD.shape[0] % c.pipeline_micro_batches == 0)
+
+  def _pipeline(self, x_BTD, args, block_cls, kwargs):
+    """The scanned layers as GPipe stages (research/parallel/pipeline.py): each stage applies
+    an unbound scan of L/S layers to its slice of this stack's 'layers' parameters."""
+    c = self.cfg
+    positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS = args
+    per_stage = c.num_layers // c.pipeline_stages
+    # Remat wraps each stage's iteration (pipeline.gpipe), not each layer: no double recompute.
+    stage_layers = _scanned_layers(block_cls, c, per_stage, remat=False)(
+        c, moe_layer=False, pattern=_pattern_or_none(c, 0), parent=None, **kwargs)
+    dropout = not self.deterministic and c.dropout > 0
+
+    def stage_fn(params, x_bTD, batch_args, rng):
+      positions_bT, mask_bTS, encoded_bSD, cross_mask_bTS = batch_args
+      rngs = {'dropout': rng} if dropout else {}
+      y_bTD, _ = stage_layers.apply({'params': params}, x_bTD, positions_bT, mask_bTS,
+                                    bias_HTS, encoded_bSD, cross_mask_bTS, rngs=rngs)
+      return y_bTD
+
+    return pipeline.gpipe(stage_fn, self.variables['params']['layers'], x_BTD,
+                          (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
+                          stages=c.pipeline_stages, micro_batches=c.pipeline_micro_batches,
+                          policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
+                          rng=self.make_rng('dropout') if dropout else None)
+
+
+def _scanned_layers(block_cls, c: TransformerConfig, length: int, *, remat: bool):
+  """`block_cls` as one nn.scan over `length` layers (parameters stacked [length, ...])."""
+  if remat:
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+  variable_axes = {'params': 0, 'cache': 0, moe_lib.AUX_COLLECTION: 0,
+                   moe_lib.STATE_COLLECTION: 0, attention.PROBS_COLLECTION: 0,
+                   moe_lib.ROUTING_COLLECTION: 0}
+  return nn.scan(block_cls, variable_axes=variable_axes,
+                 split_rngs={'params': True, 'dropout': True},
+                 in_axes=(nn.broadcast,) * 5, length=length,
+                 metadata_params={nn.PARTITION_NAME: 'layers'})
 
 
 def _pattern_or_none(c: TransformerConfig, i: int) -> patterns_lib.Pattern | None:

@@ -16,10 +16,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from research.errors import ConfigError
 
-MESH_AXES = ('data', 'fsdp', 'expert', 'context', 'tensor')
+# 'stage' (pipeline stages, research/parallel/pipeline.py) sits outside fsdp/expert/tensor, as
+# in MaxText: its traffic is one activation per micro-batch, the least of the sharded axes.
+# 'context' (sequence sharding, research/layers/context_parallel.py) sits next to 'tensor':
+# its ring exchanges keys and values every layer.
+MESH_AXES = ('data', 'stage', 'fsdp', 'expert', 'context', 'tensor')
 
 # The base config's sizes: a field still at its default is one the user left to the preset.
-DEFAULT_SIZES = {'data': -1, 'fsdp': 1, 'expert': 1, 'context': 1, 'tensor': 1}
+DEFAULT_SIZES = {'data': -1, 'stage': 1, 'fsdp': 1, 'expert': 1, 'context': 1, 'tensor': 1}
 
 # Named layouts (`mesh.preset`): axis sizes, -1 taking the remaining devices. The logical-axis
 # rules (config_lib.DEFAULT_RULES) already say what each axis shards, so a preset only sizes

@@ -28,7 +28,7 @@ from research import config_lib, models, objectives
 from research.errors import ConfigError, UserError
 from research.data import loader
 from research.layers import moe as moe_lib
-from research.parallel import mesh as mesh_lib
+from research.parallel import mesh as mesh_lib, pipeline
 from research.training import checkpointing, flops as flops_lib, optimizers, peft
 from research.training import guards, metrics as metrics_lib, resume_check, workdir_lock
 from research.training.metrics import MetricsWriter
@@ -107,6 +107,12 @@ def build_run(config, *, devices=None) -> Run:
     raise ConfigError('train.batch_size', config.train.batch_size,
                       f'each of the {config.train.micro_batches} micro-batches ({micro} '
                       f'sequences) must divide over the {divisor} batch shards of the mesh')
+  m = pipeline.micro_batches_of(config)
+  if pipeline.stages_of(config) > 1 and (micro // m) % divisor:
+    raise ConfigError('mesh.pipeline_micro_batches', m,
+                      f'each pipeline micro-batch ({micro} / {m} = {micro // m} sequences) must '
+                      f'divide over the {divisor} batch shards of the mesh: use fewer '
+                      'micro-batches or a larger train.batch_size')
   if config.train.batch_size % jax.process_count():
     raise ConfigError('train.batch_size', config.train.batch_size,
                       f'must divide over {jax.process_count()} processes')
@@ -506,6 +512,9 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
         tokens_per_sec = tokens_per_step * (step - s_log) / (now - t_log)
         logged = {f'train/{k}': float(np.mean([h[k] for h in host])) for k in host[0]}
         logged['train/tokens_per_sec'] = tokens_per_sec
+        # Wall time per step since the last log (compile excluded after the first log): what
+        # a pipeline's bubble, (1 + bubble) x the per-stage time, is checked against.
+        logged['train/step_time_s'] = (now - t_log) / (step - s_log)
         logged['train/tflops_per_sec_per_device'] = (
             flops_per_step * (step - s_log) / (now - t_log) / run.mesh.size / 1e12)
         logged['train/mfu'] = logged['train/tflops_per_sec_per_device'] * 1e12 / peak

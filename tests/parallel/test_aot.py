@@ -54,4 +54,4 @@ def test_command_prints_the_report():
       # This test process holds libtpu's lock file from the tests above.
       env={**os.environ, 'ALLOW_MULTIPLE_LIBTPU_LOAD': '1'})
   assert out.returncode == 0, out.stderr[-2000:]
-  assert 'v5e:2x2: 4 x TPU v5 lite on 1 host(s), mesh data=1 x fsdp=4' in out.stdout
+  assert 'v5e:2x2: 4 x TPU v5 lite on 1 host(s), mesh data=1 x stage=1 x fsdp=4' in out.stdout

@@ -38,16 +38,16 @@ def test_preset_layout_matches_golden(preset):
 
 def test_preset_sizes():
   def sizes(preset, **kw):
-    # data fsdp expert context tensor
+    # data stage fsdp expert context tensor
     return mesh_lib.mesh_shape(preset_config(preset, **kw).mesh, 8)
-  assert sizes('dp') == (8, 1, 1, 1, 1)
-  assert sizes('fsdp') == (1, 8, 1, 1, 1)
-  assert sizes('fsdp_tp') == (1, 2, 1, 1, 4)
-  assert sizes('fsdp_ep') == (1, 2, 4, 1, 1)
-  assert sizes('ep') == (1, 1, 8, 1, 1)
+  assert sizes('dp') == (8, 1, 1, 1, 1, 1)
+  assert sizes('fsdp') == (1, 1, 8, 1, 1, 1)
+  assert sizes('fsdp_tp') == (1, 1, 2, 1, 1, 4)
+  assert sizes('fsdp_ep') == (1, 1, 2, 4, 1, 1)
+  assert sizes('ep') == (1, 1, 1, 8, 1, 1)
   # Explicit sizes win over the preset's: a hybrid 2-way data x 4-way FSDP mesh.
-  assert sizes('fsdp', **{'mesh.data': 2}) == (2, 4, 1, 1, 1)
-  assert sizes('fsdp_tp', **{'mesh.tensor': 2}) == (1, 4, 1, 1, 2)
+  assert sizes('fsdp', **{'mesh.data': 2}) == (2, 1, 4, 1, 1, 1)
+  assert sizes('fsdp_tp', **{'mesh.tensor': 2}) == (1, 1, 4, 1, 1, 2)
 
 
 def test_unknown_preset_is_a_config_error():
@@ -57,7 +57,7 @@ def test_unknown_preset_is_a_config_error():
 
 def test_config_file_selects_a_preset_from_the_command_line():
   c = config_lib.load_config('configs/decoder/shakespeare.py', [('mesh.preset', 'fsdp')])
-  assert mesh_lib.mesh_shape(c.mesh, 8) == (1, 8, 1, 1, 1)
+  assert mesh_lib.mesh_shape(c.mesh, 8) == (1, 1, 8, 1, 1, 1)
 
 
 @pytest.mark.parametrize('preset', ['fsdp', 'fsdp_tp'])

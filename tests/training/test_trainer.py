@@ -30,6 +30,10 @@ def test_loss_falls_and_logs_are_written(tmp_path):
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3  # repeating patterns are learnable
   assert final['eval/loss'] < losses[0] - 0.3
   assert all(m['train/tokens_per_sec'] > 0 for m in logs if 'train/loss' in m)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  for m in logs:  # measured step time, the same interval's wall time as tokens/s
+    if 'train/loss' in m:
+      assert m['train/step_time_s'] == pytest.approx(tokens_per_step / m['train/tokens_per_sec'])
   assert os.path.exists(tmp_path / 'config.json')
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
 

@@ -1,0 +1,162 @@
+"""GPipe (mesh.stage): pipelined losses, gradients and updates equal the unpipelined run's, and
+the settings it cannot run are ConfigErrors that name the field.
+
+Tiny models (d_model 32, 4 layers, 32 tokens) keep the compiles short: the file's budget is
+about a minute on 2 CPU cores.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from research import plan
+from research.errors import ConfigError
+from research.parallel import pipeline
+from research.training import trainer
+from tests import helpers
+
+STEPS = 5
+
+
+def _config(**overrides):
+  return helpers.tiny_config(**{
+      'model.d_model': 32, 'model.num_layers': 4, 'model.scan_layers': True,
+      'model.dtype': 'float32', 'train.steps': STEPS, 'mesh.data': 1, **overrides})
+
+
+def _train(config, devices, monkeypatch=None):
+  """Per-step losses and gradient norms of STEPS train steps, step-0 gradients, final params,
+  and the (stages, micro-batches) of every gpipe call traced."""
+  calls = []
+  if monkeypatch is not None:
+    real = pipeline.gpipe
+
+    @functools.wraps(real)
+    def spy(*args, **kwargs):
+      calls.append((kwargs['stages'], kwargs['micro_batches']))
+      return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, 'gpipe', spy)
+  dataset = helpers.PatternDataset(128)
+  run = trainer.build_run(config, devices=devices)
+  state = trainer.init_state(run, seed=0)
+  _, grads = helpers.batch_loss_and_grads(run, state.params, dataset)
+  step = trainer.make_train_step(run)
+  losses, norms = [], []
+  for i in range(STEPS):
+    state, metrics = step(state, trainer.device_batch(run, trainer.host_train_batch(
+        run, dataset, i)))
+    losses.append(float(metrics['loss']))
+    norms.append(float(metrics['grad_norm']))
+  return losses, norms, grads, jax.device_get(state.params), calls
+
+
+@pytest.fixture(scope='module')
+def reference():
+  """The unpipelined run on one device."""
+  return _train(_config(), jax.devices()[:1])
+
+
+def _assert_close(tree_a, tree_b, tol):
+  paths_a = jax.tree_util.tree_leaves_with_path(tree_a)
+  leaves_b = jax.tree.leaves(tree_b)
+  assert len(paths_a) == len(leaves_b)
+  for (path, a), b in zip(paths_a, leaves_b):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('layout,expected_calls', [
+    # remat 'full' per stage iteration; M = 4 micro-batches of 4 rows over data=2.
+    ({'mesh.stage': 4, 'mesh.data': 2, 'model.remat': 'full'}, (4, 4)),
+    # 2 gradient-accumulation micro-batches of 8 rows, each cut into 2 pipeline micro-batches.
+    ({'mesh.stage': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2, 'train.micro_batches': 2}, (2, 2)),
+], ids=['stage4_data2_remat', 'stage2_fsdp2_tensor2_accum2'])
+def test_pipeline_matches_unpipelined(reference, layout, expected_calls, monkeypatch):
+  losses, norms, grads, params, calls = _train(_config(**layout), jax.devices(), monkeypatch)
+  ref_losses, ref_norms, ref_grads, ref_params, _ = reference
+  assert calls and set(calls) == {expected_calls}  # the GPipe schedule ran, not the plain scan
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(norms, ref_norms, rtol=1e-5, atol=1e-5)
+  _assert_close(grads, ref_grads, 1e-5)
+  _assert_close(params, ref_params, 1e-5)
+  assert losses[-1] < losses[0]  # it trains
+
+
+def test_encoder_decoder_gradients_match_unpipelined(monkeypatch):
+  """Both T5 stacks pipelined: the bidirectional encoder, and the decoder whose stages take
+  their micro-batch's encoder outputs and cross mask; the relative bias reaches every stage."""
+  from tests.models import test_encoder_decoder  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = pipeline.gpipe
+  monkeypatch.setattr(pipeline, 'gpipe', lambda *a, **k: calls.append(k['stages']) or real(*a, **k))
+  dataset = test_encoder_decoder.pattern_dataset()
+  config = functools.partial(_config, **{
+      'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
+      'model.position': 'relative', 'model.num_layers': 2,
+      'data.vocab_size': test_encoder_decoder.VOCAB})
+  reference = trainer.build_run(config(), devices=jax.devices()[:1])
+  params = test_encoder_decoder.init_params(reference.model, std=0.05)  # no init compile
+  piped = trainer.build_run(config(**{'mesh.stage': 2, 'mesh.data': 2, 'mesh.tensor': 2}),
+                            devices=jax.devices())
+  loss, grads = helpers.batch_loss_and_grads(reference, params, dataset)
+  piped_loss, piped_grads = helpers.batch_loss_and_grads(
+      piped, jax.device_put(params, piped.state_shardings.params), dataset)
+  assert calls == [2, 2]  # encoder and decoder
+  assert piped_loss == pytest.approx(loss, rel=1e-5)
+  _assert_close(piped_grads, grads, 1e-5)
+
+
+def test_layer_parameters_are_sharded_over_stages():
+  run = trainer.build_run(_config(**{'mesh.stage': 4, 'mesh.data': 2}), devices=jax.devices())
+  query = run.state_shardings.params['stack']['layers']['attn']['query']  # [L, D, H, K]
+  assert query.spec[0] == 'stage'
+  assert query.shard_shape((4, 32, 4, 8)) == (1, 32, 4, 8)  # 4 layers over 4 stages
+
+
+@pytest.mark.parametrize('overrides,needle', [
+    ({'mesh.stage': 3}, 'mesh.stage=3: does not divide model.num_layers=4'),
+    ({'mesh.stage': -1}, 'mesh.stage=-1: must be a positive integer'),
+    ({'mesh.stage': 2, 'mesh.pipeline_micro_batches': 3},
+     'mesh.pipeline_micro_batches=3: must divide the 16 sequences'),
+    ({'mesh.stage': 2, 'train.micro_batches': 4, 'mesh.pipeline_micro_batches': 8},
+     'mesh.pipeline_micro_batches=8: must divide the 4 sequences of each train micro-batch'),
+    ({'mesh.stage': 2, 'model.scan_layers': False}, 'model.scan_layers=False: mesh.stage=2'),
+    ({'mesh.stage': 2, 'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
+      'model.decoder_layers': 3}, 'mesh.stage=2: does not divide model.decoder_layers=3'),
+    ({'mesh.stage': 2, 'model.moe.num_experts': 4},
+     'model.moe.num_experts=4: mixture-of-experts layers are not pipelined'),
+    ({'mesh.stage': 2, 'mesh.rules': (('batch', 'data'), ('layers', None))},
+     "needs the rule ('layers', 'stage')"),
+])
+def test_config_errors(overrides, needle):
+  with pytest.raises(ConfigError) as e:
+    _config(**overrides)
+  assert needle in str(e.value)
+  assert '\n' not in str(e.value)
+
+
+def test_micro_batches_must_divide_over_batch_shards():
+  # 16 rows / 8 micro-batches = 2 rows, over data=4 batch shards.
+  config = _config(**{'mesh.stage': 2, 'mesh.data': 4, 'mesh.pipeline_micro_batches': 8})
+  with pytest.raises(ConfigError, match='mesh.pipeline_micro_batches=8: each pipeline '
+                     r'micro-batch \(16 / 8 = 2 sequences\) must divide over the 4 batch'):
+    trainer.build_run(config, devices=jax.devices())
+
+
+def test_plan_reports_bubble_and_per_stage_memory():
+  flat = plan.plan(_config(**{'mesh.data': 8}), num_devices=8)
+  piped = plan.plan(_config(**{'mesh.stage': 4, 'mesh.data': 2}), num_devices=8)
+  assert flat.bubble_fraction == 0.0
+  assert piped.bubble_fraction == pytest.approx(3 / 7)  # S = M = 4: (S - 1) / (M + S - 1)
+  assert piped.step_time_s == pytest.approx(flat.step_time_s * 7 / 4)
+  # A quarter of the layers' parameters per device; embeddings and norms on every stage.
+  cfg_layers = 4 * (32 * (4 + 2 + 2) * 8 + 4 * 8 * 32 + 3 * 32 * 256 + 2 * 32)
+  assert flat.params_per_device - piped.params_per_device == cfg_layers * 3 // 4
+  # Layer residuals: a stage's 1 of 4 layers for M + S - 1 = 7 iterations of a quarter of its
+  # 8 rows (data=2), against 4 layers x 2 rows (data=8): 8 x 7 / 16 / 2 of the flat mesh's.
+  ratio = piped.activation_terms['layers'] / flat.activation_terms['layers']
+  assert ratio == pytest.approx(8 * 7 / 16 / 2)
+  assert piped.activation_terms['pipeline_buffer'] > 0
+  assert 'pipeline (GPipe): 4 stages x 4 micro-batches, bubble 42.9%' in plan.format_plan(piped)
