@@ -88,6 +88,9 @@ def check_config(c) -> None:
     raise ConfigError('model.moe.num_experts', c.model.moe.num_experts,
                       f'mixture-of-experts layers are not pipelined (mesh.stage={stages}): use '
                       'mesh.stage=1 with mesh.expert')
+  if c.mesh.get('context', 1) > 1:  # shard_map'd attention inside the stage vmap: not built
+    raise ConfigError('mesh.context', c.mesh.context, f'context parallelism is not combined with '
+                      f'pipeline stages yet (mesh.stage={stages}): use one of the two')
   rules = dict((name, axes) for name, axes in c.mesh.rules)
   layers_rule = rules.get('layers')
   if AXIS not in (layers_rule if isinstance(layers_rule, (tuple, list)) else (layers_rule,)):

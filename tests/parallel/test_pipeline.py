@@ -129,6 +129,8 @@ def test_layer_parameters_are_sharded_over_stages():
      'model.moe.num_experts=4: mixture-of-experts layers are not pipelined'),
     ({'mesh.stage': 2, 'mesh.rules': (('batch', 'data'), ('layers', None))},
      "needs the rule ('layers', 'stage')"),
+    ({'mesh.stage': 2, 'mesh.context': 2},
+     'mesh.context=2: context parallelism is not combined with pipeline stages yet'),
 ])
 def test_config_errors(overrides, needle):
   with pytest.raises(ConfigError) as e:
