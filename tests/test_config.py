@@ -48,7 +48,7 @@ def test_mesh_must_match_devices():
   with pytest.raises(ConfigError, match='mesh=.*data=4 x tensor=4.*needs 16 devices, found 8'):
     mesh_lib.mesh_shape(c.mesh, 8)
   assert mesh_lib.mesh_shape(config_lib.load_config(SHAKESPEARE, [('mesh.tensor', '2')]).mesh,
-                             8) == (4, 1, 1, 1, 2)
+                             8) == (4, 1, 1, 1, 1, 2)
 
 
 def _cli(*args, env=None):

@@ -21,7 +21,8 @@ def test_multi_host_slice_compiles_with_fsdp():
                                   'data.vocab_size': 1024})
   report = aot.compile_for_topology(config, 'v4:2x2x2')
   assert (report.num_devices, report.num_hosts, report.device_kind) == (8, 2, 'TPU v4')
-  assert report.mesh == {'data': 1, 'fsdp': 8, 'expert': 1, 'context': 1, 'tensor': 1}
+  assert report.mesh == {'data': 1, 'stage': 1, 'fsdp': 8, 'expert': 1, 'context': 1,
+                         'tensor': 1}
   # Each chip holds an eighth of the parameters and of Adam's two moments (the dump's shard
   # shapes), plus its rows of the batch and a few scalars.
   state_bytes = 3 * sum(l.shard_bytes for l in shardings.param_layouts(config, 8))

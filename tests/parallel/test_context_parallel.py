@@ -186,13 +186,13 @@ def test_unsupported_settings_are_config_errors(overrides, needle):
 @pytest.mark.parametrize('variant', ['', ':tiny'])
 def test_long_context_config_validates(variant):
   config = config_lib.load_config(f'configs/decoder/long_context_128k.py{variant}')
-  assert config.mesh.context == 4 and mesh_lib.mesh_shape(config.mesh, 8) == (1, 2, 1, 4, 1)
+  assert config.mesh.context == 4 and mesh_lib.mesh_shape(config.mesh, 8) == (1, 1, 2, 1, 4, 1)
 
 
 def test_context_axis_cuts_activations_not_parameters():
   from research import shardings  # pylint: disable=g-import-not-at-top
   config = helpers.tiny_config(**{'mesh.context': 4, 'mesh.data': 2, 'data.seq_len': 64})
-  assert mesh_lib.mesh_shape(config.mesh, 8) == (2, 1, 1, 4, 1)
+  assert mesh_lib.mesh_shape(config.mesh, 8) == (2, 1, 1, 1, 4, 1)
   assert dict(mesh_lib.rules_of(config.mesh))['length'] == 'context'
   for layout in shardings.param_layouts(config, 8):
     assert 'context' not in str(layout.spec), layout.path
