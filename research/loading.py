@@ -6,6 +6,7 @@
   logits_BTV = lm(tokens_BT)                       # float32 logits
   logp_BT = lm.score(tokens_BT)                    # log p(token t | tokens before t); [:, 0] = 0
   lm.generate('ROMEO:', max_new_tokens=32)         # text in, text out; token ids in, ids out
+  lm.generate(['ROMEO:', 'JULIET: O'], stop='\n')  # one batch of mixed lengths, each cut at a line
 
 A workdir is what research.train or research.convert wrote: config.json, checkpoints/ and (for
 runs trained here) the tokenizer. `load` reads config.json with `overrides` (only fields that

@@ -328,11 +328,12 @@ def generate_rows(model, params, prompts: Sequence[Sequence[int]], rng, *, max_n
   """`generate` for a list of token prompts of any lengths: each prompt's `max_new_tokens`
   tokens, in the order given (not cut at eos: see `cut_at_eos`).
 
-  Prompts are sorted by length (so that a batch holds similar lengths and little padding) and
-  decoded in batches of min(batch_size, len(prompts)) rows, each left-padded to its bucket; the
-  last batch is filled up with copies of its first prompt, whose outputs are dropped, so that a
-  call compiles one program per bucket. Batch k samples with fold_in(rng, k); greedy results
-  do not depend on the batching.
+  Prompts are decoded in batches of min(batch_size, len(prompts)) rows, each left-padded to
+  its bucket; when they need several batches they are sorted by length first (so that a batch
+  holds similar lengths and little padding), and the last batch is filled up with copies of
+  its first prompt, whose outputs are dropped, so that a call compiles one program per bucket.
+  Batch k samples with rng for k = 0, else fold_in(rng, k); greedy results do not depend on
+  the batching.
   """
   if batch_size <= 0:
     raise UserError(f'batch_size={batch_size}: must be a positive integer')
@@ -340,14 +341,18 @@ def generate_rows(model, params, prompts: Sequence[Sequence[int]], rng, *, max_n
   if empty:
     raise UserError(f'prompt {empty[0]} is empty ({len(empty)} such prompts): give every '
                     'prompt at least one token')
+  if not len(prompts):
+    return []
   rows = min(batch_size, len(prompts))
-  order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+  order = list(range(len(prompts)))
+  if len(prompts) > rows:
+    order.sort(key=lambda i: len(prompts[i]))
   outputs: list[list[int]] = [[] for _ in prompts]
   for k, first in enumerate(range(0, len(order), rows)):
     index = order[first:first + rows]
     filled = index + [index[0]] * (rows - len(index))
     prompt_BP, lengths_B = left_pad([prompts[i] for i in filled])
-    tokens_BN = generate(model, params, prompt_BP, jax.random.fold_in(rng, k),
+    tokens_BN = generate(model, params, prompt_BP, jax.random.fold_in(rng, k) if k else rng,
                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, eos_id=eos_id, model_state=model_state,
                          prompt_lengths_B=lengths_B)

@@ -89,7 +89,8 @@ def test_one_program_per_bucket_and_batching_does_not_change_greedy_tokens(gpt2)
   by_2 = decoding.generate_rows(model, params, prompts, jax.random.key(0), batch_size=2,
                                 **settings)
   # Two batches of 2 ([3, 7] and [12, 30] tokens), both in the 32-token bucket: one program.
-  program = decoding._compiled_decode(model, 6, 0.0, 0, 1.0, False, False)  # pylint: disable=protected-access
+  compiled = decoding._compiled_decode  # pylint: disable=protected-access
+  program = compiled(model, 6, 0.0, 0, 1.0, False, False)  # the jit of these settings
   assert program._cache_size() == 1  # pylint: disable=protected-access
   longer = decoding.generate_rows(model, params, prompts + prompts_of((40,), seed=2),
                                   jax.random.key(0), batch_size=2, **settings)
