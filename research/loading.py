@@ -6,6 +6,7 @@
   logits_BTV = lm(tokens_BT)                       # float32 logits
   logp_BT = lm.score(tokens_BT)                    # log p(token t | tokens before t); [:, 0] = 0
   lm.generate('ROMEO:', max_new_tokens=32)         # text in, text out; token ids in, ids out
+  lm.generate(['ROMEO:', 'JULIET: O'], stop='\n')  # one batch of mixed lengths, each cut at a line
 
 A workdir is what research.train or research.convert wrote: config.json, checkpoints/ and (for
 runs trained here) the tokenizer. `load` reads config.json with `overrides` (only fields that
@@ -224,10 +225,6 @@ def _as_host(tokens):
   return np.asarray(tokens)
 
 
-def _cut_at_eos(ids: list[int], eos_id: int | None) -> list[int]:
-  return ids[:ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
-
-
 @dataclasses.dataclass(repr=False)
 class LanguageModel:
   """A run restored for inference (`research.load`), sharded on this host's mesh.
@@ -338,25 +335,35 @@ class LanguageModel:
 
   def generate(self, prompts, *, max_new_tokens: int = 32, temperature: float = 0.0,
                top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_id: int | None = None,
-               beam_size: int = 1, length_penalty: float = 0.6):
-    """The new tokens for each prompt (the prompt not included), stopping at eos.
+               stop: str | Sequence[str] = (), batch_size: int = 64, beam_size: int = 1,
+               length_penalty: float = 0.6):
+    """The new tokens for each prompt (the prompt not included), stopping at eos or a stop
+    string.
 
     prompts: a str -> a str; a list of str -> a list of str (needs the tokenizer); one list of
       token ids -> a list of ids; a list of id lists or an int array [B, P] -> a list of id
       lists. Rows may differ in length.
-    decoder: the prompt is continued with the KV-cache decoder (research.inference.decoding);
-      prompts of one length are decoded as one batch, from one PRNG key(seed), so each distinct
-      length compiles its own program.
-    encoder_decoder: the prompt is the encoder input (research.inference.seq2seq); text gets
-      eos appended, as in training, token ids are used as given. beam_size > 1: length-
-      normalised beam search (length_penalty: GNMT alpha), its best hypothesis.
+    decoder: the prompts are continued with the KV-cache decoder, left-padded into batches of
+      up to `batch_size` prompts of similar lengths (research.inference.decoding.generate_rows:
+      one compiled program per batch size and prompt bucket); greedy results do not depend on
+      the batching, samples are drawn from PRNG key(seed).
+    encoder_decoder: the prompt is the encoder input (research.inference.seq2seq), all prompts
+      in one batch; text gets eos appended, as in training, token ids are used as given.
+      beam_size > 1: length-normalised beam search (length_penalty: GNMT alpha), its best
+      hypothesis.
     temperature 0 is greedy; top_k 0 and top_p 1 are off. eos_id: a row ends at it (and it
       is dropped); None takes the tokenizer's (no stop without a tokenizer).
+    stop: a string or several (needs the tokenizer); a row ends at the first occurrence of any
+      of them in its decoded text. Text is cut before it; token ids keep the shortest prefix
+      whose text contains it (the stop string included, as transformers' stop_strings). The
+      cut happens on the host after decoding: the device runs max_new_tokens steps unless
+      every row of a batch emits eos.
 
     Raises:
       UserError: an encoder run (it fills masks: research.sample or
-        research.inference.fill_mask), text without a tokenizer, an empty prompt, invalid
-        sampling settings, a prompt plus max_new_tokens longer than a position table.
+        research.inference.fill_mask), text or stop strings without a tokenizer, an empty
+        prompt, invalid sampling settings, a prompt plus max_new_tokens longer than a position
+        table.
     """
     from research.inference import decoding  # pylint: disable=g-import-not-at-top
     if self.family == 'encoder':
@@ -365,6 +372,9 @@ class LanguageModel:
                       'research.inference.fill_mask.fill_mask(lm.model, lm.params, lm.tokenizer, '
                       'text)')
     decoding.check_sampling_args(temperature=temperature, top_k=top_k, top_p=top_p)
+    stop = decoding.check_stop(stop)
+    if stop:
+      self.require_tokenizer()
     rows, as_text, single = self._prompt_rows(prompts)
     if eos_id is None and self.tokenizer is not None:
       eos_id = self.tokenizer.eos_id
@@ -374,15 +384,18 @@ class LanguageModel:
       if beam_size != 1:
         raise UserError(f'beam_size={beam_size}: beam search is for encoder_decoder runs; a '
                         'decoder samples (temperature=0 is greedy)')
-      outputs = self._generate_decoder(rows, **settings)
+      outputs = self._generate_decoder(rows, batch_size=batch_size, **settings)
     else:
       if as_text:
         rows = [row + [eos_id] for row in rows]  # as the encoder inputs were in training
       outputs = self._generate_seq2seq(rows, beam_size=beam_size, length_penalty=length_penalty,
                                        **settings)
-    outputs = [_cut_at_eos(ids, eos_id) for ids in outputs]
+    outputs = [decoding.cut_at_eos(ids, eos_id)[0] for ids in outputs]
     if as_text:
-      outputs = [self.tokenizer.decode(ids) for ids in outputs]
+      outputs = [decoding.cut_at_stop(self.tokenizer.decode(ids), stop)[0] for ids in outputs]
+    elif stop:
+      outputs = [decoding.cut_ids_at_stop(ids, self.tokenizer.decode, stop)[0]
+                 for ids in outputs]
     return outputs[0] if single else outputs
 
   def _prompt_rows(self, prompts) -> tuple[list[list[int]], bool, bool]:
@@ -409,22 +422,12 @@ class LanguageModel:
                     'list of token id lists')
 
   def _generate_decoder(self, rows, *, max_new_tokens, temperature, top_k, top_p, seed,
-                        eos_id) -> list[list[int]]:
+                        eos_id, batch_size) -> list[list[int]]:
     from research.inference import decoding  # pylint: disable=g-import-not-at-top
-    # The KV-cache decoder takes prompts of one length per batch (no padding mask).
-    by_length: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-      by_length.setdefault(len(row), []).append(i)
-    outputs: list[list[int]] = [[] for _ in rows]
-    for index in by_length.values():
-      prompt_BP = np.asarray([rows[i] for i in index], np.int32).reshape(len(index), -1)
-      tokens_BN = decoding.generate(self.model, self.params, prompt_BP, jax.random.key(seed),
-                                    max_new_tokens=max_new_tokens, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, eos_id=eos_id,
-                                    model_state=self.model_state)
-      for b, ids in zip(index, _as_host(tokens_BN).tolist()):
-        outputs[b] = ids
-    return outputs
+    return decoding.generate_rows(self.model, self.params, rows, jax.random.key(seed),
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                  eos_id=eos_id, model_state=self.model_state)
 
   def _generate_seq2seq(self, rows, *, max_new_tokens, temperature, top_k, top_p, seed, eos_id,
                         beam_size, length_penalty) -> list[list[int]]:

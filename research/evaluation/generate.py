@@ -1,30 +1,23 @@
 """Batched generation for evaluation: many prompts of different lengths, one program per shape.
 
-Decoders: `research.inference.decoding` needs every prompt of a batch to have one length (its
-KV cache has no padding mask), and evaluation prompts differ. Here prompts are right-padded into
-one [B, L] buffer (L: the longest prompt plus max_new_tokens, for the whole call) and each step
-runs the whole buffer through the model without a cache and reads row b's next token at its own
-position: causal attention keeps the padding to the right of a row's text invisible to it. That
-costs max_new_tokens full forward passes per batch instead of one each with a cache, which is
-fine for evaluation-sized sets and keeps one compiled program for every batch. (In MoE layers
-with a per-sequence expert capacity the padding also takes part in routing, so a row's output
-can depend slightly on the buffer length there.)
+Decoders: greedy continuations with the KV-cache decoder (`research.inference.decoding.
+generate_rows`): prompts are sorted by length, left-padded into batches of eval.batch_size
+rows, each batch's buffer rounded up to a multiple of 32 tokens (decoding.prompt_bucket), so
+a call compiles one program per bucket and files of similar lengths share it. Every row decodes
+as it would alone (its padding is masked in the cache). Stop strings (eval.stop) are applied
+by the tasks to the decoded text.
 
 Encoder-decoders: `research.inference.seq2seq` (right-padded encoder inputs are masked), greedy
-or, with beam_size > 1, beam search.
-
-The last batch is filled to the batch size with copies of its first prompt, whose outputs are
-dropped, and buffers are rounded up to a multiple of 32 tokens, so a call compiles once and
-files of similar lengths share the program.
+or, with beam_size > 1, beam search. The last batch is filled to the batch size with copies of
+its first input, whose outputs are dropped, and buffers are rounded up to a multiple of 32
+tokens.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from research.errors import UserError
@@ -46,45 +39,10 @@ def context_length(config) -> int:
   return config.data.seq_len
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_greedy(model, max_new_tokens: int, eos_id: int):
-  """jit(params, model_state, tokens_BL, lengths_B) -> tokens_BL with each row's continuation
-  written after its prompt (rows that emitted eos continue with eos)."""
-  n = max_new_tokens
-
-  def run(params, model_state, tokens_BL, lengths_B):
-    variables = decoding.model_variables(params, model_state)
-    b = tokens_BL.shape[0]
-    rows_B = jnp.arange(b)
-
-    def cond(state):
-      i, _, done_B = state
-      return (i < n) & ~jnp.all(done_B)
-
-    def body(state):
-      i, tokens_BL, done_B = state
-      last_B = lengths_B + i - 1  # the position whose logits predict the next token
-      x_BLD = model.apply(variables, tokens_BL, method='hidden')
-      logits_BV = model.apply(variables, x_BLD[rows_B, last_B][:, None], method='logits')[:, 0]
-      token_B = jnp.where(done_B, eos_id, jnp.argmax(logits_BV, axis=-1).astype(jnp.int32))
-      tokens_BL = tokens_BL.at[rows_B, last_B + 1].set(token_B)
-      return i + 1, tokens_BL, done_B | (token_B == eos_id)
-
-    _, tokens_BL, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), tokens_BL,
-                                                      jnp.zeros((b,), bool)))
-    return tokens_BL
-
-  return jax.jit(run)
-
-
 def _width(needed: int, context: int) -> int:
   """Buffer length for prompts of up to `needed` tokens: rounded up to a multiple of 32 (within
   the context), so that files of similar lengths share one compiled program."""
   return max(needed, min(-(-needed // 32) * 32, context))
-
-
-def _cut_at_eos(ids: list[int], eos_id: int) -> tuple[list[int], bool]:
-  return (ids[:ids.index(eos_id)], True) if eos_id in ids else (ids, False)
 
 
 def _batches(n: int, batch_size: int):
@@ -97,24 +55,12 @@ def generate_decoder(lm, prompts_ids: list[list[int]], *, max_new_tokens: int,
   """Greedy continuations of token prompts (each non-empty, each fitting the context with
   max_new_tokens more)."""
   tok = lm.require_tokenizer()
-  width = _width(max(len(p) for p in prompts_ids) + max_new_tokens,
-                 context_length(lm.config))
-  fn = _compiled_greedy(lm.model, int(max_new_tokens), int(tok.eos_id))
-  texts, finished = [''] * len(prompts_ids), [False] * len(prompts_ids)
-  for rows in _batches(len(prompts_ids), batch_size):
-    filled = rows + [rows[0]] * (batch_size - len(rows))
-    tokens_BL = np.full((batch_size, width), tok.pad_id, np.int32)
-    lengths_B = np.zeros((batch_size,), np.int32)
-    for b, i in enumerate(filled):
-      tokens_BL[b, :len(prompts_ids[i])] = prompts_ids[i]
-      lengths_B[b] = len(prompts_ids[i])
-    out_BL = np.asarray(jax.device_get(fn(lm.params, lm.model_state or {},
-                                          tokens_BL, lengths_B)))
-    for b, i in enumerate(rows):
-      start = lengths_B[b]
-      ids, done = _cut_at_eos(out_BL[b, start:start + max_new_tokens].tolist(), tok.eos_id)
-      texts[i], finished[i] = tok.decode(ids), done
-  return Generated(texts, finished)
+  outputs = decoding.generate_rows(lm.model, lm.params, prompts_ids, jax.random.key(0),
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   temperature=0.0, eos_id=tok.eos_id,
+                                   model_state=lm.model_state)
+  cut = [decoding.cut_at_eos(ids, tok.eos_id) for ids in outputs]
+  return Generated([tok.decode(ids) for ids, _ in cut], [done for _, done in cut])
 
 
 def generate_seq2seq(lm, inputs_ids: list[list[int]], *, max_new_tokens: int,
@@ -143,7 +89,7 @@ def generate_seq2seq(lm, inputs_ids: list[list[int]], *, max_new_tokens: int,
           max_new_tokens=max_new_tokens, temperature=0.0, eos_id=tok.eos_id,
           model_state=lm.model_state)))
     for b, i in enumerate(rows):
-      ids, done = _cut_at_eos(tokens_BN[b].tolist(), tok.eos_id)
+      ids, done = decoding.cut_at_eos(tokens_BN[b].tolist(), tok.eos_id)
       texts[i], finished[i] = tok.decode(ids), done
   return Generated(texts, finished)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from research.inference.decoding import (check_length, check_sampling_args, generate,
-                                         generate_with_logits, init_cache, sample_logits)
+from research.inference.decoding import (check_length, check_sampling_args, check_stop,
+                                         cut_at_eos, cut_at_stop, cut_ids_at_stop, generate,
+                                         generate_rows, generate_with_logits, init_cache,
+                                         left_pad, prompt_bucket, sample_logits)
 
-__all__ = ['check_length', 'check_sampling_args', 'generate', 'generate_with_logits',
-           'init_cache', 'sample_logits']
+__all__ = ['check_length', 'check_sampling_args', 'check_stop', 'cut_at_eos', 'cut_at_stop',
+           'cut_ids_at_stop', 'generate', 'generate_rows', 'generate_with_logits', 'init_cache',
+           'left_pad', 'prompt_bucket', 'sample_logits']

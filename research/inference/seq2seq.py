@@ -177,12 +177,16 @@ def _gather_beams(x_BK, index_BJ):
 def _gather_cache(cache, flat_index_R):
   """Reorders every cached key and value to the beams `flat_index_R` (rows of B x K).
 
-  Keys and values are [..., B*K, S, G, K] (a leading layer axis when layers are scanned); the
-  indices and slot positions have no batch axis and stay as they are.
+  Keys and values are [..., B*K, S, G, K] (a leading layer axis when layers are scanned), each
+  slot's segment id and token index [..., B*K, S]; the cache index and slot positions have no
+  batch axis and stay as they are.
   """
   def gather(path, x):
-    if getattr(path[-1], 'key', None) in ('key', 'value'):
+    name = getattr(path[-1], 'key', None)
+    if name in ('key', 'value'):
       return jnp.take(x, flat_index_R, axis=x.ndim - 4)
+    if name in ('segment_ids', 'token_index'):
+      return jnp.take(x, flat_index_R, axis=x.ndim - 2)
     return x
   return jax.tree_util.tree_map_with_path(gather, cache)
 

@@ -30,10 +30,11 @@ evaluation self-attention runs research/layers/context_parallel.py's kernel over
 sequence (`model.attention.context_strategy`: all-gather or ring), whatever the implementation;
 decoding and cross-attention do not.
 
-Decoding. With `decode=True` self-attention keys and values go to a 'cache' collection. Causal
-sliding-window and chunked layers keep a rolling cache of W (or chunk) slots, written at
-position mod W, so memory stays constant in the generated length; other layers keep one slot
-per position.
+Decoding. With `decode=True` self-attention keys and values go to a 'cache' collection, each
+slot with the segment id (0: empty or padding) and token index of its token, so the cache masks
+left-padded prompts for every later query and applies causality and patterns per row. Causal
+sliding-window and chunked layers keep a rolling cache of W (or chunk) slots, written at slot
+mod W, so memory stays constant in the generated length; other layers keep one slot per token.
 """
 
 from __future__ import annotations
@@ -479,14 +480,22 @@ class Attention(nn.Module):
                                    strategy=self.context_strategy,
                                    block_size=self.context_block_size, scale=self.scale)
 
-  def _update_cache(self, k_BLGK, v_BLGK, mask_BLS, may_roll: bool):
-    """Writes L new keys/values; returns (keys, values, mask) for the L queries.
+  def _update_cache(self, k_BLGK, v_BLGK, mask, may_roll: bool):
+    """Writes L new keys/values; returns (keys, values, mask_BLS) for the L queries.
 
     The cache's length S is fixed by the `init` call (whose input length is the longest sequence
-    to decode); on that call nothing is written. Causal sliding-window (chunked) layers without a
-    score bias keep a rolling cache of min(S, W) slots: position p lives in slot p mod W, and a
-    slot's position is recovered from the cache index (so an all-zero cache is a valid empty
-    one). Other layers keep S slots, slot = position. `mask_BLS`, if given, must span the slots.
+    to decode); on that call nothing is written. Next to each slot's key and value the cache
+    keeps the segment id and token index of the token it holds (the key side of a MaskSpec), so
+    that the mask of every later query comes from the cache: an empty slot has segment 0 and
+    is never visible, and a left-padded prompt's padding (segment 0) is masked for good.
+    Causality and the pattern read token indices, not slots, so each row of a left-padded
+    batch is masked as if it were alone (chunk boundaries and global tokens included).
+
+    `mask` is a MaskSpec whose query side describes the L new tokens (segment ids, 0 = padding;
+    token indices), or None: every token is real and its index is its slot.
+
+    Causal sliding-window (chunked) layers without a score bias keep a rolling cache of min(S, W)
+    slots: the token of slot s lives in slot s mod W. Other layers keep S slots.
     """
     pattern = self.pattern or _FULL
     span = rolling_span(pattern) if may_roll else 0
@@ -496,39 +505,43 @@ class Attention(nn.Module):
     key = self.variable('cache', 'key', jnp.zeros, (b, slots) + k_BLGK.shape[2:], k_BLGK.dtype)
     value = self.variable('cache', 'value', jnp.zeros, (b, slots) + v_BLGK.shape[2:],
                           v_BLGK.dtype)
+    segment = self.variable('cache', 'segment_ids', jnp.zeros, (b, slots), jnp.int32)
+    token_index = self.variable('cache', 'token_index', jnp.zeros, (b, slots), jnp.int32)
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     if not initialised:
-      return k_BLGK, v_BLGK, mask_BLS
+      return k_BLGK, v_BLGK, None
     s = key.value.shape[1]
     start = index.value
-    q_pos_L = start + jnp.arange(l, dtype=jnp.int32)
     index.value = start + l
+    q_segment_BL, q_index_BL = _decode_queries(mask, start, b, l)
+    k_BLGK = k_BLGK.astype(key.value.dtype)
+    v_BLGK = v_BLGK.astype(value.value.dtype)
+    new = (k_BLGK, v_BLGK, q_segment_BL, q_index_BL)
+    cached = (key, value, segment, token_index)
     if span:
-      # Rolling: attend to the slots as they were (the last s positions) and the L new keys.
-      old_pos_S = start - 1 - jnp.mod(start - 1 - jnp.arange(s, dtype=jnp.int32), s)
-      k_pos_K = jnp.concatenate([old_pos_S, q_pos_L])
-      keys = jnp.concatenate([key.value, k_BLGK.astype(key.value.dtype)], axis=1)
-      values = jnp.concatenate([value.value, v_BLGK.astype(value.value.dtype)], axis=1)
-      valid_K = jnp.concatenate([old_pos_S >= 0, jnp.ones((l,), bool)])
-      keep = min(l, s)  # only the last s new positions stay
-      slot_ids = jnp.mod(q_pos_L[l - keep:], s)
-      key.value = key.value.at[:, slot_ids].set(k_BLGK[:, l - keep:].astype(key.value.dtype))
-      value.value = value.value.at[:, slot_ids].set(
-          v_BLGK[:, l - keep:].astype(value.value.dtype))
-      mask_LK = (valid_K[None, :] & (k_pos_K[None, :] <= q_pos_L[:, None]) &
-                 patterns_lib.allowed(pattern, q_pos_L[:, None], k_pos_K[None, :], causal=True,
-                                      length=s))
-      mask_BLK = jnp.broadcast_to(mask_LK, (b,) + mask_LK.shape)
-      return keys, values, mask_BLK
-    key.value = jax.lax.dynamic_update_slice(key.value, k_BLGK.astype(key.value.dtype),
-                                             (0, start, 0, 0))
-    value.value = jax.lax.dynamic_update_slice(value.value, v_BLGK.astype(value.value.dtype),
-                                               (0, start, 0, 0))
-    k_pos_S = jnp.arange(s, dtype=jnp.int32)
-    causal_LS = k_pos_S[None, :] <= q_pos_L[:, None]
-    if not pattern.is_full:
-      causal_LS &= patterns_lib.allowed(pattern, q_pos_L[:, None], k_pos_S[None, :],
-                                        causal=True, length=s)
-    causal_BLS = jnp.broadcast_to(causal_LS, (b,) + causal_LS.shape)
-    mask_BLS = causal_BLS if mask_BLS is None else causal_BLS & mask_BLS
-    return key.value, value.value, mask_BLS
+      # Rolling: attend to the slots as they were (the last s tokens) and the L new ones, then
+      # keep the last min(L, s) new ones.
+      attended = [jnp.concatenate([c.value, x], axis=1) for c, x in zip(cached, new)]
+      keep = min(l, s)
+      slot_ids = jnp.mod(start + jnp.arange(l - keep, l, dtype=jnp.int32), s)
+      for c, x in zip(cached, new):
+        c.value = c.value.at[:, slot_ids].set(x[:, l - keep:])
+    else:
+      for c, x in zip(cached, new):
+        c.value = jax.lax.dynamic_update_slice_in_dim(c.value, x, start, axis=1)
+      attended = [c.value for c in cached]
+    keys, values, k_segment_BS, k_index_BS = attended
+    spec = MaskSpec(q_segment_BL, k_segment_BS, q_index_BL, k_index_BS, causal=True)
+    return keys, values, spec.dense(pattern)
+
+
+def _decode_queries(mask, start, b: int, l: int):
+  """(segment ids, token indices) of L decode-mode queries: a MaskSpec's query side, or for
+  None real tokens whose index is their slot (start + 0..L-1)."""
+  if isinstance(mask, MaskSpec):
+    return mask.q_segment_ids_BT.astype(jnp.int32), mask.q_index_BT.astype(jnp.int32)
+  if mask is not None:
+    raise ValueError('a decode-mode self-attention mask must be a MaskSpec or None (the cache '
+                     'builds the dense mask)')
+  index_BL = jnp.broadcast_to(start + jnp.arange(l, dtype=jnp.int32), (b, l))
+  return jnp.ones((b, l), jnp.int32), index_BL

@@ -17,7 +17,9 @@ class DecoderLM(nn.Module):
 
   `segment_ids_BT` (0 = padding) keeps packed examples apart; `positions_BT` restart per
   segment. `prefix_BT` marks prefix-LM tokens that attend bidirectionally within the prefix.
-  With `decode=True`, keys and values go to the 'cache' collection and masks come from it.
+  With `decode=True`, keys and values go to the 'cache' collection and masks come from it; give
+  `positions_BT` (the token indices, counted from each row's first real token) and, for
+  left-padded rows, `segment_ids_BT` (0 on the padding), as research.inference.decoding does.
   Attention patterns per layer (`model.attention`) come with the TransformerConfig.
 
   `loss_chunk_size` is read by the objectives (research.objectives.causal_lm.model_loss):
@@ -57,7 +59,12 @@ class DecoderLM(nn.Module):
     if positions_BT is None:
       positions_BT = index_BT
     if self.decode:
-      mask = None  # the cache builds the causal (pattern) mask over its slots
+      # The new tokens' side of the mask; the cache holds the keys' side. Token indices are the
+      # positions, which the decoding loop counts per row from the row's first real token
+      # (research.inference.decoding), so left padding shifts nothing.
+      segment_ids_BT = jnp.ones_like(tokens_BT) if segment_ids_BT is None else segment_ids_BT
+      mask = attention.MaskSpec(segment_ids_BT, segment_ids_BT, positions_BT, positions_BT,
+                                causal=True)
     else:
       # Segment ids and indices, not a [B, T, T] mask: each attention implementation builds
       # only the mask blocks it needs (a sliding-window layer stays linear in T).

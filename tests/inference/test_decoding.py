@@ -111,7 +111,8 @@ def test_scanned_cache_is_stacked_over_layers():
   cache = decoding.init_cache(model.clone(decode=True), 3, 17)
   leaves = jax.tree_util.tree_leaves_with_path(cache)
   shapes = {jax.tree_util.keystr(path).split("'")[-2]: leaf.shape for path, leaf in leaves}
-  assert shapes == {'key': (2, 3, 17, 2, 8), 'value': (2, 3, 17, 2, 8), 'index': (2,)}
+  assert shapes == {'key': (2, 3, 17, 2, 8), 'value': (2, 3, 17, 2, 8), 'index': (2,),
+                    'segment_ids': (2, 3, 17), 'token_index': (2, 3, 17)}
 
 
 def test_sampling_reproducible_and_rows_independent(rope):
