@@ -127,8 +127,8 @@ class Evaluator:
       settings = self.run.config.eval.lm_eval
       harness.check_settings(num_fewshot=settings.num_fewshot, limit=settings.limit,
                              include_path=settings.include_path)
-      harness.check_task_names(harness.task_names(options['tasks']),
-                               harness.task_manager(settings.include_path),
+      names = harness.task_names(options['tasks'])
+      harness.check_task_names(names, harness.task_manager(settings.include_path, names),
                                settings.include_path)
 
   def model(self, step: int, state):

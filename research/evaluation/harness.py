@@ -406,17 +406,24 @@ def _fingerprint(include_path: str) -> tuple:
   return tuple(sorted(files))
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_task_manager(include_path: str, fingerprint: tuple):
+@functools.lru_cache(maxsize=8)
+def _cached_task_manager(include_path: str, fingerprint: tuple, include_defaults: bool):
   del fingerprint  # part of the cache key only
   from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
-  return TaskManager(include_path=include_path or None)
+  return TaskManager(include_path=include_path or None, include_defaults=include_defaults)
 
 
-def task_manager(include_path: str = ''):
+def task_manager(include_path: str = '', names: Sequence[str] = ()):
   """The harness's TaskManager: its own tasks and include_path's YAMLs. Indexing its thousands
-  of task files takes seconds, so one is kept per include_path (and state of its files)."""
-  return _cached_task_manager(include_path, _fingerprint(include_path))
+  of task files takes seconds, so one is kept per include_path (and state of its files); when
+  every one of `names` is a plain task of include_path (not a group, which may name the
+  harness's own tasks), only that directory is indexed."""
+  fingerprint = _fingerprint(include_path)
+  if include_path and names:
+    local = _cached_task_manager(include_path, fingerprint, False)
+    if all(name in local.all_subtasks for name in names):
+      return local
+  return _cached_task_manager(include_path, fingerprint, True)
 
 
 def check_task_names(names: Sequence[str], manager, include_path: str = '') -> None:
@@ -493,7 +500,7 @@ def lm_eval_metrics(lm, *, tasks: str | Sequence[str], num_fewshot: int = -1, li
   names = task_names(tasks)
   check_settings(num_fewshot=num_fewshot, limit=limit, include_path=include_path)
   model = lm if isinstance(lm, HarnessLM) else HarnessLM(lm)
-  manager = task_manager(include_path)
+  manager = task_manager(include_path, names)
   check_task_names(names, manager, include_path)
   objects = [obj for name in names for obj in _load_task(manager, name)]
   results = evaluator.simple_evaluate(
@@ -524,7 +531,7 @@ def lm_eval_task(model, *, tasks: str = '', out: str = '', step: int | None = No
   names = task_names(tasks or settings.tasks)
   check_settings(num_fewshot=settings.num_fewshot, limit=settings.limit,
                  include_path=settings.include_path)
-  check_task_names(names, task_manager(settings.include_path), settings.include_path)
+  check_task_names(names, task_manager(settings.include_path, names), settings.include_path)
   lm = model if loaded else loading.load(model, step=step, overrides=overrides)
   return {'step': lm.step, **lm_eval_metrics(
       lm, tasks=names, num_fewshot=settings.num_fewshot, limit=settings.limit,
