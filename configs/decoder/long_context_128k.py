@@ -42,39 +42,19 @@ Variants: `:tiny` (the same layout at 64 tokens and 2 x 64 widths: smoke tests o
 devices).
 """
 
+import os
+
 from research import config_lib
+
+# The architecture is Llama 3.2 1B's, read from its config file (one definition of the model).
+LLAMA3_2_1B = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'llama3_2_1b.py')
 
 
 def get_config(arg=None):
-  c = config_lib.base_config()
+  c = config_lib.load_config_file(LLAMA3_2_1B)
   c.name = 'decoder/long_context_128k'
-
   c.data.source = 'shakespeare'  # a placeholder: long-context training needs long documents
-  c.data.vocab_size = 128_256  # Llama 3's tokenizer: 128,000 BPE tokens + 256 special
-  c.data.seq_len = 131_072
-  c.data.workers = 4
-
-  c.model.family = 'decoder'
-  c.model.vocab_size = 128_256
-  c.model.d_model = 2048
-  c.model.num_layers = 16
-  c.model.num_heads = 32
-  c.model.num_kv_heads = 8
-  c.model.head_dim = 64
-  c.model.d_ff = 8192
-  c.model.activation = 'swiglu'
-  c.model.norm = 'rmsnorm'
-  c.model.norm_eps = 1e-5
-  c.model.position = 'rope'
-  c.model.rope_theta = 500_000.0
-  c.model.rope_scaling.kind = 'llama3'  # Llama 3.1's extension from 8,192 to 131,072 tokens
-  c.model.rope_scaling.factor = 32.0
-  c.model.rope_scaling.low_freq_factor = 1.0
-  c.model.rope_scaling.high_freq_factor = 4.0
-  c.model.rope_scaling.original_max_len = 8192
-  c.model.tie_embeddings = True
-  c.model.scan_layers = True  # one compiled layer: compile time independent of depth
-  c.model.remat = 'save_qkv_attention'
+  c.data.seq_len = 131_072  # what Llama 3.1's RoPE scaling (rope_scaling.kind='llama3') reaches
   c.model.loss_chunk_size = 1024  # never [32,768 x 128,256] float32 logits on a chip
   # Context parallelism: the ring holds one chip's 32,768-token key/value block at a time;
   # tiles of 1,024 x 1,024 scores divide the zig-zag chunks (131,072 / 8 = 16,384 tokens).
@@ -85,6 +65,7 @@ def get_config(arg=None):
 
   # 8 chips of v5p:2x2x2: 2-way FSDP (parameters, gradients and AdamW moments halved; one
   # sequence per FSDP shard) x 4-way context (32,768 tokens of each sequence per chip).
+  c.mesh.preset = ''
   c.mesh.data = 1
   c.mesh.fsdp = 2
   c.mesh.context = 4
