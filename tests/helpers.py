@@ -105,3 +105,14 @@ def batch_loss_and_grads(run, params, dataset, step=0):
   with run.context():
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
   return float(value), jax.device_get(grads)
+
+
+def assert_grads_close(grads, ref_grads, *, rtol: float = 1e-5, label: str = '') -> None:
+  """Every gradient leaf within `rtol` of the reference's, in relative norm (a sharded or
+  rearranged run against one device)."""
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    ref = ref_grads
+    for key in path:
+      ref = ref[key.key]
+    rel = np.linalg.norm(g - ref) / np.linalg.norm(ref)
+    assert rel < rtol, f'{label} {jax.tree_util.keystr(path)}: relative error {rel:.2e}'

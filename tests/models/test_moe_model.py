@@ -120,12 +120,7 @@ def test_expert_sharded_equals_single_device(router):
   np.testing.assert_allclose(aux, ref_aux, rtol=1e-5)
   for name, value in ref_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads):
-    ref = ref_grads
-    for key in path:
-      ref = ref[key.key]
-    rel = np.linalg.norm(g - ref) / np.linalg.norm(ref)
-    assert rel < 1e-5, f'{jax.tree_util.keystr(path)}: relative error {rel:.2e}'
+  helpers.assert_grads_close(grads, ref_grads)
 
 
 # ---------------------------------------------------------------------------------------------
