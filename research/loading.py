@@ -32,6 +32,7 @@ import numpy as np
 
 from research import config_lib
 from research.errors import ConfigError, UserError
+from research.inference import decoding
 from research.parallel import mesh as mesh_lib
 
 # Fields a loaded run may change: the rest describe the trained model and its data, and a
@@ -217,14 +218,6 @@ def _compiled_score(model, family: str):
   return jax.jit(score)
 
 
-def _as_host(tokens):
-  """A device array as numpy on every process (multi-host outputs are gathered first)."""
-  if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    tokens = multihost_utils.process_allgather(tokens, tiled=True)
-  return np.asarray(tokens)
-
-
 @dataclasses.dataclass(repr=False)
 class LanguageModel:
   """A run restored for inference (`research.load`), sharded on this host's mesh.
@@ -276,7 +269,7 @@ class LanguageModel:
 
   def _tokens(self, tokens, name: str) -> np.ndarray:
     if isinstance(tokens, jax.Array):
-      tokens = _as_host(tokens)
+      tokens = decoding.to_host(tokens)
     array = np.asarray(tokens)
     if array.ndim != 2 or array.shape[1] == 0 or not np.issubdtype(array.dtype, np.integer):
       raise UserError(f'{name} has shape {array.shape} and dtype {array.dtype}: expected '
@@ -365,7 +358,6 @@ class LanguageModel:
         prompt, invalid sampling settings, a prompt plus max_new_tokens longer than a position
         table.
     """
-    from research.inference import decoding  # pylint: disable=g-import-not-at-top
     if self.family == 'encoder':
       raise UserError('an encoder run (mlm) does not generate text, it fills [MASK]s: use '
                       'research.sample --prompt="... [MASK] ..." or '
@@ -404,7 +396,7 @@ class LanguageModel:
       tokenizer = self.require_tokenizer()
       return [tokenizer.encode(prompts, add_bos=tokenizer.adds_bos)], True, True
     if isinstance(prompts, (np.ndarray, jax.Array)):
-      array = _as_host(prompts)
+      array = decoding.to_host(prompts)
       if array.ndim == 1:
         return [array.tolist()], False, True
       return [list(row) for row in array.tolist()], False, False
@@ -423,7 +415,6 @@ class LanguageModel:
 
   def _generate_decoder(self, rows, *, max_new_tokens, temperature, top_k, top_p, seed,
                         eos_id, batch_size) -> list[list[int]]:
-    from research.inference import decoding  # pylint: disable=g-import-not-at-top
     return decoding.generate_rows(self.model, self.params, rows, jax.random.key(seed),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   temperature=temperature, top_k=top_k, top_p=top_p,
@@ -446,9 +437,9 @@ class LanguageModel:
                                           beam_size=beam_size, max_new_tokens=max_new_tokens,
                                           eos_id=eos_id, length_penalty=length_penalty,
                                           model_state=self.model_state)
-      return _as_host(tokens_BKN)[:, 0].tolist()  # the best hypothesis
+      return decoding.to_host(tokens_BKN)[:, 0].tolist()  # the best hypothesis
     tokens_BN = seq2seq.generate(self.model, self.params, encoder_BS, jax.random.key(seed),
                                  max_new_tokens=max_new_tokens, temperature=temperature,
                                  top_k=top_k, top_p=top_p, eos_id=eos_id,
                                  model_state=self.model_state)
-    return _as_host(tokens_BN).tolist()
+    return decoding.to_host(tokens_BN).tolist()

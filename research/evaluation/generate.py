@@ -40,9 +40,9 @@ def context_length(config) -> int:
 
 
 def _width(needed: int, context: int) -> int:
-  """Buffer length for prompts of up to `needed` tokens: rounded up to a multiple of 32 (within
-  the context), so that files of similar lengths share one compiled program."""
-  return max(needed, min(-(-needed // 32) * 32, context))
+  """Buffer length for encoder inputs of up to `needed` tokens: the decoder's prompt bucket
+  (within the context), so that files of similar lengths share one compiled program."""
+  return max(needed, min(decoding.prompt_bucket(needed), context))
 
 
 def _batches(n: int, batch_size: int):

@@ -356,13 +356,14 @@ def generate_rows(model, params, prompts: Sequence[Sequence[int]], rng, *, max_n
                          max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, eos_id=eos_id, model_state=model_state,
                          prompt_lengths_B=lengths_B)
-    for i, ids in zip(index, _to_host(tokens_BN).tolist()):
+    for i, ids in zip(index, to_host(tokens_BN).tolist()):
       outputs[i] = ids
   return outputs
 
 
-def _to_host(tokens):
-  """A device array as numpy on every process (multi-host outputs are gathered first)."""
+def to_host(tokens):
+  """A device array as numpy on every process (multi-host outputs are gathered first): what
+  research.loading and the decoders hand back to Python."""
   if isinstance(tokens, jax.Array) and not tokens.is_fully_addressable:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     tokens = multihost_utils.process_allgather(tokens, tiled=True)
