@@ -106,6 +106,7 @@ class Evaluator:
 
   @classmethod
   def create(cls, run, workdir: str, dataset) -> 'Evaluator | None':
+    check(run.config)
     entries = parse(run.config.eval.during_training)
     return cls(run, workdir, dataset, entries) if entries else None
 
