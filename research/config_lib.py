@@ -257,13 +257,18 @@ def base_config() -> ml_collections.ConfigDict:
   # relative position bias, BigBird, soft-capped scores, prompt tuning or capacity-based MoE.
   c.mesh.context = 1
   c.mesh.tensor = 1  # heads, MLP and vocabulary sharded (Megatron)
-  # Pipeline stages (GPipe, research/parallel/pipeline.py): the scanned layer stack's L layers
-  # in contiguous blocks of L / stage per stage (each stack of an encoder-decoder); needs
-  # model.scan_layers and a dense model (no MoE). 1: off; a fixed size, never -1.
+  # Pipeline stages (research/parallel/pipeline.py): each layer stack (both of an
+  # encoder-decoder) cut into stage x pipeline_repeats chunks of consecutive layers; scanned
+  # stacks are stored in contiguous blocks of L / stage layers per stage, unrolled ones on
+  # every stage. Dense models (no MoE). 1: off; a fixed size, never -1.
   c.mesh.stage = 1
-  # Pipeline micro-batches per forward pass, M (0: mesh.stage): each gradient-accumulation
-  # micro-batch (train.batch_size / train.micro_batches sequences) is cut into M that flow
-  # through the stages together; bubble (stage - 1) / (M + stage - 1) of the step.
+  # Passes of each micro-batch round the stages, R: 1 is GPipe; R > 1 is the circular
+  # (interleaved) schedule, chunk r x stage + s on stage s, bubble (stage - 1) / (R M +
+  # stage - 1), at the cost of reshuffling a scanned stack's weights across stages each step.
+  c.mesh.pipeline_repeats = 1
+  # Pipeline micro-batches per forward pass, M (0: mesh.stage; >= mesh.stage with repeats):
+  # each gradient-accumulation micro-batch (train.batch_size / train.micro_batches sequences)
+  # is cut into M that flow through the stages together.
   c.mesh.pipeline_micro_batches = 0
   c.mesh.rules = DEFAULT_RULES  # logical axis -> mesh axes (DEFAULT_RULES above)
 

@@ -448,31 +448,32 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
   stages, micro = pipeline.stages_of(config), pipeline.micro_batches_of(config)
   if stages > 1:
     _pipeline_terms(terms, working, stacks[0], m, impl, cfg, rows=rows, stages=stages,
-                    micro=micro)
+                    micro=micro, repeats=pipeline.repeats_of(config))
     terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
   return terms
 
 
 def _pipeline_terms(terms, working, stack: '_Stack', m: '_Dims', impl: str, cfg, *, rows: int,
-                    stages: int, micro: int) -> None:
-  """GPipe (research/parallel/pipeline.py) in place of the whole stack on every device: a
-  device holds L/S layers and runs M + S - 1 iterations of b = rows / M rows each, keeping
-  every iteration's residuals for the backward (all forwards, then all backwards).
+                    stages: int, micro: int, repeats: int) -> None:
+  """The pipeline (research/parallel/pipeline.py) in place of the whole stack on every device:
+  a device runs I = R M + S - 1 iterations of one chunk, k = L / (R S) layers, for b = rows / M
+  rows each, keeping every iteration's residuals for the backward (all forwards, then all
+  backwards).
 
-  Per device: the layers' residuals x (M + S - 1) / (M S) of the unpipelined stack's; with
-  remat 'full' (applied per stage iteration) only each iteration's stage input, and the
-  working set gains one stage's full residuals for b rows (recomputed in the backward). The
-  buffer's per-iteration copies and the collected outputs, (M + S - 1) b + rows rows of D,
-  are the 'pipeline_buffer' term."""
-  b, iterations = rows / micro, micro + stages - 1
-  per_stage = stack.layers // stages
+  Per device: the layers' residuals x I k b / (L rows) = I / (R S M) of the unpipelined
+  stack's; with remat 'full' (applied per chunk) only each iteration's stage input, and the
+  working set gains one chunk's full residuals for b rows (recomputed in the backward). The
+  buffer's per-iteration copies and the collected outputs, I b + rows rows of D, are the
+  'pipeline_buffer' term."""
+  b, iterations = rows / micro, pipeline.iterations(stages, micro, repeats)
+  chunk = stack.layers // (stages * repeats)
   row_bytes = stack.tokens * m.d * m.a  # one row of the residual stream
   if cfg.remat == 'full':
     terms['layers'] = iterations * b * row_bytes
     full, _ = _layer_saved_and_working(stack, 'none', m, impl, cfg)
-    working.append(per_stage * full * b)
+    working.append(chunk * full * b)
   else:
-    terms['layers'] *= iterations / (micro * stages)
+    terms['layers'] *= iterations / (repeats * stages * micro)
   working[0] = working[0] / micro  # a layer's working set, for one micro-batch
   terms['pipeline_buffer'] = (iterations * b + rows) * row_bytes
 
@@ -550,11 +551,13 @@ class Plan:
   headroom: float = HEADROOM
   pipeline_stages: int = 1  # mesh.stage
   pipeline_micro_batches: int = 1  # pipeline micro-batches per train micro-batch
+  pipeline_repeats: int = 1  # mesh.pipeline_repeats
 
   @property
   def bubble_fraction(self) -> float:
-    """GPipe's idle share of the step, (S - 1) / (M + S - 1); 0 without a pipeline."""
-    return pipeline.bubble_fraction(self.pipeline_stages, self.pipeline_micro_batches)
+    """The pipeline's idle share of the step, (S - 1) / (R M + S - 1); 0 without one."""
+    return pipeline.bubble_fraction(self.pipeline_stages, self.pipeline_micro_batches,
+                                    self.pipeline_repeats)
 
   @property
   def activation_bytes(self) -> float:
@@ -575,7 +578,7 @@ class Plan:
   @property
   def step_time_s(self) -> float:
     """FLOPs over the devices' peak at `mfu`, stretched by the pipeline bubble: the devices
-    compute M micro-batches in M + S - 1 iterations."""
+    compute R M chunks' work in R M + S - 1 iterations."""
     compute = self.flops_per_step / (self.num_devices * self.device.peak_flops * self.mfu)
     return compute / (1 - self.bubble_fraction)
 
@@ -661,7 +664,8 @@ def plan_devices(config, *, num_devices: int | None = None,
         opt_state_total_bytes=sizes.opt_state_total_bytes, activation_terms=terms,
         flops_per_token=flops_per_step / (c.train.batch_size * c.data.seq_len),
         flops_per_step=flops_per_step, pipeline_stages=pipeline.stages_of(c),
-        pipeline_micro_batches=pipeline.micro_batches_of(c) if pipeline.stages_of(c) > 1 else 1))
+        pipeline_micro_batches=pipeline.micro_batches_of(c) if pipeline.stages_of(c) > 1 else 1,
+        pipeline_repeats=pipeline.repeats_of(c)))
   return plans
 
 
@@ -718,7 +722,9 @@ def format_plan(p: Plan) -> str:
 def _pipeline_line(p: Plan) -> list[str]:
   if p.pipeline_stages == 1:
     return []
-  return [f'pipeline (GPipe): {p.pipeline_stages} stages x {p.pipeline_micro_batches} '
+  kind = ('GPipe' if p.pipeline_repeats == 1
+          else f'circular, {p.pipeline_repeats} repeats')
+  return [f'pipeline ({kind}): {p.pipeline_stages} stages x {p.pipeline_micro_batches} '
           f'micro-batches, bubble {p.bubble_fraction:.1%} of the step; parameters and '
           f'activations below are per device, i.e. per stage shard']
 

@@ -33,6 +33,7 @@ def build_model(config, *, decode: bool = False, deterministic: bool = True):
                            peft_cfg=config.get('peft', None))
   if pipeline.stages_of(config) > 1:
     cfg = dataclasses.replace(cfg, pipeline_stages=pipeline.stages_of(config),
+                              pipeline_repeats=pipeline.repeats_of(config),
                               pipeline_micro_batches=pipeline.micro_batches_of(config))
   return cls(cfg, decode=decode, deterministic=deterministic)
 

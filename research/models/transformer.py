@@ -92,9 +92,11 @@ class TransformerConfig:
   # Parameter-efficient fine-tuning (`peft`; research/layers/peft.py): LoRA, soft prompt,
   # adapters. The default adds nothing.
   peft: peft_lib.PeftConfig = dataclasses.field(default_factory=peft_lib.PeftConfig)
-  # GPipe over the scanned stack (`mesh.stage`, `mesh.pipeline_micro_batches`, filled in by
-  # research.models.build_model; research/parallel/pipeline.py). 1 stage: no pipeline.
+  # Pipeline stages over the stack (`mesh.stage`, `mesh.pipeline_repeats`,
+  # `mesh.pipeline_micro_batches`, filled in by research.models.build_model;
+  # research/parallel/pipeline.py). 1 stage: no pipeline.
   pipeline_stages: int = 1
+  pipeline_repeats: int = 1
   pipeline_micro_batches: int = 1
 
   @property
@@ -343,56 +345,60 @@ class Stack(nn.Module):
     args = (positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
     kwargs = dict(decode=self.decode, deterministic=self.deterministic,
                   cross_attention=self.cross_attention)
-    policy = REMAT_POLICIES[c.remat]
+    if self._pipelined(x_BTD):
+      return self._pipeline(x_BTD, args)
     if c.scan_layers:
       block_cls = ScannedBlock if self.block is Block else self.block
       layers = _scanned_layers(block_cls, c, c.num_layers, remat=c.remat != 'none')(
           c, name='layers', moe_layer=c.moe.enabled, pattern=_pattern_or_none(c, 0), **kwargs)
-      if self._pipelined(x_BTD):
-        return self._pipeline(x_BTD, args, block_cls, kwargs)
       x_BTD, _ = layers(x_BTD, *args)
       return x_BTD
     block_cls = self.block
     if c.remat != 'none':
-      block_cls = nn.remat(block_cls, policy=policy)
+      block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[c.remat])
     for i in range(c.num_layers):
       x_BTD = block_cls(c, name=f'layer_{i}', moe_layer=c.moe.is_moe_layer(i),
                         pattern=_pattern_or_none(c, i), **kwargs)(x_BTD, *args)
     return x_BTD
 
   def _pipelined(self, x_BTD) -> bool:
-    """Whether this call runs the GPipe schedule. Initialisation (same parameters either
+    """Whether this call runs the pipeline schedule. Initialisation (same parameters either
     way), decoding (a KV cache per layer), attention maps (a collection per layer) and a batch
-    that the micro-batches do not divide (e.g. a few-shot scoring batch) take the plain scan
-    over the same [L, ...] parameters instead: same numbers, no pipelining."""
+    that the micro-batches do not divide (e.g. a few-shot scoring batch) take the plain stack
+    over the same parameters instead: same numbers, no pipelining."""
     c = self.cfg
     return (c.pipeline_stages > 1 and not self.is_initializing() and not self.decode
             and not self.is_mutable_collection(attention.PROBS_COLLECTION)
             and x_BTD.shape[0] % c.pipeline_micro_batches == 0)
 
-  def _pipeline(self, x_BTD, args, block_cls, kwargs):
-    """The scanned layers as GPipe stages (research/parallel/pipeline.py): each stage applies
-    an unbound scan of L/S layers to its slice of this stack's 'layers' parameters."""
+  def _pipeline(self, x_BTD, args):
+    """The stack as pipeline stages (research/parallel/pipeline.py): each stage applies an
+    unbound stack of one chunk's k = L / (R S) layers to its share of this stack's
+    parameters (scanned or unrolled, as the stack itself)."""
     c = self.cfg
     positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS = args
-    per_stage = c.num_layers // c.pipeline_stages
-    # Remat wraps each stage's iteration (pipeline.gpipe), not each layer: no double recompute.
-    stage_layers = _scanned_layers(block_cls, c, per_stage, remat=False)(
-        c, moe_layer=False, pattern=_pattern_or_none(c, 0), parent=None, **kwargs)
+    stages, repeats = c.pipeline_stages, c.pipeline_repeats
+    # Remat wraps each stage's chunk (pipeline.schedule), not each layer: no double recompute.
+    chunk_cfg = dataclasses.replace(c, num_layers=c.num_layers // (stages * repeats),
+                                    remat='none', pipeline_stages=1, pipeline_repeats=1)
+    chunk = Stack(chunk_cfg, block=self.block, deterministic=self.deterministic,
+                  cross_attention=self.cross_attention, parent=None)
     dropout = not self.deterministic and c.dropout > 0
 
-    def stage_fn(params, x_bTD, batch_args, rng):
+    def chunk_fn(params, x_bTD, batch_args, rng):
       positions_bT, mask_bTS, encoded_bSD, cross_mask_bTS = batch_args
       rngs = {'dropout': rng} if dropout else {}
-      y_bTD, _ = stage_layers.apply({'params': params}, x_bTD, positions_bT, mask_bTS,
-                                    bias_HTS, encoded_bSD, cross_mask_bTS, rngs=rngs)
-      return y_bTD
+      return chunk.apply({'params': params}, x_bTD, positions_bT, mask_bTS, bias_HTS,
+                         encoded_bSD, cross_mask_bTS, rngs=rngs)
 
-    return pipeline.gpipe(stage_fn, self.variables['params']['layers'], x_BTD,
-                          (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
-                          stages=c.pipeline_stages, micro_batches=c.pipeline_micro_batches,
-                          policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
-                          rng=self.make_rng('dropout') if dropout else None)
+    params_SR = pipeline.stage_params(self.variables['params'], stages=stages,
+                                      repeats=repeats, scanned=c.scan_layers)
+    return pipeline.schedule(chunk_fn, params_SR, x_BTD,
+                             (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
+                             stages=stages, repeats=repeats,
+                             micro_batches=c.pipeline_micro_batches,
+                             policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
+                             rng=self.make_rng('dropout') if dropout else None)
 
 
 def _scanned_layers(block_cls, c: TransformerConfig, length: int, *, remat: bool):

@@ -1,40 +1,58 @@
-"""Pipeline parallelism (GPipe) over the scanned layer stack, inside one jit (MaxText's design).
+"""Pipeline parallelism over a layer stack, inside one jit (MaxText's design): GPipe, and
+circular (interleaved) repeats.
 
-`mesh.stage` = S stages. The scanned stack's parameters [L, ...] are sharded over the 'stage'
-mesh axis in contiguous blocks (the 'layers' -> 'stage' rule) and viewed as [S, L/S, ...]:
-stage s holds layers s L/S .. (s + 1) L/S - 1. A forward pass cuts its batch into M
-micro-batches (`mesh.pipeline_micro_batches`) and keeps a buffer of one activation per stage,
-x_SbTD, sharded over 'stage'. Each of the M + S - 1 iterations
+`mesh.stage` = S stages, `mesh.pipeline_repeats` = R passes of every micro-batch through the
+stages, `mesh.pipeline_micro_batches` = M micro-batches in flight. The L layers form R S
+chunks of k = L / (R S) consecutive layers; chunk c = r S + s runs on stage s in repeat r.
+The stages' parameters are viewed as [S, R, k, ...] (`stage_params`), sharded over the
+'stage' mesh axis. A forward pass keeps a buffer of one activation per stage, x_SbTD, sharded
+over 'stage'; each of the R M + S - 1 iterations
 
-  1. puts the next micro-batch into stage 0's slot,
+  1. puts the next input into stage 0's slot: micro-batch t in the first repeat, and after
+     that the last stage's output for micro-batch t mod M from the repeat before,
   2. runs every stage on its slot at once (jax.vmap over S, spmd_axis_name='stage': each
-     device group computes its own stage),
-  3. takes the last stage's output as a finished micro-batch,
+     device group computes its own stage, with the chunk of the repeat it is in),
+  3. takes the last stage's output as a finished micro-batch (of this repeat),
   4. rolls the buffer by one stage (jnp.roll: XLA lowers it to a collective permute).
 
-Micro-batch m is in stage s at iteration m + s; the S - 1 iterations at either end leave some
-stages idle, the bubble, (S - 1) / (M + S - 1) of the step. Autodiff of the iteration scan is
-the backward schedule (all forwards, then all backwards: GPipe); `model.remat`'s policy applies
-to each stage's body per iteration, so 'full' keeps only the buffer per iteration.
+Work item w = r M + m (repeat r, micro-batch m) is in stage s at iteration w + s. Repeats need
+M >= S: a micro-batch leaves the last stage at iteration r M + m + S - 1 and re-enters stage 0
+at (r + 1) M + m. The S - 1 iterations at either end leave some stages idle, the bubble,
+(S - 1) / (R M + S - 1) of the step: repeats divide the bubble's share by about R, at the cost
+of R times as many (R times shorter) iterations, each with its point-to-point send.
 
-Why GPipe and not circular (interleaved) repeats: circular stages need the layer stack stored
-as [repeats, S, ...] (a different parameter layout, so different checkpoints) or a reshuffle
-of the weights every step; GPipe keeps the unpipelined [L, ...] parameters, checkpoints and
-decoding path unchanged. Its bubble shrinks with M instead.
+R = 1 is GPipe. R > 1 is MaxText's circular pipeline rather than 1F1B: both are schedules of
+the one scan, and autodiff of the iteration scan gives the backward schedule (all forwards,
+then all backwards), so a stage keeps every iteration's stage input (under remat 'full') for
+the backward. 1F1B's gain, holding only S micro-batches' activations, needs a hand-written
+backward interleaved with the forward; circular repeats cut the bubble instead and keep
+autodiff, remat and the unpipelined parameters.
 
-Every family: decoders, encoders, and both stacks of an encoder-decoder (each pipelined on its
-own; the decoder's micro-batches carry their encoder outputs and cross masks). Not pipelined,
-as ConfigErrors: unrolled stacks (their per-layer parameters are not one [L, ...] array; set
-model.scan_layers) and mixture-of-experts layers (their auxiliary collections and expert
-all-to-alls are not threaded through the stages). The embeddings and the head run, replicated,
-on every stage.
+Parameters. Scanned stacks are stored [L, ...] and sharded over 'stage' in contiguous blocks
+of L / S layers (the 'layers' -> 'stage' rule), so GPipe's [S, 1, k] view moves nothing. With
+R > 1 stage s needs chunks s, S + s, 2 S + s, ... instead of its block: each step reshuffles
+the stacked weights across stages (an all-to-all of the stage-sharded weights, and of their
+gradients). The alternative, storing the stack in the circular order (MaxText's layout),
+would make checkpoints, decoding and exports depend on the pipeline settings. Unrolled stacks
+(one parameter tree per layer, with no 'layers' axis) keep every layer on every stage and are
+sliced per stage inside the step: their compute is pipelined, their weights are not split.
+
+Every stage runs the same chunk program, so the layers of a chunk must repeat across chunks:
+layer i has the attention pattern and feed-forward type of layer i mod k (one pattern for a
+scanned stack). Every family: decoders, encoders, and both stacks of an encoder-decoder (each
+pipelined on its own; the decoder's micro-batches carry their encoder outputs and cross
+masks). Not pipelined, as ConfigErrors: mixture-of-experts layers (their auxiliary losses,
+routing statistics and balancing state are not threaded through the stages) and context
+parallelism (its shard_map'd attention inside the stage vmap). The embeddings and the head
+run, replicated, on every stage.
 
 Pipeline micro-batches are not `train.micro_batches`: those run one after another (gradient
 accumulation), while a pipeline needs several in flight at once. Each gradient-accumulation
 micro-batch is cut into M pipeline micro-batches, so the two compose. Dropout masks are keyed
 by (iteration, stage), so they differ from the unpipelined run's (everything else is equal).
 
-Shape letters beyond docs' key: S stages, M micro-batches, b rows of one micro-batch (B / M).
+Shape letters beyond docs' key: S stages, R repeats, M micro-batches, b rows of one
+micro-batch (B / M), k layers of one chunk.
 """
 
 from __future__ import annotations
@@ -55,14 +73,24 @@ def stages_of(config) -> int:
   return int(config.mesh.get('stage', 1))
 
 
+def repeats_of(config) -> int:
+  """R: `mesh.pipeline_repeats`, passes of every micro-batch through the stages (1: GPipe)."""
+  return int(config.mesh.get('pipeline_repeats', 1))
+
+
 def micro_batches_of(config) -> int:
   """M: `mesh.pipeline_micro_batches`, or the stage count when it is 0."""
   return int(config.mesh.get('pipeline_micro_batches', 0)) or stages_of(config)
 
 
-def bubble_fraction(stages: int, micro_batches: int) -> float:
-  """The idle share of a GPipe step: (S - 1) / (M + S - 1)."""
-  return (stages - 1) / (micro_batches + stages - 1)
+def bubble_fraction(stages: int, micro_batches: int, repeats: int = 1) -> float:
+  """The idle share of a pipelined step: (S - 1) / (R M + S - 1)."""
+  return (stages - 1) / (repeats * micro_batches + stages - 1)
+
+
+def iterations(stages: int, micro_batches: int, repeats: int = 1) -> int:
+  """Iterations of the schedule, each running one chunk of L / (R S) layers per stage."""
+  return repeats * micro_batches + stages - 1
 
 
 def check_config(c) -> None:
@@ -75,15 +103,24 @@ def check_config(c) -> None:
   if not isinstance(micro, int) or micro < 0:
     raise ConfigError('mesh.pipeline_micro_batches', micro,
                       'must be >= 0 (0: as many as mesh.stage)')
+  repeats = c.mesh.get('pipeline_repeats', 1)
+  if not isinstance(repeats, int) or repeats < 1:
+    raise ConfigError('mesh.pipeline_repeats', repeats, 'must be a positive integer (1: GPipe)')
   if stages == 1:
     return
-  if not c.model.scan_layers:
-    raise ConfigError('model.scan_layers', False, f'mesh.stage={stages} pipelines the scanned '
-                      'layer stack: set model.scan_layers=True')
+  chunks = stages * repeats
   for field, layers in _stack_depths(c.model):
-    if layers % stages:
-      raise ConfigError('mesh.stage', stages, f'does not divide {field}={layers}: pick a '
-                        'divisor of the layer count')
+    if layers % chunks:
+      field_value = ('mesh.stage', stages) if repeats == 1 else (
+          'mesh.pipeline_repeats', repeats)
+      raise ConfigError(*field_value, f'mesh.stage x mesh.pipeline_repeats = {chunks} chunks '
+                        f'do not divide {field}={layers}: pick a divisor of the layer count')
+  _check_chunks_repeat(c, chunks)
+  micro = micro or stages
+  if repeats > 1 and micro < stages:
+    raise ConfigError('mesh.pipeline_micro_batches', micro,
+                      f'circular repeats (mesh.pipeline_repeats={repeats}) need at least '
+                      f'mesh.stage={stages} micro-batches in flight: raise it or use repeats 1')
   if c.model.moe.num_experts:
     raise ConfigError('model.moe.num_experts', c.model.moe.num_experts,
                       f'mixture-of-experts layers are not pipelined (mesh.stage={stages}): use '
@@ -96,13 +133,26 @@ def check_config(c) -> None:
   if AXIS not in (layers_rule if isinstance(layers_rule, (tuple, list)) else (layers_rule,)):
     raise ConfigError('mesh.rules', f'layers -> {layers_rule}', f"mesh.stage={stages} needs "
                       "the rule ('layers', 'stage') (config_lib.DEFAULT_RULES has it)")
-  micro = micro or stages
   rows = c.train.batch_size // c.train.micro_batches
   if rows % micro:
     raise ConfigError('mesh.pipeline_micro_batches', micro,
                       f'must divide the {rows} sequences of each train micro-batch '
                       f'(train.batch_size={c.train.batch_size} / train.micro_batches='
                       f'{c.train.micro_batches})')
+
+
+def _check_chunks_repeat(c, chunks: int) -> None:
+  """Every stage runs one chunk program: an unrolled stack's per-layer attention patterns
+  must repeat every L / chunks layers (layer i is layer i mod k's kind)."""
+  from research.layers import patterns  # pylint: disable=g-import-not-at-top
+  kinds = patterns.parse_pattern(c.model.attention.pattern)
+  for field, layers in _stack_depths(c.model):
+    k = layers // chunks
+    if any(kinds[i % len(kinds)] != kinds[(i % k) % len(kinds)] for i in range(layers)):
+      raise ConfigError('model.attention.pattern', c.model.attention.pattern,
+                        f'does not repeat every {k} layers, the layers of one pipeline chunk '
+                        f'({field}={layers} over mesh.stage x mesh.pipeline_repeats = '
+                        f'{chunks}): use a cycle whose length divides {k}, or fewer chunks')
 
 
 def _stack_depths(m) -> list[tuple[str, int]]:
@@ -116,14 +166,37 @@ def _stack_depths(m) -> list[tuple[str, int]]:
 
 
 def split_micro(x, m: int):
-  """[B, ...] -> [M, B/M, ...] taking every M-th row (as the trainer's micro-batches do), so
-  each batch shard feeds every micro-batch and nothing moves between devices."""
+  """[B, ...] -> [M, B/M, ...] taking every M-th row, so each batch shard feeds every
+  micro-batch and nothing moves between devices (pipeline and gradient-accumulation
+  micro-batches alike)."""
   return x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
 
 
 def merge_micro(x):
   """The inverse of `split_micro`: [M, B/M, ...] -> [B, ...]."""
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+
+def stage_params(layer_params: Any, *, stages: int, repeats: int, scanned: bool) -> Any:
+  """A stack's parameters as one chunk's tree with leading [S, R] axes.
+
+  Scanned: {'layers': [L, ...]} -> {'layers': [S, R, k, ...]}. Unrolled: {'layer_i': tree}
+  for i < L -> {'layer_j': [S, R, ...]} for j < k, layer_j of chunk r S + s being layer
+  (r S + s) k + j.
+  """
+  s_count, r_count = stages, repeats
+  if scanned:
+    def to_stages(p_L):
+      k = p_L.shape[0] // (s_count * r_count)
+      return p_L.reshape(r_count, s_count, k, *p_L.shape[1:]).swapaxes(0, 1)
+    return {'layers': jax.tree.map(to_stages, layer_params['layers'])}
+  k = len(layer_params) // (s_count * r_count)
+
+  def chunk_stack(j):
+    trees = [layer_params[f'layer_{c * k + j}'] for c in range(r_count * s_count)]
+    return jax.tree.map(lambda *p: jnp.stack(p).reshape(r_count, s_count, *p[0].shape)
+                        .swapaxes(0, 1), *trees)
+  return {f'layer_{j}': chunk_stack(j) for j in range(k)}
 
 
 def _mesh_has_stage() -> bool:
@@ -139,41 +212,51 @@ def _constrain_stages(x_SbTD):
   return jax.lax.with_sharding_constraint(x_SbTD, P(AXIS, *spec))
 
 
-def gpipe(stage_fn: Callable, params_L: Any, x_BTD, batch_args: Any, *, stages: int,
-          micro_batches: int, policy=None, remat: bool = False, rng=None):
-  """Runs L layers as `stages` GPipe stages over `micro_batches` micro-batches of x_BTD.
+def schedule(chunk_fn: Callable, params_SR: Any, x_BTD, batch_args: Any, *, stages: int,
+             repeats: int, micro_batches: int, policy=None, remat: bool = False, rng=None):
+  """Runs a stack of R S chunks as `stages` pipeline stages, `repeats` times round, over
+  `micro_batches` micro-batches of x_BTD (module docstring).
 
-  stage_fn(params, x_bTD, batch_args_b, rng) applies L/S layers; params_L is their stacked
-  [L, ...] tree. `batch_args` (a tree of [B, ...] arrays: positions, masks) is cut into
-  micro-batches like x_BTD and reaches each stage with its micro-batch. With `remat`, each
-  stage's body is a jax.checkpoint with `policy`. Returns y_BTD, equal to the unpipelined
-  stack's output.
+  chunk_fn(params, x_bTD, batch_args_b, rng) applies one chunk of layers; params_SR is
+  `stage_params`'s tree, [S, R, ...]. `batch_args` (a tree of [B, ...] arrays: positions,
+  masks) is cut into micro-batches like x_BTD and reaches each stage with its micro-batch.
+  With `remat`, each stage's chunk is a jax.checkpoint with `policy`. Returns y_BTD, equal
+  to the unpipelined stack's output.
   """
-  s_count, m_count = stages, micro_batches
-  params_S = jax.tree.map(lambda p: p.reshape(s_count, p.shape[0] // s_count, *p.shape[1:]),
-                          params_L)
+  s_count, r_count, m_count = stages, repeats, micro_batches
   x_MbTD = split_micro(x_BTD, m_count)
   args_Mb = jax.tree.map(lambda a: split_micro(a, m_count), batch_args)
-  body = jax.checkpoint(stage_fn, policy=policy, prevent_cse=False) if remat else stage_fn
-  run_stages = jax.vmap(body, spmd_axis_name=AXIS if _mesh_has_stage() else None)
+  body = jax.checkpoint(chunk_fn, policy=policy, prevent_cse=False) if remat else chunk_fn
+
+  def stage_fn(params_R, repeat, x_bTD, args_b, rng):
+    return body(jax.tree.map(lambda p: p[repeat], params_R), x_bTD, args_b, rng)
+
+  run_stages = jax.vmap(stage_fn, spmd_axis_name=AXIS if _mesh_has_stage() else None)
   stage_S = jnp.arange(s_count)
+  work_items = r_count * m_count
 
   def iteration(carry, t):
     state_SbTD, out_MbTD = carry
-    # Past the last micro-batch stage 0 recomputes it: bubble work whose output never lands.
-    state_SbTD = state_SbTD.at[0].set(x_MbTD[jnp.minimum(t, m_count - 1)])
-    micro_S = jnp.clip(t - stage_S, 0, m_count - 1)  # the micro-batch each stage holds
-    args_Sb = jax.tree.map(lambda a: a[micro_S], args_Mb)
+    # Past the last micro-batch of the first repeat, stage 0 takes the previous repeat's
+    # output of micro-batch t mod M (GPipe: recomputes the last micro-batch, bubble work
+    # whose output never lands).
+    first_bTD = x_MbTD[jnp.minimum(t, m_count - 1)]
+    if r_count > 1:
+      first_bTD = jnp.where(t < m_count, first_bTD, out_MbTD[t % m_count])
+    state_SbTD = state_SbTD.at[0].set(first_bTD)
+    work_S = jnp.clip(t - stage_S, 0, work_items - 1)  # the work item each stage holds
+    args_Sb = jax.tree.map(lambda a: a[work_S % m_count], args_Mb)
     rng_S = None if rng is None else jax.vmap(
         lambda s: jax.random.fold_in(jax.random.fold_in(rng, t), s))(stage_S)
-    y_SbTD = _constrain_stages(run_stages(params_S, state_SbTD, args_Sb, rng_S))
-    # The last stage finishes micro-batch t - (S - 1); before that its writes to slot 0 are
-    # bubble values, overwritten when micro-batch 0 arrives.
-    done = jnp.clip(t - (s_count - 1), 0, m_count - 1)
+    y_SbTD = _constrain_stages(run_stages(params_SR, work_S // m_count, state_SbTD, args_Sb,
+                                          rng_S))
+    # The last stage finishes work item t - (S - 1); before that its writes to slot 0 are
+    # bubble values, overwritten when micro-batch 0 arrives (before stage 0 reads it back).
+    done = jnp.clip(t - (s_count - 1), 0, work_items - 1) % m_count
     out_MbTD = jax.lax.dynamic_update_index_in_dim(out_MbTD, y_SbTD[-1], done, 0)
     return (_constrain_stages(jnp.roll(y_SbTD, 1, axis=0)), out_MbTD), None
 
   state_SbTD = _constrain_stages(jnp.zeros((s_count, *x_MbTD.shape[1:]), x_BTD.dtype))
   (_, out_MbTD), _ = jax.lax.scan(iteration, (state_SbTD, jnp.zeros_like(x_MbTD)),
-                                  jnp.arange(m_count + s_count - 1))
+                                  jnp.arange(iterations(s_count, m_count, r_count)))
   return merge_micro(out_MbTD)

@@ -151,11 +151,6 @@ def abstract_state(run: Run):
   return checkpointing.abstract_like(shapes, run.state_shardings)
 
 
-def _split_micro(x, m: int):
-  """[B, ...] -> [M, B/M, ...] taking every M-th row, so each shard feeds every micro-batch."""
-  return x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
-
-
 def loss_kwargs(run: Run) -> dict:
   """Config-derived keyword arguments of the objective's loss (DPO's beta), if it has any."""
   kwargs_of = getattr(run.objective, 'loss_kwargs', None)
@@ -182,7 +177,7 @@ def make_train_step(run: Run) -> Callable:
     if m == 1:
       grads, aux = grads_of(state.params, state.model_state, batch, rng)
     else:
-      micro = jax.tree.map(lambda x: _split_micro(x, m), batch)
+      micro = jax.tree.map(lambda x: pipeline.split_micro(x, m), batch)
 
       def body(acc, i):
         mb = jax.tree.map(lambda x: x[i], micro)

@@ -1,8 +1,8 @@
-"""GPipe (mesh.stage): pipelined losses, gradients and updates equal the unpipelined run's, and
-the settings it cannot run are ConfigErrors that name the field.
+"""Pipeline stages (mesh.stage; GPipe and circular repeats): pipelined losses, gradients and
+updates equal the unpipelined run's for scanned and unrolled stacks, and the settings it cannot
+run are ConfigErrors that name the field.
 
-Tiny models (d_model 32, 4 layers, 32 tokens) keep the compiles short: the file's budget is
-about a minute on 2 CPU cores.
+Tiny models (d_model 32, 4 scanned or 8 unrolled layers, 32 tokens) keep the compiles short.
 """
 
 import functools
@@ -26,19 +26,31 @@ def _config(**overrides):
       'model.dtype': 'float32', 'train.steps': STEPS, 'mesh.data': 1, **overrides})
 
 
+def _unrolled(**overrides):
+  """8 unrolled layers alternating sliding-window and full attention: a chunk of k layers
+  repeats when k is even."""
+  return _config(**{'model.scan_layers': False, 'model.num_layers': 8,
+                    'model.attention.pattern': 'sliding,full', 'model.attention.window': 8,
+                    **overrides})
+
+
+def _spy_on_schedule(monkeypatch, calls):
+  real = pipeline.schedule
+
+  @functools.wraps(real)
+  def spy(*args, **kwargs):
+    calls.append((kwargs['stages'], kwargs['repeats'], kwargs['micro_batches']))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(pipeline, 'schedule', spy)
+
+
 def _train(config, devices, monkeypatch=None):
   """Per-step losses and gradient norms of STEPS train steps, step-0 gradients, final params,
-  and the (stages, micro-batches) of every gpipe call traced."""
+  and the (stages, repeats, micro-batches) of every pipeline schedule traced."""
   calls = []
   if monkeypatch is not None:
-    real = pipeline.gpipe
-
-    @functools.wraps(real)
-    def spy(*args, **kwargs):
-      calls.append((kwargs['stages'], kwargs['micro_batches']))
-      return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, 'gpipe', spy)
+    _spy_on_schedule(monkeypatch, calls)
   dataset = helpers.PatternDataset(128)
   run = trainer.build_run(config, devices=devices)
   state = trainer.init_state(run, seed=0)
@@ -54,9 +66,15 @@ def _train(config, devices, monkeypatch=None):
 
 
 @pytest.fixture(scope='module')
-def reference():
-  """The unpipelined run on one device."""
-  return _train(_config(), jax.devices()[:1])
+def references():
+  """The unpipelined runs on one device, scanned and unrolled (computed when first asked)."""
+  cache = {}
+
+  def get(stack):
+    if stack not in cache:
+      cache[stack] = _train(_config() if stack == 'scanned' else _unrolled(), jax.devices()[:1])
+    return cache[stack]
+  return get
 
 
 def _assert_close(tree_a, tree_b, tol):
@@ -67,16 +85,28 @@ def _assert_close(tree_a, tree_b, tol):
     np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize('layout,expected_calls', [
-    # remat 'full' per stage iteration; M = 4 micro-batches of 4 rows over data=2.
-    ({'mesh.stage': 4, 'mesh.data': 2, 'model.remat': 'full'}, (4, 4)),
+@pytest.mark.parametrize('stack,layout,expected_calls', [
+    # GPipe, remat 'full' per stage iteration; M = 4 micro-batches of 4 rows over data=2.
+    ('scanned', {'mesh.stage': 4, 'mesh.data': 2, 'model.remat': 'full'}, (4, 1, 4)),
     # 2 gradient-accumulation micro-batches of 8 rows, each cut into 2 pipeline micro-batches.
-    ({'mesh.stage': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2, 'train.micro_batches': 2}, (2, 2)),
-], ids=['stage4_data2_remat', 'stage2_fsdp2_tensor2_accum2'])
-def test_pipeline_matches_unpipelined(reference, layout, expected_calls, monkeypatch):
-  losses, norms, grads, params, calls = _train(_config(**layout), jax.devices(), monkeypatch)
-  ref_losses, ref_norms, ref_grads, ref_params, _ = reference
-  assert calls and set(calls) == {expected_calls}  # the GPipe schedule ran, not the plain scan
+    ('scanned', {'mesh.stage': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2, 'train.micro_batches': 2},
+     (2, 1, 2)),
+    # Circular: 4 one-layer chunks, each micro-batch twice round 2 stages, 4 in flight.
+    ('scanned', {'mesh.stage': 2, 'mesh.pipeline_repeats': 2, 'mesh.pipeline_micro_batches': 4,
+                 'mesh.data': 2, 'mesh.tensor': 2}, (2, 2, 4)),
+    # Unrolled, two layers (sliding, full) per stage.
+    ('unrolled', {'mesh.stage': 4, 'mesh.data': 2}, (4, 1, 4)),
+    # Unrolled and circular: chunks of 2 layers, twice round 2 stages.
+    ('unrolled', {'mesh.stage': 2, 'mesh.pipeline_repeats': 2, 'mesh.fsdp': 2,
+                  'mesh.tensor': 2, 'model.remat': 'full'}, (2, 2, 2)),
+], ids=['scanned_stage4_data2_remat', 'scanned_stage2_fsdp2_tensor2_accum2',
+        'scanned_circular2_data2_tensor2', 'unrolled_stage4_data2',
+        'unrolled_circular2_fsdp2_tensor2_remat'])
+def test_pipeline_matches_unpipelined(references, stack, layout, expected_calls, monkeypatch):
+  config = _config(**layout) if stack == 'scanned' else _unrolled(**layout)
+  losses, norms, grads, params, calls = _train(config, jax.devices(), monkeypatch)
+  ref_losses, ref_norms, ref_grads, ref_params, _ = references(stack)
+  assert calls and set(calls) == {expected_calls}  # the pipeline ran, not the plain stack
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(norms, ref_norms, rtol=1e-5, atol=1e-5)
   _assert_close(grads, ref_grads, 1e-5)
@@ -84,13 +114,29 @@ def test_pipeline_matches_unpipelined(reference, layout, expected_calls, monkeyp
   assert losses[-1] < losses[0]  # it trains
 
 
+@pytest.mark.parametrize('scanned', [True, False], ids=['scanned', 'unrolled'])
+def test_stage_params_put_chunk_r_s_on_stage_s(scanned):
+  """Layer (r S + s) k + j is layer j of stage s's chunk in repeat r (S 2, R 3, k 2)."""
+  s_count, r_count, k = 2, 3, 2
+  layers = s_count * r_count * k
+  if scanned:
+    stack = {'layers': {'w': np.arange(layers)}}
+  else:
+    stack = {f'layer_{i}': {'w': np.array(i)} for i in range(layers)}
+  params = pipeline.stage_params(stack, stages=s_count, repeats=r_count, scanned=scanned)
+  for s in range(s_count):
+    for r in range(r_count):
+      for j in range(k):
+        got = params['layers']['w'][s, r, j] if scanned else params[f'layer_{j}']['w'][s, r]
+        assert got == (r * s_count + s) * k + j
+
+
 def test_encoder_decoder_gradients_match_unpipelined(monkeypatch):
   """Both T5 stacks pipelined: the bidirectional encoder, and the decoder whose stages take
   their micro-batch's encoder outputs and cross mask; the relative bias reaches every stage."""
   from tests.models import test_encoder_decoder  # pylint: disable=g-import-not-at-top
   calls = []
-  real = pipeline.gpipe
-  monkeypatch.setattr(pipeline, 'gpipe', lambda *a, **k: calls.append(k['stages']) or real(*a, **k))
+  _spy_on_schedule(monkeypatch, calls)
   dataset = test_encoder_decoder.pattern_dataset()
   config = functools.partial(_config, **{
       'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
@@ -103,7 +149,7 @@ def test_encoder_decoder_gradients_match_unpipelined(monkeypatch):
   loss, grads = helpers.batch_loss_and_grads(reference, params, dataset)
   piped_loss, piped_grads = helpers.batch_loss_and_grads(
       piped, jax.device_put(params, piped.state_shardings.params), dataset)
-  assert calls == [2, 2]  # encoder and decoder
+  assert calls == [(2, 1, 2)] * 2  # encoder and decoder
   assert piped_loss == pytest.approx(loss, rel=1e-5)
   _assert_close(piped_grads, grads, 1e-5)
 
@@ -116,15 +162,25 @@ def test_layer_parameters_are_sharded_over_stages():
 
 
 @pytest.mark.parametrize('overrides,needle', [
-    ({'mesh.stage': 3}, 'mesh.stage=3: does not divide model.num_layers=4'),
+    ({'mesh.stage': 3}, 'mesh.stage=3: mesh.stage x mesh.pipeline_repeats = 3 chunks do not '
+     'divide model.num_layers=4'),
+    ({'mesh.stage': 2, 'mesh.pipeline_repeats': 4}, 'mesh.pipeline_repeats=4: mesh.stage x '
+     'mesh.pipeline_repeats = 8 chunks do not divide model.num_layers=4'),
+    ({'mesh.stage': 2, 'mesh.pipeline_repeats': 0}, 'mesh.pipeline_repeats=0: must be a positive'),
+    ({'mesh.stage': 4, 'model.num_layers': 8, 'mesh.pipeline_micro_batches': 2,
+      'mesh.pipeline_repeats': 2},
+     'mesh.pipeline_micro_batches=2: circular repeats (mesh.pipeline_repeats=2) need at least '
+     'mesh.stage=4 micro-batches'),
+    ({'mesh.stage': 4, 'model.scan_layers': False, 'model.attention.pattern': 'sliding,full',
+      'model.attention.window': 8}, "model.attention.pattern='sliding,full': does not repeat "
+     'every 1 layers'),
     ({'mesh.stage': -1}, 'mesh.stage=-1: must be a positive integer'),
     ({'mesh.stage': 2, 'mesh.pipeline_micro_batches': 3},
      'mesh.pipeline_micro_batches=3: must divide the 16 sequences'),
     ({'mesh.stage': 2, 'train.micro_batches': 4, 'mesh.pipeline_micro_batches': 8},
      'mesh.pipeline_micro_batches=8: must divide the 4 sequences of each train micro-batch'),
-    ({'mesh.stage': 2, 'model.scan_layers': False}, 'model.scan_layers=False: mesh.stage=2'),
     ({'mesh.stage': 2, 'model.family': 'encoder_decoder', 'objective.name': 'span_corruption',
-      'model.decoder_layers': 3}, 'mesh.stage=2: does not divide model.decoder_layers=3'),
+      'model.decoder_layers': 3}, 'chunks do not divide model.decoder_layers=3'),
     ({'mesh.stage': 2, 'model.moe.num_experts': 4},
      'model.moe.num_experts=4: mixture-of-experts layers are not pipelined'),
     ({'mesh.stage': 2, 'mesh.rules': (('batch', 'data'), ('layers', None))},
@@ -162,3 +218,21 @@ def test_plan_reports_bubble_and_per_stage_memory():
   assert ratio == pytest.approx(8 * 7 / 16 / 2)
   assert piped.activation_terms['pipeline_buffer'] > 0
   assert 'pipeline (GPipe): 4 stages x 4 micro-batches, bubble 42.9%' in plan.format_plan(piped)
+
+
+def test_plan_of_circular_repeats_and_unrolled_stacks():
+  flat = plan.plan(_config(**{'mesh.data': 8}), num_devices=8)
+  circular = plan.plan(_config(**{'mesh.stage': 2, 'mesh.pipeline_repeats': 2,
+                                  'mesh.pipeline_micro_batches': 4, 'mesh.data': 4}),
+                       num_devices=8)
+  assert circular.bubble_fraction == pytest.approx(1 / 9)  # (S - 1) / (R M + S - 1)
+  assert circular.step_time_s == pytest.approx(flat.step_time_s * 9 / 8)
+  # R M + S - 1 = 9 iterations of one layer for b = 4 / 4 rows, against 4 layers x 2 rows.
+  ratio = circular.activation_terms['layers'] / flat.activation_terms['layers']
+  assert ratio == pytest.approx(9 / 8)
+  assert 'pipeline (circular, 2 repeats): 2 stages x 4 micro-batches, bubble 11.1%' in (
+      plan.format_plan(circular))
+  # An unrolled stack keeps every layer on every stage.
+  unrolled = plan.plan(_unrolled(**{'mesh.stage': 4, 'mesh.data': 2}), num_devices=8)
+  unrolled_flat = plan.plan(_unrolled(**{'mesh.data': 8}), num_devices=8)
+  assert unrolled.params_per_device == unrolled_flat.params_per_device
