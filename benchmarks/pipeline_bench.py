@@ -1,15 +1,17 @@
-"""GPipe's measured train-step time against its schedule's prediction, on simulated CPU devices.
+"""The pipeline's measured train-step time against its schedule's prediction, on simulated CPU
+devices: GPipe (repeats 1) and circular repeats.
 
-  python -m benchmarks.pipeline_bench --stages=2,4 --micro_batches=1,2,4,8
+  python -m benchmarks.pipeline_bench --stages=2,4 --micro_batches=1,2,4,8 --repeats=1,2
 
-One JSON line per (stages, micro-batches) case, after one for the unpipelined reference (one
-device, same model and batch). A pipelined step runs M + S - 1 iterations in which each of the
-S stages applies L/S layers to B/M rows, so its devices do (M + S - 1) / M times the reference's
-layer work, (1 - bubble)^-1. Simulated CPU devices share the host's cores, so stages do not
-run in parallel here and the prediction is `serial_ideal_s` = reference x (M + S - 1) / M; on
-real accelerators it would be reference / S x (M + S - 1) / M (`parallel_ideal_s`). The head
-and embeddings run on every stage (not pipelined), which the predictions leave out.
-`overhead` = measured / serial_ideal_s: the buffer rolls, micro-batch gathers and the head.
+One JSON line per (stages, repeats, micro-batches) case, after one for the unpipelined reference
+(one device, same model and batch). A pipelined step runs R M + S - 1 iterations in which each
+of the S stages applies L / (R S) layers to B / M rows, so its devices do (R M + S - 1) / (R M)
+times the reference's layer work, (1 - bubble)^-1. Simulated CPU devices share the host's
+cores, so stages do not run in parallel here and the prediction is `serial_ideal_s` =
+reference x (R M + S - 1) / (R M); on real accelerators it would be that over S
+(`parallel_ideal_s`). The head and embeddings run on every stage (not pipelined), which the
+predictions leave out. `overhead` = measured / serial_ideal_s: the buffer rolls, micro-batch
+gathers, the circular weight reshuffle and the head. Circular cases need M >= S.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--stages', default='2,4')
   parser.add_argument('--micro_batches', default='1,2,4,8')
+  parser.add_argument('--repeats', default='1,2')
   parser.add_argument('--layers', type=int, default=8)
   parser.add_argument('--d_model', type=int, default=128)
   parser.add_argument('--seq_len', type=int, default=128)
@@ -78,17 +81,20 @@ def main():
   print(json.dumps({'case': 'reference', 'stages': 1, 'micro_batches': 1,
                     'step_time_s': round(reference, 5), **common}), flush=True)
   for s in stages:
-    for m in (int(x) for x in args.micro_batches.split(',')):
-      measured = step_time(config(**{'mesh.stage': s, 'mesh.pipeline_micro_batches': m}),
-                           jax.devices()[:s], args.steps)
-      stretch = (m + s - 1) / m
-      print(json.dumps({
-          'case': 'gpipe', 'stages': s, 'micro_batches': m,
-          'bubble_fraction': round(pipeline.bubble_fraction(s, m), 4),
-          'step_time_s': round(measured, 5), 'serial_ideal_s': round(reference * stretch, 5),
-          'parallel_ideal_s': round(reference / s * stretch, 5),
-          'overhead': round(measured / (reference * stretch), 3), **common}), flush=True)
-
+    for r in (int(x) for x in args.repeats.split(',')):
+      for m in (int(x) for x in args.micro_batches.split(',')):
+        if (r > 1 and m < s) or args.layers % (s * r):
+          continue  # circular repeats need M >= S; chunks must divide the layers
+        measured = step_time(config(**{'mesh.stage': s, 'mesh.pipeline_repeats': r,
+                                       'mesh.pipeline_micro_batches': m}),
+                             jax.devices()[:s], args.steps)
+        stretch = pipeline.iterations(s, m, r) / (r * m)
+        print(json.dumps({
+            'case': 'gpipe' if r == 1 else 'circular', 'stages': s, 'repeats': r,
+            'micro_batches': m, 'bubble_fraction': round(pipeline.bubble_fraction(s, m, r), 4),
+            'step_time_s': round(measured, 5), 'serial_ideal_s': round(reference * stretch, 5),
+            'parallel_ideal_s': round(reference / s * stretch, 5),
+            'overhead': round(measured / (reference * stretch), 3), **common}), flush=True)
 
 if __name__ == '__main__':
   main()

@@ -374,7 +374,11 @@ class Stack(nn.Module):
   def _pipeline(self, x_BTD, args):
     """The stack as pipeline stages (research/parallel/pipeline.py): each stage applies an
     unbound stack of one chunk's k = L / (R S) layers to its share of this stack's
-    parameters (scanned or unrolled, as the stack itself)."""
+    parameters (scanned or unrolled, as the stack itself).
+
+    Mixture-of-experts statistics and balancing state come out per chunk, averaged over the
+    micro-batches (as gradient accumulation averages them), and are put back in this stack's
+    collections in the unpipelined layout, so `moe.moe_aux` reads them unchanged."""
     c = self.cfg
     positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS = args
     stages, repeats = c.pipeline_stages, c.pipeline_repeats
@@ -383,22 +387,29 @@ class Stack(nn.Module):
                                     remat='none', pipeline_stages=1, pipeline_repeats=1)
     chunk = Stack(chunk_cfg, block=self.block, deterministic=self.deterministic,
                   cross_attention=self.cross_attention, parent=None)
-    dropout = not self.deterministic and c.dropout > 0
+    noisy = not self.deterministic and (c.dropout > 0 or c.moe.jitter > 0)
+    mutable = [name for name in (moe_lib.AUX_COLLECTION, moe_lib.STATE_COLLECTION)
+               if c.moe.enabled and self.is_mutable_collection(name)]
+    layout = dict(stages=stages, repeats=repeats, layers=c.num_layers, scanned=c.scan_layers)
+    variables_SR = {name: pipeline.stage_params(self.variables[name], **layout) for name in
+                    ('params', moe_lib.STATE_COLLECTION) if name in self.variables}
 
-    def chunk_fn(params, x_bTD, batch_args, rng):
+    def chunk_fn(variables, x_bTD, batch_args, rng):
       positions_bT, mask_bTS, encoded_bSD, cross_mask_bTS = batch_args
-      rngs = {'dropout': rng} if dropout else {}
-      return chunk.apply({'params': params}, x_bTD, positions_bT, mask_bTS, bias_HTS,
-                         encoded_bSD, cross_mask_bTS, rngs=rngs)
+      rngs = {} if rng is None else {'dropout': rng}
+      y_bTD, new = chunk.apply(variables, x_bTD, positions_bT, mask_bTS, bias_HTS, encoded_bSD,
+                               cross_mask_bTS, rngs=rngs, mutable=mutable)
+      return y_bTD, dict(new)
 
-    params_SR = pipeline.stage_params(self.variables['params'], stages=stages,
-                                      repeats=repeats, scanned=c.scan_layers)
-    return pipeline.schedule(chunk_fn, params_SR, x_BTD,
-                             (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
-                             stages=stages, repeats=repeats,
-                             micro_batches=c.pipeline_micro_batches,
-                             policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
-                             rng=self.make_rng('dropout') if dropout else None)
+    y_BTD, new_SR = pipeline.schedule(
+        chunk_fn, variables_SR, x_BTD, (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
+        stages=stages, repeats=repeats, micro_batches=c.pipeline_micro_batches,
+        policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
+        rng=self.make_rng('dropout') if noisy else None)
+    for name, tree_SR in new_SR.items():
+      for key, value in pipeline.unstage_params(tree_SR, **layout).items():
+        self.put_variable(name, key, value)
+    return y_BTD
 
 
 def _scanned_layers(block_cls, c: TransformerConfig, length: int, *, remat: bool):

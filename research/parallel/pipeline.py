@@ -38,13 +38,14 @@ would make checkpoints, decoding and exports depend on the pipeline settings. Un
 sliced per stage inside the step: their compute is pipelined, their weights are not split.
 
 Every stage runs the same chunk program, so the layers of a chunk must repeat across chunks:
-layer i has the attention pattern and feed-forward type of layer i mod k (one pattern for a
+layer i has the attention pattern and feed-forward type of layer i mod k (one of each for a
 scanned stack). Every family: decoders, encoders, and both stacks of an encoder-decoder (each
 pipelined on its own; the decoder's micro-batches carry their encoder outputs and cross
-masks). Not pipelined, as ConfigErrors: mixture-of-experts layers (their auxiliary losses,
-routing statistics and balancing state are not threaded through the stages) and context
-parallelism (its shard_map'd attention inside the stage vmap). The embeddings and the head
-run, replicated, on every stage.
+masks). Mixture-of-experts layers run inside their stage with experts over 'expert' as usual;
+their statistics (aux losses, loads) and their balancing state come out per chunk, averaged
+over the micro-batches as gradient accumulation averages them. Not combined, as a ConfigError:
+context parallelism (its shard_map'd attention inside the stage vmap). The embeddings and the
+head run, replicated, on every stage.
 
 Pipeline micro-batches are not `train.micro_batches`: those run one after another (gradient
 accumulation), while a pipeline needs several in flight at once. Each gradient-accumulation
@@ -121,10 +122,6 @@ def check_config(c) -> None:
     raise ConfigError('mesh.pipeline_micro_batches', micro,
                       f'circular repeats (mesh.pipeline_repeats={repeats}) need at least '
                       f'mesh.stage={stages} micro-batches in flight: raise it or use repeats 1')
-  if c.model.moe.num_experts:
-    raise ConfigError('model.moe.num_experts', c.model.moe.num_experts,
-                      f'mixture-of-experts layers are not pipelined (mesh.stage={stages}): use '
-                      'mesh.stage=1 with mesh.expert')
   if c.mesh.get('context', 1) > 1:  # shard_map'd attention inside the stage vmap: not built
     raise ConfigError('mesh.context', c.mesh.context, f'context parallelism is not combined with '
                       f'pipeline stages yet (mesh.stage={stages}): use one of the two')
@@ -148,6 +145,12 @@ def _check_chunks_repeat(c, chunks: int) -> None:
   kinds = patterns.parse_pattern(c.model.attention.pattern)
   for field, layers in _stack_depths(c.model):
     k = layers // chunks
+    every = c.model.moe.every
+    if c.model.moe.num_experts and k % every:
+      raise ConfigError('model.moe.every', every, f'does not divide {k}, the layers of one '
+                        f'pipeline chunk ({field}={layers} over mesh.stage x '
+                        f'mesh.pipeline_repeats = {chunks}): every chunk must hold the same '
+                        'layer types')
     if any(kinds[i % len(kinds)] != kinds[(i % k) % len(kinds)] for i in range(layers)):
       raise ConfigError('model.attention.pattern', c.model.attention.pattern,
                         f'does not repeat every {k} layers, the layers of one pipeline chunk '
@@ -177,26 +180,38 @@ def merge_micro(x):
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def stage_params(layer_params: Any, *, stages: int, repeats: int, scanned: bool) -> Any:
-  """A stack's parameters as one chunk's tree with leading [S, R] axes.
+def stage_params(tree: Any, *, stages: int, repeats: int, layers: int, scanned: bool) -> Any:
+  """A stack's parameters (or other per-layer variables) as one chunk's tree with leading
+  [S, R] axes.
 
   Scanned: {'layers': [L, ...]} -> {'layers': [S, R, k, ...]}. Unrolled: {'layer_i': tree}
   for i < L -> {'layer_j': [S, R, ...]} for j < k, layer_j of chunk r S + s being layer
-  (r S + s) k + j.
+  (r S + s) k + j; layers without the variable (a dense layer's MoE state) stay absent.
   """
   s_count, r_count = stages, repeats
+  k = layers // (s_count * r_count)
   if scanned:
     def to_stages(p_L):
-      k = p_L.shape[0] // (s_count * r_count)
       return p_L.reshape(r_count, s_count, k, *p_L.shape[1:]).swapaxes(0, 1)
-    return {'layers': jax.tree.map(to_stages, layer_params['layers'])}
-  k = len(layer_params) // (s_count * r_count)
+    return {'layers': jax.tree.map(to_stages, tree['layers'])}
 
   def chunk_stack(j):
-    trees = [layer_params[f'layer_{c * k + j}'] for c in range(r_count * s_count)]
+    trees = [tree[f'layer_{c * k + j}'] for c in range(r_count * s_count)]
     return jax.tree.map(lambda *p: jnp.stack(p).reshape(r_count, s_count, *p[0].shape)
                         .swapaxes(0, 1), *trees)
-  return {f'layer_{j}': chunk_stack(j) for j in range(k)}
+  return {f'layer_{j}': chunk_stack(j) for j in range(k) if f'layer_{j}' in tree}
+
+
+def unstage_params(tree_SR: Any, *, stages: int, repeats: int, layers: int,
+                   scanned: bool) -> Any:
+  """The inverse of `stage_params`: a chunk's [S, R, ...] tree back in the stack's layout."""
+  if scanned:
+    return {'layers': jax.tree.map(lambda p: p.swapaxes(0, 1).reshape(-1, *p.shape[3:]),
+                                   tree_SR['layers'])}
+  k = layers // (stages * repeats)
+  return {f'layer_{(r * stages + s) * k + j}': jax.tree.map(lambda p: p[s, r], tree_SR[
+      f'layer_{j}']) for j in range(k) if f'layer_{j}' in tree_SR
+          for r in range(repeats) for s in range(stages)}
 
 
 def _mesh_has_stage() -> bool:
@@ -217,11 +232,13 @@ def schedule(chunk_fn: Callable, params_SR: Any, x_BTD, batch_args: Any, *, stag
   """Runs a stack of R S chunks as `stages` pipeline stages, `repeats` times round, over
   `micro_batches` micro-batches of x_BTD (module docstring).
 
-  chunk_fn(params, x_bTD, batch_args_b, rng) applies one chunk of layers; params_SR is
-  `stage_params`'s tree, [S, R, ...]. `batch_args` (a tree of [B, ...] arrays: positions,
-  masks) is cut into micro-batches like x_BTD and reaches each stage with its micro-batch.
-  With `remat`, each stage's chunk is a jax.checkpoint with `policy`. Returns y_BTD, equal
-  to the unpipelined stack's output.
+  chunk_fn(params, x_bTD, batch_args_b, rng) -> (y_bTD, aux) applies one chunk of layers;
+  params_SR is `stage_params`'s tree, [S, R, ...]. `batch_args` (a tree of [B, ...] arrays:
+  positions, masks) is cut into micro-batches like x_BTD and reaches each stage with its
+  micro-batch. aux (a tree of float arrays, e.g. a chunk's MoE statistics; {} for none) is
+  averaged over the micro-batches per chunk. With `remat`, each stage's chunk is a
+  jax.checkpoint with `policy`. Returns (y_BTD, aux_SR): y_BTD equals the unpipelined stack's
+  output, aux_SR has leading [S, R] axes like params_SR.
   """
   s_count, r_count, m_count = stages, repeats, micro_batches
   x_MbTD = split_micro(x_BTD, m_count)
@@ -236,7 +253,7 @@ def schedule(chunk_fn: Callable, params_SR: Any, x_BTD, batch_args: Any, *, stag
   work_items = r_count * m_count
 
   def iteration(carry, t):
-    state_SbTD, out_MbTD = carry
+    state_SbTD, out_MbTD, aux_SR = carry
     # Past the last micro-batch of the first repeat, stage 0 takes the previous repeat's
     # output of micro-batch t mod M (GPipe: recomputes the last micro-batch, bubble work
     # whose output never lands).
@@ -248,15 +265,26 @@ def schedule(chunk_fn: Callable, params_SR: Any, x_BTD, batch_args: Any, *, stag
     args_Sb = jax.tree.map(lambda a: a[work_S % m_count], args_Mb)
     rng_S = None if rng is None else jax.vmap(
         lambda s: jax.random.fold_in(jax.random.fold_in(rng, t), s))(stage_S)
-    y_SbTD = _constrain_stages(run_stages(params_SR, work_S // m_count, state_SbTD, args_Sb,
-                                          rng_S))
+    y_SbTD, chunk_aux_S = run_stages(params_SR, work_S // m_count, state_SbTD, args_Sb, rng_S)
+    y_SbTD = _constrain_stages(y_SbTD)
+    # Each (stage, repeat) slot gains 1/M of the aux of the real (non-bubble) work it did.
+    real_S = (t - stage_S >= 0) & (t - stage_S < work_items)
+    weight_SR = jax.nn.one_hot(work_S // m_count, r_count) * (real_S / m_count)[:, None]
+    aux_SR = jax.tree.map(
+        lambda acc, a: acc + weight_SR.reshape(*weight_SR.shape, *(1,) * (a.ndim - 1)) * a[
+            :, None].astype(acc.dtype), aux_SR, chunk_aux_S)
     # The last stage finishes work item t - (S - 1); before that its writes to slot 0 are
     # bubble values, overwritten when micro-batch 0 arrives (before stage 0 reads it back).
     done = jnp.clip(t - (s_count - 1), 0, work_items - 1) % m_count
     out_MbTD = jax.lax.dynamic_update_index_in_dim(out_MbTD, y_SbTD[-1], done, 0)
-    return (_constrain_stages(jnp.roll(y_SbTD, 1, axis=0)), out_MbTD), None
+    return (_constrain_stages(jnp.roll(y_SbTD, 1, axis=0)), out_MbTD, aux_SR), None
 
   state_SbTD = _constrain_stages(jnp.zeros((s_count, *x_MbTD.shape[1:]), x_BTD.dtype))
-  (_, out_MbTD), _ = jax.lax.scan(iteration, (state_SbTD, jnp.zeros_like(x_MbTD)),
-                                  jnp.arange(iterations(s_count, m_count, r_count)))
-  return merge_micro(out_MbTD)
+  aux_shapes = jax.eval_shape(
+      stage_fn, jax.tree.map(lambda p: p[0], params_SR), 0, x_MbTD[0], jax.tree.map(
+          lambda a: a[0], args_Mb), None if rng is None else rng)[1]
+  aux_SR = jax.tree.map(lambda a: jnp.zeros((s_count, r_count, *a.shape), a.dtype), aux_shapes)
+  (_, out_MbTD, aux_SR), _ = jax.lax.scan(
+      iteration, (state_SbTD, jnp.zeros_like(x_MbTD), aux_SR),
+      jnp.arange(iterations(s_count, m_count, r_count)))
+  return merge_micro(out_MbTD), aux_SR
