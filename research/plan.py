@@ -175,6 +175,7 @@ class StateSizes:
   opt_state_total_bytes: int  # all devices' shards together, replicas counted once
   head_param_bytes: int  # per device: the unembedding (tied embedding table or 'unembed')
   layer_param_bytes_gathered: int  # one layer's weights as FSDP gathers them (tensor-split only)
+  stack_param_bytes: int = 0  # per device: the layer stacks' weights (not embeddings, head)
 
 
 def abstract_boxed_state(config):
@@ -214,7 +215,15 @@ def state_sizes(config, mesh) -> StateSizes:
       opt_state_total_bytes=sum(x.size * np.dtype(x.dtype).itemsize
                                 for x in jax.tree.leaves(state.opt_state)),
       head_param_bytes=head_bytes,
-      layer_param_bytes_gathered=_gathered_layer_bytes(config, mesh, rules))
+      layer_param_bytes_gathered=_gathered_layer_bytes(config, mesh, rules),
+      stack_param_bytes=sum(b for path, b in jax.tree_util.tree_leaves_with_path(per_leaf)
+                            if any(_is_layer_key(k) for k in path)))
+
+
+def _is_layer_key(key) -> bool:
+  """A path entry of a stack's layers: a scanned 'layers' or an unrolled 'layer_<i>'."""
+  name = getattr(key, 'key', '')
+  return name == 'layers' or (isinstance(name, str) and name.startswith('layer_'))
 
 
 def _gathered_layer_bytes(config, mesh, rules) -> int:
@@ -447,8 +456,11 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
   terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
   stages, micro = pipeline.stages_of(config), pipeline.micro_batches_of(config)
   if stages > 1:
+    repeats = pipeline.repeats_of(config)
     _pipeline_terms(terms, working, stacks[0], m, impl, cfg, rows=rows, stages=stages,
-                    micro=micro, repeats=pipeline.repeats_of(config))
+                    micro=micro, repeats=repeats)
+    if repeats > 1:  # the stacks' weights reshuffled into the circular order, and their grads
+      terms['circular_weights'] = 2 * sizes.stack_param_bytes
     terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
   return terms
 
@@ -680,7 +692,8 @@ def plan(config, *, num_devices: int | None = None, device: str = 'h100-80gb') -
 _TERM_LABELS = {'layers': 'saved by the layers', 'shared': 'shared (masks, final norms)',
                 'head': 'head and loss', 'weight_copies': 'compute-dtype weight copies',
                 'dropout_masks': 'dropout masks', 'working_set': 'backward working set',
-                'pipeline_buffer': 'pipeline buffer (stage inputs, outputs)'}
+                'pipeline_buffer': 'pipeline buffer (stage inputs, outputs)',
+                'circular_weights': 'circular pipeline: reshuffled layer weights, grads'}
 
 
 def _gib(n: float) -> str:

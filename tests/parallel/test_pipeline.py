@@ -278,6 +278,10 @@ def test_plan_of_circular_repeats_and_unrolled_stacks():
   assert ratio == pytest.approx(9 / 8)
   assert 'pipeline (circular, 2 repeats): 2 stages x 4 micro-batches, bubble 11.1%' in (
       plan.format_plan(circular))
+  # The stage's half of the float32 layer weights, reshuffled, and their gradients.
+  cfg_layers = 4 * (32 * (4 + 2 + 2) * 8 + 4 * 8 * 32 + 3 * 32 * 256 + 2 * 32)
+  assert circular.activation_terms['circular_weights'] == 2 * 4 * cfg_layers // 2
+  assert 'circular_weights' not in flat.activation_terms
   # An unrolled stack keeps every layer on every stage.
   unrolled = plan.plan(_unrolled(**{'mesh.stage': 4, 'mesh.data': 2}), num_devices=8)
   unrolled_flat = plan.plan(_unrolled(**{'mesh.data': 8}), num_devices=8)
