@@ -260,8 +260,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Pipeline stages (research/parallel/pipeline.py): each layer stack (both of an
   # encoder-decoder) cut into stage x pipeline_repeats chunks of consecutive layers; scanned
   # stacks are stored in contiguous blocks of L / stage layers per stage, unrolled ones on
-  # every stage; a chunk's layers repeat in every chunk. Not with mesh.context. 1: off; a fixed
-  # size, never -1.
+  # every stage; a chunk's layers repeat in every chunk. 1: off; a fixed size, never -1.
   c.mesh.stage = 1
   # Passes of each micro-batch round the stages, R: 1 is GPipe; R > 1 is the circular
   # (interleaved) schedule, chunk r x stage + s on stage s, bubble (stage - 1) / (R M +

@@ -113,6 +113,14 @@ def _batch_axes(batch: int) -> tuple[str, ...]:
   return tuple(axes)
 
 
+def _stage_axis() -> tuple[str, ...]:
+  """('stage',) on a pipelined mesh: inside the pipeline's stage vmap (spmd_axis_name='stage')
+  the batching rule shards the stacked stage dimension over it, so it must be manual too."""
+  mesh = jax.sharding.get_abstract_mesh()
+  stage = 'stage'
+  return (stage,) if not mesh.empty and mesh.shape.get(stage, 1) > 1 else ()
+
+
 def _parity_moves(n: int, src, dst):
   """For chunk parity 0 and 1: (source slot per device, ppermute pairs, destination slot per
   device). Each device holds one even and one odd chunk in both layouts, so a layout change is
@@ -446,7 +454,7 @@ def _attention_fn(st: _Static, rows):
   """
   x4, x2 = P(rows, AXIS, None, None), P(rows, AXIS)
   stats = P(rows, None, None, AXIS)  # lse_BGRT
-  manual = {AXIS, *mesh_lib.axes_of(rows)}
+  manual = {AXIS, *mesh_lib.axes_of(rows), *_stage_axis()}
   smap = lambda f, ins, outs: jax.shard_map(f, in_specs=ins, out_specs=outs, axis_names=manual,
                                             check_vma=False)
   inputs = (x4, x4, x4, x2, x2, x2, x2)

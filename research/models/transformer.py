@@ -310,6 +310,8 @@ class Stack(nn.Module):
   decode: bool = False
   deterministic: bool = True
   cross_attention: bool = False
+  # False for a pipeline chunk: the whole stack already runs in the zig-zag order.
+  zigzag: bool = True
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask_BTS, bias_HTS=None, encoded_BSD=None,
@@ -325,7 +327,8 @@ class Stack(nn.Module):
     are permuted once here and its output back, and every layer in between either works per
     token or builds its mask from the permuted token indices.
     """
-    zigzag = (not self.decode and isinstance(mask_BTS, attention.MaskSpec) and mask_BTS.causal
+    zigzag = (self.zigzag and not self.decode and isinstance(mask_BTS, attention.MaskSpec)
+              and mask_BTS.causal
               and context_parallel.context_size() > 1)
     if not zigzag:
       return self._layers(x_BTD, positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS)
@@ -386,7 +389,7 @@ class Stack(nn.Module):
     chunk_cfg = dataclasses.replace(c, num_layers=c.num_layers // (stages * repeats),
                                     remat='none', pipeline_stages=1, pipeline_repeats=1)
     chunk = Stack(chunk_cfg, block=self.block, deterministic=self.deterministic,
-                  cross_attention=self.cross_attention, parent=None)
+                  cross_attention=self.cross_attention, zigzag=False, parent=None)
     noisy = not self.deterministic and (c.dropout > 0 or c.moe.jitter > 0)
     mutable = [name for name in (moe_lib.AUX_COLLECTION, moe_lib.STATE_COLLECTION)
                if c.moe.enabled and self.is_mutable_collection(name)]

@@ -43,9 +43,10 @@ scanned stack). Every family: decoders, encoders, and both stacks of an encoder-
 pipelined on its own; the decoder's micro-batches carry their encoder outputs and cross
 masks). Mixture-of-experts layers run inside their stage with experts over 'expert' as usual;
 their statistics (aux losses, loads) and their balancing state come out per chunk, averaged
-over the micro-batches as gradient accumulation averages them. Not combined, as a ConfigError:
-context parallelism (its shard_map'd attention inside the stage vmap). The embeddings and the
-head run, replicated, on every stage.
+over the micro-batches as gradient accumulation averages them. Context parallelism composes:
+a causal stack enters the zig-zag order once, outside the pipeline, and the context-parallel
+attention's shard_map inside the stage vmap takes 'stage' as one of its manual axes. The
+embeddings and the head run, replicated, on every stage.
 
 Pipeline micro-batches are not `train.micro_batches`: those run one after another (gradient
 accumulation), while a pipeline needs several in flight at once. Each gradient-accumulation
@@ -122,9 +123,6 @@ def check_config(c) -> None:
     raise ConfigError('mesh.pipeline_micro_batches', micro,
                       f'circular repeats (mesh.pipeline_repeats={repeats}) need at least '
                       f'mesh.stage={stages} micro-batches in flight: raise it or use repeats 1')
-  if c.mesh.get('context', 1) > 1:  # shard_map'd attention inside the stage vmap: not built
-    raise ConfigError('mesh.context', c.mesh.context, f'context parallelism is not combined with '
-                      f'pipeline stages yet (mesh.stage={stages}): use one of the two')
   rules = dict((name, axes) for name, axes in c.mesh.rules)
   layers_rule = rules.get('layers')
   if AXIS not in (layers_rule if isinstance(layers_rule, (tuple, list)) else (layers_rule,)):

@@ -200,6 +200,28 @@ def test_encoder_decoder_gradients_match_unpipelined(monkeypatch):
   _assert_close(piped_grads, grads, 1e-5)
 
 
+@pytest.mark.parametrize('layout', [
+    {'mesh.stage': 2, 'mesh.context': 2, 'mesh.data': 2, 'model.remat': 'full',
+     'model.attention.context_strategy': 'ring'},
+    {'mesh.stage': 2, 'mesh.context': 4, 'mesh.pipeline_repeats': 2},
+], ids=['stage2_context2_data2_ring_remat', 'circular2_context4_all_gather'])
+def test_pipeline_with_context_parallelism_matches_one_device(layout, monkeypatch):
+  """Stages over a context-sharded, zig-zag ordered causal sequence: the loss and gradients of
+  one batch equal the single-device model's."""
+  calls = []
+  _spy_on_schedule(monkeypatch, calls)
+  reference = trainer.build_run(_config(), devices=jax.devices()[:1])
+  params = trainer.init_state(reference, seed=0).params
+  dataset = helpers.PatternDataset(128)
+  loss, grads = helpers.batch_loss_and_grads(reference, params, dataset)
+  run = trainer.build_run(_config(**layout), devices=jax.devices())
+  got_loss, got_grads = helpers.batch_loss_and_grads(
+      run, jax.device_put(params, run.state_shardings.params), dataset)
+  assert calls and calls[0][:2] == (2, layout.get('mesh.pipeline_repeats', 1))
+  assert got_loss == pytest.approx(loss, rel=1e-6)
+  helpers.assert_grads_close(got_grads, grads, rtol=1e-5)
+
+
 def test_layer_parameters_are_sharded_over_stages():
   run = trainer.build_run(_config(**{'mesh.stage': 4, 'mesh.data': 2}), devices=jax.devices())
   query = run.state_shardings.params['stack']['layers']['attn']['query']  # [L, D, H, K]
@@ -231,8 +253,6 @@ def test_layer_parameters_are_sharded_over_stages():
       'model.moe.every': 2}, 'model.moe.every=2: does not divide 1, the layers of one pipeline'),
     ({'mesh.stage': 2, 'mesh.rules': (('batch', 'data'), ('layers', None))},
      "needs the rule ('layers', 'stage')"),
-    ({'mesh.stage': 2, 'mesh.context': 2},
-     'mesh.context=2: context parallelism is not combined with pipeline stages yet'),
 ])
 def test_config_errors(overrides, needle):
   with pytest.raises(ConfigError) as e:
