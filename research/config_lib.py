@@ -245,7 +245,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.prefetch = 2  # batches transferred to the devices ahead of the step using them; 0: none
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.preset = ''  # '' | 'dp' | 'fsdp' | 'fsdp_tp' | 'fsdp_ep' | 'ep' (research.parallel.mesh)
+  c.mesh.preset = ''  # '' | 'dp' | 'fsdp' | 'fsdp_tp' | 'fsdp_ep' | 'ep' | 'fsdp_pp' | 'fsdp_cp'
   c.mesh.data = -1  # -1: all devices not used by the other axes
   c.mesh.fsdp = 1  # parameters, gradients and optimizer state sharded (ZeRO-3)
   c.mesh.expert = 1  # MoE experts sharded

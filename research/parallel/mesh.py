@@ -34,6 +34,9 @@ PRESETS = {
     'fsdp_tp': {'data': 1, 'fsdp': -1, 'tensor': 4},  # + Megatron tensor parallelism in groups
     'fsdp_ep': {'data': 1, 'fsdp': -1, 'expert': 4},  # + experts split over the expert axis
     'ep': {'data': 1, 'expert': -1},  # experts split over all devices, batch over them too
+    # + 4 pipeline stages (e.g. one per slice, where FSDP over the slower links costs too much)
+    'fsdp_pp': {'data': 1, 'stage': 4, 'fsdp': -1},
+    'fsdp_cp': {'data': 1, 'fsdp': -1, 'context': 4},  # + sequences split over 4 (long context)
 }
 
 

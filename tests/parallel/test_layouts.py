@@ -24,6 +24,9 @@ GOLDEN = pathlib.Path(__file__).parent / 'golden'
 
 def preset_config(preset: str, **overrides):
   # 4 query heads over 2 key/value heads: fsdp_tp's tensor=4 cannot split the key/value heads.
+  # fsdp_pp's 4 stages need 4 layers (scanned: the stack's layers go over 'stage').
+  if preset == 'fsdp_pp':
+    overrides = {'model.num_layers': 4, 'model.scan_layers': True, **overrides}
   return helpers.tiny_config(**{'mesh.preset': preset, 'model.dtype': 'float32', **overrides})
 
 
@@ -45,6 +48,8 @@ def test_preset_sizes():
   assert sizes('fsdp_tp') == (1, 1, 2, 1, 1, 4)
   assert sizes('fsdp_ep') == (1, 1, 2, 4, 1, 1)
   assert sizes('ep') == (1, 1, 1, 8, 1, 1)
+  assert sizes('fsdp_pp') == (1, 4, 2, 1, 1, 1)
+  assert sizes('fsdp_cp') == (1, 1, 2, 1, 4, 1)
   # Explicit sizes win over the preset's: a hybrid 2-way data x 4-way FSDP mesh.
   assert sizes('fsdp', **{'mesh.data': 2}) == (2, 1, 4, 1, 1, 1)
   assert sizes('fsdp_tp', **{'mesh.tensor': 2}) == (1, 1, 4, 1, 1, 2)
