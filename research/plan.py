@@ -473,10 +473,10 @@ def _pipeline_terms(terms, working, stack: '_Stack', m: '_Dims', impl: str, cfg,
   backwards).
 
   Per device: the layers' residuals x I k b / (L rows) = I / (R S M) of the unpipelined
-  stack's; with remat 'full' (applied per chunk) only each iteration's stage input, and the
-  working set gains one chunk's full residuals for b rows (recomputed in the backward). The
-  buffer's per-iteration copies and the collected outputs, I b + rows rows of D, are the
-  'pipeline_buffer' term."""
+  stack's (other policies apply per layer, as unpipelined); with remat 'full', applied to the
+  whole chunk, only each iteration's stage input, and the working set gains one chunk's full
+  residuals for b rows (recomputed in the backward). The buffer's per-iteration copies and
+  the collected outputs, I b + rows rows of D, are the 'pipeline_buffer' term."""
   b, iterations = rows / micro, pipeline.iterations(stages, micro, repeats)
   chunk = stack.layers // (stages * repeats)
   row_bytes = stack.tokens * m.d * m.a  # one row of the residual stream

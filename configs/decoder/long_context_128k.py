@@ -14,8 +14,9 @@ Without context parallelism a chip would hold whole sequences: research.plan wit
 --config.mesh.context=1 --config.mesh.fsdp=8 --config.train.batch_size=8 asks for 7,220 GiB a
 chip (XLA attention's [131,072 x 131,072] scores per head), and no remat or micro-batching helps.
 
-Plan and compile before launching (research.plan: 3 s; research.aot: 3 min 49 s on 2 busy CPU
-cores, 2 min 6 s of CPU time; libtpu needed, no TPU):
+Plan and compile before launching (research.plan: 3 s; research.aot: 2 min 3 s on 2 busy CPU
+cores, 1 min 50 s of CPU time, 2026-12-04; earlier 3 min 49 s on busier cores; libtpu needed,
+no TPU):
   python -m research.plan --config=configs/decoder/long_context_128k.py --device=tpu-v5p
     activations (remat save_qkv_attention) 13.85 GiB, of which the layers keep 7.00 GiB
     fits on tpu-v5p: 23.06 GiB of 85.50 GiB usable (95 GiB less 10% headroom), 27%
@@ -25,7 +26,8 @@ cores, 2 min 6 s of CPU time; libtpu needed, no TPU):
       per device: arguments 6.91 GiB, temporaries 20.47 GiB, outputs 6.91 GiB (6.91 GiB donated)
       peak 27.37 GiB: fits in 95.00 GiB of HBM
 The plan is 16 % under the compiler's peak (23.06 / 27.37 GiB = 0.84; activations and gradients
-16.15 GiB against 20.47 GiB of temporaries, 0.79), within its +-25 %. With
+16.15 GiB against 20.47 GiB of temporaries, 0.79), within its +-25 %, which
+tests/test_open_model_configs.py asserts (`make aot`). With
 --config.model.attention.context_strategy=all_gather the compiler's peak is 27.42 GiB (5 min 12 s
 on the same busy cores) and the plan's the same 23.06 GiB: at 32,768 tokens a chip the MLP's
 backward, not attention, sets the peak.

@@ -385,9 +385,13 @@ class Stack(nn.Module):
     c = self.cfg
     positions_BT, mask_BTS, bias_HTS, encoded_BSD, cross_mask_BTS = args
     stages, repeats = c.pipeline_stages, c.pipeline_repeats
-    # Remat wraps each stage's chunk (pipeline.schedule), not each layer: no double recompute.
+    # 'full' wraps each stage's whole chunk (pipeline.schedule): a stage keeps only its input
+    # per iteration. Other policies name what each layer keeps, so they stay per layer: one
+    # checkpoint around the chunk would hold all k layers' unsaved residuals at once in the
+    # backward (Llama 3.1 70B: 210 GiB of temporaries a chip for save_qkv_attention).
+    chunk_remat = 'none' if c.remat == 'full' else c.remat
     chunk_cfg = dataclasses.replace(c, num_layers=c.num_layers // (stages * repeats),
-                                    remat='none', pipeline_stages=1, pipeline_repeats=1)
+                                    remat=chunk_remat, pipeline_stages=1, pipeline_repeats=1)
     chunk = Stack(chunk_cfg, block=self.block, deterministic=self.deterministic,
                   cross_attention=self.cross_attention, zigzag=False, parent=None)
     noisy = not self.deterministic and (c.dropout > 0 or c.moe.jitter > 0)
@@ -407,7 +411,7 @@ class Stack(nn.Module):
     y_BTD, new_SR = pipeline.schedule(
         chunk_fn, variables_SR, x_BTD, (positions_BT, mask_BTS, encoded_BSD, cross_mask_BTS),
         stages=stages, repeats=repeats, micro_batches=c.pipeline_micro_batches,
-        policy=REMAT_POLICIES[c.remat], remat=c.remat != 'none',
+        policy=REMAT_POLICIES['full'], remat=c.remat == 'full',
         rng=self.make_rng('dropout') if noisy else None)
     for name, tree_SR in new_SR.items():
       for key, value in pipeline.unstage_params(tree_SR, **layout).items():

@@ -23,8 +23,9 @@ of R times as many (R times shorter) iterations, each with its point-to-point se
 
 R = 1 is GPipe. R > 1 is MaxText's circular pipeline rather than 1F1B: both are schedules of
 the one scan, and autodiff of the iteration scan gives the backward schedule (all forwards,
-then all backwards), so a stage keeps every iteration's stage input (under remat 'full') for
-the backward. 1F1B's gain, holding only S micro-batches' activations, needs a hand-written
+then all backwards), so a stage keeps every iteration's residuals for the backward. Remat
+'full' wraps a stage's whole chunk (only its input is kept per iteration); the other policies
+apply per layer inside the chunk, as in the unpipelined stack. 1F1B's gain, holding only S micro-batches' activations, needs a hand-written
 backward interleaved with the forward; circular repeats cut the bubble instead and keep
 autodiff, remat and the unpipelined parameters.
 

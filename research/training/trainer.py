@@ -245,11 +245,38 @@ def device_batch(run: Run, host_batch: dict[str, np.ndarray]) -> dict[str, jax.A
           for k, v in host_batch.items()}
 
 
+def loading_slice(run: Run) -> tuple[int, int]:
+  """(index, count): this process loads block `index` of `count` equal, contiguous blocks of
+  every global batch, the rows its devices hold under `run.batch_sharding`.
+
+  Usually one block per process. When a mesh axis that does not split the batch spans processes
+  (mesh.stage with its stages on different hosts, the slice boundary of a multi-slice pod), the
+  processes along it hold the same rows and so load the same block: giving each its own block
+  would feed different rows to the copies of one batch shard (stage 0 would embed rows that
+  stage 1 never scores)."""
+  if jax.process_count() == 1:
+    return 0, 1
+  size = run.config.train.batch_size
+  rows = {}  # process -> the batch rows its devices hold
+  for device, index in run.batch_sharding.devices_indices_map((size, 1)).items():
+    rows.setdefault(device.process_index, set()).update(range(size)[index[0]])
+  blocks = sorted({(min(r), max(r) + 1) for r in rows.values()})
+  count = len(blocks)
+  loaders = [sum(1 for r in rows.values() if (min(r), max(r) + 1) == b) for b in blocks]
+  if (blocks != [(i * size // count, (i + 1) * size // count) for i in range(count)]
+      or any(len(r) != size // count for r in rows.values()) or len(set(loaders)) > 1):
+    raise ConfigError('mesh', dict(run.mesh.shape), 'every process must hold one contiguous '
+                      'block of the batch rows, each block on as many processes as the others; '
+                      f'here the processes hold rows {sorted(blocks)}')
+  mine = rows[jax.process_index()]
+  return blocks.index((min(mine), max(mine) + 1)), count
+
+
 def batch_builder(run: Run, dataset) -> loader.BatchBuilder:
   """This process's host batches of `dataset` for `run` (research.data.loader)."""
-  return loader.BatchBuilder(dataset=dataset, config=run.config,
-                             process_index=jax.process_index(),
-                             process_count=jax.process_count())
+  index, count = loading_slice(run)
+  return loader.BatchBuilder(dataset=dataset, config=run.config, process_index=index,
+                             process_count=count)
 
 
 def host_train_batch(run: Run, dataset, step: int) -> dict[str, np.ndarray]:
@@ -361,7 +388,9 @@ def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | No
         num_bytes += scored_bytes(tokenizer, host['targets'], host['weights'])
     totals = jax.device_get(totals)
     if count_bytes:
-      totals['bytes'] = _sum_over_processes(num_bytes)
+      # Processes that load the same block (loading_slice) count its bytes once between them.
+      loaders = jax.process_count() // loading_slice(run)[1]
+      totals['bytes'] = _sum_over_processes(num_bytes) // loaders
     metrics.update(summarise(totals, f'eval/{name}/' if name else 'eval/'))
     grand = totals if grand is None else {k: jax.tree.map(np.add, grand[k], totals[k])
                                           for k in grand if k in totals}
