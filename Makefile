@@ -53,7 +53,7 @@ test: $(TEST_STAMP)
 # Compiles the full-size open-model configs for their TPU slices (research.aot with libtpu, on
 # this CPU host): minutes each, 10-20 minutes in all, so outside `make test`.
 aot: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 -m aot --durations=5 tests/test_open_model_configs.py
+	$(PY) -m pytest -q -n 2 -m aot --durations=5 tests/test_open_model_configs.py tests/parallel/test_aot.py
 
 # Runs the README's ```bash blocks in order on a fresh directory (tests/test_readme.py): 3-4 min.
 docs: $(TEST_STAMP)
