@@ -55,7 +55,7 @@ test: $(TEST_STAMP)
 # run), whose compiled peaks must be within 25 % of research.plan's: minutes each, 15-25 minutes
 # in all, so outside `make test`.
 aot: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 -m aot --durations=5 tests/test_open_model_configs.py
+	$(PY) -m pytest -q -n 2 -m aot --durations=5 tests/test_open_model_configs.py tests/parallel/test_aot.py
 
 # Runs the README's ```bash blocks in order on a fresh directory (tests/test_readme.py): 3-4 min.
 docs: $(TEST_STAMP)

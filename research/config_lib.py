@@ -36,6 +36,10 @@ DEFAULT_RULES = (
   ('layers', 'stage'),
 )
 
+# train.offload -> the TrainState fields kept in pinned host memory between steps
+# (research.training.trainer places them; research.plan counts them off the device).
+OFFLOAD = {'none': (), 'optimizer': ('opt_state',), 'optimizer_and_params': ('opt_state', 'params')}
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field lmforge reads, with its default. Config files start from this."""
@@ -243,6 +247,14 @@ def base_config() -> ml_collections.ConfigDict:
   # scheduler does not mark the job finished. SIGINT (Ctrl-C) saves the same way and exits 130.
   c.train.preemption_exit_code = 143
   c.train.prefetch = 2  # batches transferred to the devices ahead of the step using them; 0: none
+  # Host offload: what lives in pinned host memory between steps ('none' | 'optimizer' |
+  # 'optimizer_and_params'). The step brings the optimizer state to HBM for the update, after
+  # the backward pass has freed the activations (the peak holds the larger of the two), and
+  # puts it back: transfers each step for HBM. 'optimizer_and_params' also parks the
+  # parameters, which the step holds in HBM throughout, so it frees HBM between steps only.
+  # One field, not two booleans: parameters without the optimizer state is not offered (the
+  # optimizer state is the larger: AdamW's is twice the parameters). Needs pinned_host memory.
+  c.train.offload = 'none'
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.preset = ''  # '' | 'dp' | 'fsdp' | 'fsdp_tp' | 'fsdp_ep' | 'ep' | 'fsdp_pp' | 'fsdp_cp'
@@ -450,6 +462,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                       'must be an exit status from 1 to 255 (143 is 128 + SIGTERM)')
   if c.train.keep_every < 0:
     raise ConfigError('train.keep_every', c.train.keep_every, 'must be >= 0 (0: no milestones)')
+  if c.train.offload not in OFFLOAD:
+    raise ConfigError('train.offload', c.train.offload,
+                      f"choose one of {', '.join(repr(k) for k in OFFLOAD)}")
   if c.train.batch_size % c.train.micro_batches:
     raise ConfigError('train.micro_batches', c.train.micro_batches,
                       f'must divide train.batch_size={c.train.batch_size}')

@@ -170,8 +170,10 @@ def load(workdir: str, *, step: int | None = None,
   run = run_here(config)
   state = restore_state(workdir, run, step=step)
   tokenizer, why = _load_tokenizer(workdir)
-  # The optimizer state is dropped here: inference never reads it.
-  return LanguageModel(config=config, run=run, params=state.params,
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  # The optimizer state is dropped here: inference never reads it. Parameters a train.offload
+  # run keeps on the host come to the device, where decoding and evaluation read them.
+  return LanguageModel(config=config, run=run, params=trainer.device_params(run, state.params),
                        model_state=state.model_state, step=int(state.step), tokenizer=tokenizer,
                        workdir=workdir, no_tokenizer_because=why)
 

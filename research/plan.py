@@ -39,7 +39,11 @@ What is counted, per device:
     logical_shardings, so an axis that does not divide a dimension leaves it replicated, as in
     training). Planning for a named accelerator uses its compute dtype: model.dtype='auto' is
     bfloat16 there, and model.attention.implementation='auto' is cuDNN on GPUs, XLA on TPUs
-    (the plan says so).
+    (the plan says so). train.offload's state in pinned host memory between steps is its own
+    line. The step brings the optimizer state to HBM whole for the update, once the backward
+    pass has freed the activations, so the peak holds the larger of the two (an estimate:
+    libtpu's compile stages all of it, and the new state, as temporaries); offloaded
+    parameters stay on the device for the whole step, so they save HBM only between steps.
   gradients: one float32 copy of the parameters, sharded like them; two with micro-batches
     (the accumulator and the micro-batch's own).
   activations, for one micro-batch of B = batch / micro_batches / batch shards sequences:
@@ -118,7 +122,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from research import cli, models, objectives
+from research import cli, config_lib, models, objectives
 from research.errors import ConfigError
 from research.layers import context_parallel
 from research.models import transformer
@@ -556,6 +560,10 @@ class Plan:
   grad_bytes: int
   opt_state_bytes: int
   opt_state_total_bytes: int
+  # Per device, of the state above, what train.offload keeps in pinned host memory between
+  # steps (see total_bytes for what that saves at the step's peak).
+  host_bytes: int
+  offload: str  # train.offload
   activation_terms: dict[str, float]
   flops_per_token: float
   flops_per_step: float
@@ -577,7 +585,17 @@ class Plan:
 
   @property
   def total_bytes(self) -> float:
-    return self.param_bytes + self.grad_bytes + self.opt_state_bytes + self.activation_bytes
+    """HBM per device at the step's peak. Offloaded optimizer state visits HBM only for the
+    update, after the backward pass has freed the activations: the larger of the two counts.
+    Offloaded parameters are on the device for the whole step: they count as before."""
+    total = self.param_bytes + self.grad_bytes + self.opt_state_bytes + self.activation_bytes
+    return total - self.offload_saved_bytes
+
+  @property
+  def offload_saved_bytes(self) -> float:
+    if 'opt_state' not in config_lib.OFFLOAD[self.offload]:
+      return 0
+    return min(self.opt_state_bytes, self.activation_bytes)
 
   @property
   def usable_bytes(self) -> float:
@@ -659,6 +677,9 @@ def plan_devices(config, *, num_devices: int | None = None,
   flops_per_step = flops_lib.flops_per_step(cfg, c)
   rows = c.train.batch_size // c.train.micro_batches // split.batch
   grad_bytes = sizes.param_bytes * (2 if c.train.micro_batches > 1 else 1)
+  offload = c.train.get('offload', 'none')
+  offloaded = {'params': sizes.param_bytes, 'opt_state': sizes.opt_state_bytes}
+  host_bytes = sum(offloaded[field] for field in config_lib.OFFLOAD[offload])
   plans = []
   for device in targets:
     dtype, reason = compute_dtype(c, device)
@@ -673,7 +694,8 @@ def plan_devices(config, *, num_devices: int | None = None,
         params_total=sizes.params_total, params_per_device=sizes.params_per_device,
         param_bytes=sizes.param_bytes, grad_bytes=grad_bytes,
         opt_state_bytes=sizes.opt_state_bytes,
-        opt_state_total_bytes=sizes.opt_state_total_bytes, activation_terms=terms,
+        opt_state_total_bytes=sizes.opt_state_total_bytes, host_bytes=host_bytes,
+        offload=offload, activation_terms=terms,
         flops_per_token=flops_per_step / (c.train.batch_size * c.data.seq_len),
         flops_per_step=flops_per_step, pipeline_stages=pipeline.stages_of(c),
         pipeline_micro_batches=pipeline.micro_batches_of(c) if pipeline.stages_of(c) > 1 else 1,
@@ -711,6 +733,9 @@ def format_plan(p: Plan) -> str:
           ('optimizer state', _gib(p.opt_state_total_bytes), _gib(p.opt_state_bytes)),
           (f'activations (remat {p.remat})', '', _gib(p.activation_bytes))]
   rows += [(f'  {_TERM_LABELS[k]}', '', _gib(v)) for k, v in p.activation_terms.items() if v]
+  if p.host_bytes:
+    saved = '-' + _gib(p.offload_saved_bytes)
+    rows.append((f'offload ({p.offload}), saved at the peak', '', saved))
   rows.append(('total', '', _gib(p.total_bytes)))
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   table = '\n'.join(f'  {r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}'.rstrip()
@@ -726,10 +751,17 @@ def format_plan(p: Plan) -> str:
       f'scan_layers {"on" if p.scan_layers else "off"}', *_pipeline_line(p), '', table, '',
       f'{verdict} on {p.device.name}: {_gib(p.total_bytes)} of {_gib(p.usable_bytes)} usable '
       f'({p.device.hbm_bytes / GiB:g} GiB less {p.headroom:.0%} headroom), '
-      f'{p.total_bytes / p.usable_bytes:.0%}',
+      f'{p.total_bytes / p.usable_bytes:.0%}', *_host_line(p),
       f'FLOPs: {p.flops_per_token:.3g} per token, {p.flops_per_step:.3g} per step',
       f'step time at {p.mfu:.0%} MFU: {p.step_time_s * 1e3:,.1f} ms '
       f'({p.batch_size * p.seq_len / p.step_time_s:,.0f} tokens/s; compute only)'])
+
+
+def _host_line(p: Plan) -> list[str]:
+  if not p.host_bytes:
+    return []
+  return [f'pinned host memory: {_gib(p.host_bytes)} per device between steps '
+          f'(train.offload={p.offload!r})']
 
 
 def _pipeline_line(p: Plan) -> list[str]:

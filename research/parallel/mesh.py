@@ -141,6 +141,23 @@ def logical_shardings(abstract_tree, mesh: Mesh, rules):
   return jax.tree.map(sharding, specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
+# The memory kind that train.offload keeps state in: page-locked, so the device's DMA engines
+# move it without a staging copy.
+HOST_MEMORY = 'pinned_host'
+
+
+def memory_kinds(mesh: Mesh) -> set[str]:
+  """The memory kinds the mesh's devices address ('device', 'pinned_host', ...)."""
+  return {m.kind for m in mesh.devices.flat[0].addressable_memories()}
+
+
+def with_memory_kind(shardings, kind: str):
+  """A tree of NamedShardings, each in memory `kind`; other leaves (optax's MaskedNode for
+  frozen parameters) stay as they are."""
+  return jax.tree.map(
+      lambda s: s.with_memory_kind(kind) if isinstance(s, NamedSharding) else s, shardings)
+
+
 def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
   """Batch arrays [B, ...]: B over the axes the 'batch' rule names, the rest replicated."""
   spec = nn.logical_to_mesh_axes(('batch',) + (None,) * (ndim - 1), rules)

@@ -90,17 +90,21 @@ def init_from(run, state, workdir: str):
   if not os.path.isdir(workdir):
     raise ConfigError('init_from', workdir, 'is not a directory: give a workdir that '
                       'research.train or research.convert wrote')
-  params, report = select(state.params, loading.load(workdir).params, rules)
+  from research.training import trainer  # pylint: disable=g-import-not-at-top
+  # Selected on the device, where the optimizer and the reference read them.
+  params, report = select(trainer.device_params(run, state.params),
+                          loading.load(workdir).params, rules)
   if report['unused_source']:
     logging.warning('init_from %s: %d source parameters are not used (first: %s)', workdir,
                     len(report['unused_source']), report['unused_source'][0])
   logging.info('init_from %s: %d parameters loaded, %d initialised', workdir, report['loaded'],
                report['initialised'])
   with run.context():
-    opt_state = jax.jit(run.tx.init, out_shardings=run.state_shardings.opt_state)(params)
+    opt_state = jax.jit(run.tx.init, out_shardings=run.stored_shardings.opt_state)(params)
   model_state = dict(state.model_state)
   make_model_state = getattr(run.objective, 'init_model_state', None)
   if make_model_state is not None:
     model_state.update(jax.tree.map(jnp.copy, make_model_state(params)))
+  params = trainer.move(params, run.stored_shardings.params)  # where train.offload keeps them
   return state.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                        model_state=model_state), report

@@ -24,6 +24,7 @@ RESUMABLE = (
     'train.async_checkpoints',
     'train.on_nonfinite', 'train.max_nonfinite_skips', 'train.preemption_exit_code',
     'train.prefetch',
+    'train.offload',  # where the state lives between steps: checkpoints do not record it
     'mesh.',  # any layout: checkpoints restore onto any mesh
     'data.cache_dir', 'data.data_dir',  # where caches live, not what they hold
     'data.workers',  # how batches are built (they stay a function of (seed, step)), not which

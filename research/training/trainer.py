@@ -54,8 +54,11 @@ class Run:
   eval_model: nn.Module
   objective: objectives.Objective
   tx: optax.GradientTransformation
-  state_shardings: Any
+  state_shardings: Any  # where the train step computes with the state: device memory
   batch_sharding: jax.sharding.NamedSharding  # every batch array: rows over the batch axes
+  # Where the state lives between steps: state_shardings, with the fields train.offload names
+  # in pinned host memory (the same object when nothing is offloaded).
+  stored_shardings: Any = None
   # PEFT (config.peft): True per trainable parameter; None when every parameter trains.
   trainable: Any = None
   # Jitted programs built once per run (the eval step): evaluations during training and the
@@ -128,6 +131,8 @@ def build_run(config, *, devices=None) -> Run:
   with run.context():
     abstract = jax.eval_shape(_state_initializer(run), _abstract_key())
     run.state_shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
+  run.stored_shardings = _stored_shardings(run.state_shardings, config.train.get('offload',
+                                                                                'none'), mesh)
   if peft_cfg is not None and peft_cfg.method != 'none':
     params = nn.meta.unbox(abstract.params)
     peft.check_trainable(params, peft_cfg)
@@ -135,20 +140,52 @@ def build_run(config, *, devices=None) -> Run:
   return run
 
 
+def _stored_shardings(state_shardings: TrainState, offload: str, mesh) -> TrainState:
+  fields = config_lib.OFFLOAD[offload]
+  if not fields:
+    return state_shardings
+  if mesh_lib.HOST_MEMORY not in mesh_lib.memory_kinds(mesh):
+    raise ConfigError('train.offload', offload,
+                      f'{mesh.devices.flat[0].platform} devices here have no '
+                      f'{mesh_lib.HOST_MEMORY} memory (only {sorted(mesh_lib.memory_kinds(mesh))}'
+                      "): use train.offload='none'")
+  return state_shardings.replace(**{
+      f: mesh_lib.with_memory_kind(getattr(state_shardings, f), mesh_lib.HOST_MEMORY)
+      for f in fields})
+
+
+def move(tree, shardings):
+  """`tree` placed on `shardings`, across memory kinds too: `tree` itself when it is there
+  already. (jax.device_put refuses a change of memory kind for single-device arrays: "Memory
+  kind mismatch with xla::PjRtBuffers".)"""
+  leaves, targets = jax.tree.leaves(tree), jax.tree.leaves(shardings)
+  if all(getattr(x, 'sharding', None) == s for x, s in zip(leaves, targets)):
+    return tree
+  return jax.jit(lambda x: x, out_shardings=shardings)(tree)
+
+
+def device_params(run: Run, params):
+  """`params` in device memory, where the eval step, decoding and the guards read them: a
+  copy when train.offload keeps them on the host, else `params` themselves."""
+  return move(params, run.state_shardings.params)
+
+
 def init_state(run: Run, seed: int) -> TrainState:
   """Parameters and optimizer state, created directly in their shards (never whole on a host)."""
   init = _state_initializer(run)
   with run.context():
     return jax.jit(lambda rng: nn.meta.unbox(init(rng)),
-                   out_shardings=run.state_shardings)(jax.random.key(seed))
+                   out_shardings=run.stored_shardings)(jax.random.key(seed))
 
 
 def abstract_state(run: Run):
-  """ShapeDtypeStructs with the current mesh's shardings: the target of a restore."""
+  """ShapeDtypeStructs with the current mesh's shardings, offloaded fields in host memory: the
+  target of a restore and what the train step takes. A checkpoint records no memory kinds, so
+  one written with any train.offload restores onto any other."""
   init = _state_initializer(run)
   with run.context():
     shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init(rng)), _abstract_key())
-  return checkpointing.abstract_like(shapes, run.state_shardings)
+  return checkpointing.abstract_like(shapes, run.stored_shardings)
 
 
 def loss_kwargs(run: Run) -> dict:
@@ -165,6 +202,18 @@ def make_train_step(run: Run) -> Callable:
   extra = loss_kwargs(run)
   schedule = optimizers.make_schedule(run.config.train)
   base_rng = jax.random.key(run.config.seed + 1)
+  offloaded = config_lib.OFFLOAD[run.config.train.get('offload', 'none')]
+
+  def fetch(state: TrainState, field: str) -> TrainState:
+    # An offloaded field comes to device memory where the step first reads it (the optimizer
+    # state only for the update, after the backward pass has freed its activations), and goes
+    # back to the host through out_shardings; XLA schedules both transfers. The whole field
+    # comes at once (libtpu stages it as temporaries): streaming it leaf by leaf would need a
+    # per-leaf optimizer update.
+    if field not in offloaded:
+      return state
+    value = jax.device_put(getattr(state, field), getattr(run.state_shardings, field))
+    return state.replace(**{field: value})
 
   def grads_of(params, model_state, batch, rng):
     grad_fn = jax.grad(lambda p: objective.loss_fn(model, p, batch, rngs={'dropout': rng},
@@ -173,6 +222,7 @@ def make_train_step(run: Run) -> Callable:
     return grad_fn(params)
 
   def step_fn(state: TrainState, batch):
+    state = fetch(state, 'params')
     rng = jax.random.fold_in(base_rng, state.step)
     if m == 1:
       grads, aux = grads_of(state.params, state.model_state, batch, rng)
@@ -195,6 +245,7 @@ def make_train_step(run: Run) -> Callable:
     grads = jax.tree.map(lambda g: g / weight_sum, grads)
     if trainable is not None:  # PEFT: frozen parameters' gradients are never used
       grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+    state = fetch(state, 'opt_state')
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': aux['loss_sum'] / weight_sum, 'accuracy': aux['correct'] / weight_sum,
@@ -212,8 +263,8 @@ def make_train_step(run: Run) -> Callable:
     return guards.guard_step(run.config.train, state, new_state, metrics)
 
   with run.context():
-    return jax.jit(step_fn, in_shardings=(run.state_shardings, run.batch_sharding),
-                   out_shardings=(run.state_shardings, None), donate_argnums=(0,))
+    return jax.jit(step_fn, in_shardings=(run.stored_shardings, run.batch_sharding),
+                   out_shardings=(run.stored_shardings, None), donate_argnums=(0,))
 
 
 def make_eval_step(run: Run) -> Callable:
@@ -548,11 +599,13 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
         pending, t_log, s_log = [], time.perf_counter(), step
         final.update(logged)
       if _is_due(step, c.train.eval_every, last):
-        ev = evaluate(run, state.params, dataset, eval_step, num_batches=c.train.eval_batches,
-                      model_state=state.model_state)
+        # Offloaded parameters visit the device for the evaluation only.
+        on_device = state.replace(params=device_params(run, state.params))
+        ev = evaluate(run, on_device.params, dataset, eval_step,
+                      num_batches=c.train.eval_batches, model_state=state.model_state)
         bar.write(f'step {step}: {describe_eval(ev)}')
         if evaluator is not None:
-          tasks = evaluator(step, state)
+          tasks = evaluator(step, on_device)
           bar.write(f'step {step}: {during_training.describe(tasks, evaluator.entries)}')
           ev.update(tasks)
         writer.write(step, ev)
@@ -562,7 +615,7 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
         hook(step, state, logged)
       if interrupts.requested or _is_due(step, c.train.checkpoint_every, last):
         guard.check(s_log + 1, jax.device_get(pending))  # steps not yet logged, then params
-        guard.check_params(step, state)
+        guard.check_params(step, state.replace(params=device_params(run, state.params)))
         saver.save(step, state, force=bool(interrupts.requested))
       if interrupts.requested:
         saver.wait()

@@ -81,3 +81,17 @@ def test_pretraining_from_a_source_tokenizes_with_its_tokenizer(decoder_source, 
   config.data.tokenizer = '/given/tokenizer.model'  # a tokenizer given explicitly stays
   trainer.load_dataset(run, str(tmp_path))
   assert seen == [source, '/given/tokenizer.model']
+
+
+def test_init_from_into_an_offloaded_run_on_one_device(decoder_source, copy_data, tmp_path):
+  # One device: where jax.device_put cannot change an array's memory kind.
+  source, source_params = decoder_source
+  config = sft_config(source, *copy_data, **{'train.offload': 'optimizer_and_params',
+                                             'train.steps': 2})
+  run = trainer.build_run(config, devices=ONE_DEVICE())
+  state, _ = restore.init_from(run, trainer.init_state(run, 0), source)
+  for field in ('params', 'opt_state'):
+    kinds = {x.sharding.memory_kind for x in jax.tree.leaves(getattr(state, field))}
+    assert kinds == {'pinned_host'}, field
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), source_params)
+  assert trainer.train(config, str(tmp_path), devices=ONE_DEVICE())['step'] == 2
