@@ -11,8 +11,10 @@ own step (research.training.trainer: the run's optimizer, per-class learning rat
 before each step and after the last, one forward pass records the mean |x| of every
 embedding, attention and feed-forward output, block output (the residual stream) and the
 logits (Yang et al. 2022, Tensor Programs V, section D.1: the `mup` package's coord check).
-Under μP these stay flat in width; under SP with Adam the layers that learn grow roughly in
-proportion to width (a hidden matrix's update moves its output by lr x fan_in).
+Under μP these stay flat in width; under SP with Adam they grow with it, at least in
+proportion (an Adam step moves a hidden matrix's output by about lr x fan_in, and this
+codebase's SP starts every matrix at a constant std, so outputs grow as sqrt(fan_in) per
+matrix already at init). configs/experiments/parameterization/coord_check.py has the numbers.
 
 Writes WORKDIR/results.csv (parameterization, width, step, layer, mean_abs), results.json (the
 same rows and, per parameterization and step, each layer's slope of log2 mean |x| against

@@ -1,4 +1,10 @@
-"""Optimizers and learning-rate schedules from config (optax)."""
+"""Optimizers, learning-rate schedules and per-class learning rates from config (optax).
+
+Every parameter has a class (`param_class`: embedding, hidden, unembedding, vector), decided
+by name; weight decay skips the vector class, and per-class learning rates (μP,
+train.lr_exponents, train.lr_multipliers) scale each class's step by a factor after the
+optimizer (`scale_by_class`). Adam-atan2 (Everett et al. 2024) sits beside AdamW.
+"""
 
 from __future__ import annotations
 
@@ -127,7 +133,7 @@ def check_parameterization(config) -> None:
   if t.optimizer == 'adam_atan2':
     for field in ('atan2_a', 'atan2_b'):
       if t[field] <= 0:
-        raise ConfigError(f'train.{field}', t[field], 'must be > 0 (Everett et al.: a=1.27, b=1)')
+        raise ConfigError(f'train.{field}', t[field], 'must be > 0 (defaults: a=1.27, b=1)')
 
 
 def fill_effective_lr(config) -> None:
@@ -157,10 +163,12 @@ def scale_by_class(factors: dict[str, float]) -> optax.GradientTransformation:
 
 def scale_by_adam_atan2(b1: float = 0.9, b2: float = 0.95, a: float = 1.27,
                         b: float = 1.0) -> optax.GradientTransformation:
-  """Adam-atan2 (Everett et al. 2024, section 4.3): a x atan2(m_hat, b x sqrt(v_hat)) instead
-  of m_hat / (sqrt(v_hat) + eps). Bounded by a x pi / 2, scale-invariant in the gradient, and
-  without eps, which otherwise has to shrink with width. optax (0.2.8) has no such transform.
-  The state is Adam's (count, mu, nu), so planners size it as AdamW's."""
+  """Adam-atan2 (Everett et al. 2024): a x atan2(m_hat, b x sqrt(v_hat)) instead of
+  m_hat / (sqrt(v_hat) + eps). Bounded by a x pi / 2, invariant to the gradient's scale, and
+  without eps, which Adam would otherwise need to shrink with width; where |m_hat| is well
+  below b x sqrt(v_hat) it is Adam's step times a / b. a = 1.27, b = 1 are the defaults of the
+  public implementations. optax 0.2.8 has no such transform. The state is Adam's (count, mu,
+  nu), so planners size it as AdamW's."""
 
   def init_fn(params):
     zeros = lambda p: jnp.zeros_like(p)
