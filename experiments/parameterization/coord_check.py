@@ -10,7 +10,7 @@ base width `coord_check.base_width`) and trained `train.steps` steps with the tr
 own step (research.training.trainer: the run's optimizer, per-class learning rates included);
 before each step and after the last, one forward pass records the mean |x| of every
 embedding, attention and feed-forward output, block output (the residual stream) and the
-logits (Yang et al. 2022, Tensor Programs V, section D.1: the `mup` package's coord check).
+logits: the coordinate check of Yang et al. 2022 (Tensor Programs V) and the `mup` package.
 Under μP these stay flat in width; under SP with Adam they grow with it, at least in
 proportion (an Adam step moves a hidden matrix's output by about lr x fan_in, and this
 codebase's SP starts every matrix at a constant std, so outputs grow as sqrt(fan_in) per
@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from experiments.parameterization import plot as plot_lib
 from research.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -268,7 +269,6 @@ def coord_check(config, workdir: str | None = None, *, plot: bool = True, device
   if workdir:
     result['files'] = write_results(rows, workdir)
     if plot:
-      from experiments.parameterization import plot as plot_lib  # pylint: disable=g-import-not-at-top
       for name in s.parameterizations:
         result['files'][name] = plot_lib.coord_check_png(
             [r for r in rows if r['parameterization'] == name], name, s.base_width,

@@ -76,7 +76,8 @@ def test_mup_at_the_base_width_trains_exactly_as_sp():
 def test_mup_init_scales_hidden_matrices_only(family):
   """Hidden matrices start at 1/sqrt(w) of SP's draw; embeddings, the unembedding, norms and
   biases are SP's own. The init and the optimizer agree on which class a parameter is."""
-  extra = {'model.moe.num_experts': 4, 'model.moe.d_ff': 32} if family == 'decoder' else {}
+  extra = {'model.moe.num_experts': 4, 'model.moe.d_ff': 32,
+           'model.scan_layers': True} if family == 'decoder' else {}
   _, sp_params, _ = _init(helpers.tiny_config(**FAMILIES[family], **extra))
   _, mup_params, _ = _init(mup(**FAMILIES[family], **extra))
   classes = _classes(sp_params)
