@@ -114,6 +114,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.use_bias = False
   c.model.dropout = 0.0  # on attention and feed-forward outputs, in training only
   c.model.init_std = 0.02  # normal initialisation of the weight matrices
+  # 'sp' (standard) | 'mup': μP for Adam (Yang et al. 2022, Tensor Programs V, Table 8, the
+  # `mup` package's MuReadout form). With w = d_model / base_width: hidden matrices (attention,
+  # feed-forward, experts, router) start at init_std / sqrt(w) and learn at lr / w; logits are
+  # multiplied by 1/w (on the shared table when tied); attention scores by sqrt(base head_dim)
+  # / head_dim instead of 1/sqrt(head_dim); embeddings, norms and biases are unchanged. Exactly
+  # SP at the base width. research/models/transformer.py and research/training/optimizers.py.
+  c.model.parameterization = 'sp'
+  # The d_model at which every parameterization is SP, the base of w above and of
+  # train.lr_exponents; 0: d_model (w = 1). The base model keeps the heads and derives
+  # head_dim and d_ff from its width, so leave those at 0 (derived) when sweeping widths.
+  c.model.base_width = 0
   c.model.dtype = 'auto'  # compute dtype: 'auto' (bf16 on GPU/TPU, f32 on CPU) | float32 | ...
   c.model.scan_layers = False  # one nn.scan over layers: constant compile time in depth
   c.model.remat = 'none'  # see research.models.transformer.REMAT_POLICIES
@@ -217,7 +228,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 1000  # optimizer steps in total (a resumed run continues to this)
   c.train.batch_size = 32  # global batch, in sequences
   c.train.micro_batches = 1  # gradient accumulation: batch_size is split into this many
-  c.train.optimizer = 'adamw'  # see research/training/optimizers.py
+  # 'adamw' | 'adam_atan2' (Everett et al. 2024: no eps) | 'adafactor' | 'sgd'; see
+  # research/training/optimizers.py
+  c.train.optimizer = 'adamw'
   c.train.lr = 1e-3  # peak learning rate, reached after warmup_steps
   c.train.schedule = 'cosine'  # 'cosine' | 'linear' | 'constant' (all after linear warmup)
   c.train.warmup_steps = 100  # linear warmup from 0
@@ -226,6 +239,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.95
   c.train.eps = 1e-8
   c.train.weight_decay = 0.1  # decoupled (AdamW)
+  # adam_atan2: update = a x atan2(m_hat, b x sqrt(v_hat)) replaces m_hat / (sqrt(v_hat) + eps)
+  c.train.atan2_a = 1.27
+  c.train.atan2_b = 1.0
+  # Learning rate per parameter class (Everett et al. 2024's per-layer rates), 'CLASS=E,...':
+  # lr_class = lr x multiplier x w^-E, w = model.d_model / model.base_width. Classes: embedding
+  # (token, position and type tables, tied or not), hidden (attention, feed-forward, expert and
+  # router matrices), unembedding (an untied output matrix), vector (norm scales, biases).
+  # Unnamed classes keep the parameterization's exponents: sp 0 everywhere, mup hidden=1.
+  c.train.lr_exponents = ''
+  c.train.lr_multipliers = ''  # 'CLASS=C,...': constant factors per class (unnamed: 1)
+  # Derived by finalize (a value given here is replaced): each class's peak learning rate from
+  # train.lr and the two fields above, saved in config.json; research.plan prints them.
+  c.train.effective_lr = ml_collections.ConfigDict()
+  c.train.effective_lr.embedding = 0.0  # token, position and type tables
+  c.train.effective_lr.hidden = 0.0  # attention, feed-forward, expert and router matrices
+  c.train.effective_lr.unembedding = 0.0  # an untied output matrix
+  c.train.effective_lr.vector = 0.0  # norm scales and biases
   c.train.grad_clip = 1.0  # global-norm clipping; 0 disables
   c.train.log_every = 50  # steps between train/ metrics in metrics.jsonl and the bar
   c.train.eval_every = 250  # steps between validation losses (and at the last step)
@@ -479,6 +509,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   pipeline.check_config(c)
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
   models.transformer_config(c.model, seq_len=c.data.seq_len)
+  from research.training import optimizers  # pylint: disable=g-import-not-at-top
+  optimizers.fill_effective_lr(c)
   from research.layers import context_parallel  # pylint: disable=g-import-not-at-top
   context_parallel.check_config(c)
   return c

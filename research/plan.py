@@ -574,6 +574,8 @@ class Plan:
   pipeline_stages: int = 1  # mesh.stage
   pipeline_micro_batches: int = 1  # pipeline micro-batches per train micro-batch
   pipeline_repeats: int = 1  # mesh.pipeline_repeats
+  # Peak learning rate per parameter class (train.effective_lr: μP, train.lr_exponents).
+  learning_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
   @property
   def bubble_fraction(self) -> float:
@@ -701,8 +703,14 @@ def plan_devices(config, *, num_devices: int | None = None,
         flops_per_token=flops_per_step / (c.train.batch_size * c.data.seq_len),
         flops_per_step=flops_per_step, pipeline_stages=pipeline.stages_of(c),
         pipeline_micro_batches=pipeline.micro_batches_of(c) if pipeline.stages_of(c) > 1 else 1,
-        pipeline_repeats=pipeline.repeats_of(c)))
+        pipeline_repeats=pipeline.repeats_of(c), learning_rates=learning_rates(c)))
   return plans
+
+
+def learning_rates(config) -> dict[str, float]:
+  """Each parameter class's peak learning rate (research/training/optimizers.py)."""
+  factors = optimizers.lr_factors(config.train, config.model)
+  return {name: config.train.lr * factor for name, factor in factors.items()}
 
 
 def plan(config, *, num_devices: int | None = None, device: str = 'h100-80gb') -> Plan:
@@ -750,7 +758,8 @@ def format_plan(p: Plan) -> str:
       f'{plural(p.micro_batches, "micro-batch", "es")}: '
       f'{plural(p.rows_per_device, "sequence")} per device per micro-batch',
       f'compute {p.compute_dtype} ({p.dtype_reason}), attention {p.attention_impl}, '
-      f'scan_layers {"on" if p.scan_layers else "off"}', *_pipeline_line(p), '', table, '',
+      f'scan_layers {"on" if p.scan_layers else "off"}', *_pipeline_line(p),
+      *_learning_rate_line(p), '', table, '',
       f'{verdict} on {p.device.name}: {_gib(p.total_bytes)} of {_gib(p.usable_bytes)} usable '
       f'({p.device.hbm_bytes / GiB:g} GiB less {p.headroom:.0%} headroom), '
       f'{p.total_bytes / p.usable_bytes:.0%}', *_host_line(p),
@@ -774,6 +783,13 @@ def _pipeline_line(p: Plan) -> list[str]:
   return [f'pipeline ({kind}): {p.pipeline_stages} stages x {p.pipeline_micro_batches} '
           f'micro-batches, bubble {p.bubble_fraction:.1%} of the step; parameters and '
           f'activations below are per device, i.e. per stage shard']
+
+
+def _learning_rate_line(p: Plan) -> list[str]:
+  if not p.learning_rates:
+    return []
+  rates = ', '.join(f'{name} {lr:.3g}' for name, lr in p.learning_rates.items())
+  return [f'peak learning rate per class: {rates}']
 
 
 def format_devices(plans: list[Plan]) -> str:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from research.layers import attention, embeddings, norms, positions as positions_lib
 from research.layers.softcap import soft_cap
-from research.models.transformer import Stack, TransformerConfig
+from research.models.transformer import Stack, TransformerConfig, scale_readout
 
 
 class DecoderLM(nn.Module):
@@ -73,7 +73,7 @@ class DecoderLM(nn.Module):
                                 causal=True)
     x_BTD = self.embed(tokens_BT)
     if c.embed_scale:  # Gemma: the normaliser is rounded to the compute dtype, as in HF
-      x_BTD = x_BTD * jnp.asarray(c.d_model ** 0.5, dtype=x_BTD.dtype)
+      x_BTD = x_BTD * jnp.asarray(c.base_d_model ** 0.5, dtype=x_BTD.dtype)
     if c.position in ('learned', 'sinusoidal'):
       x_BTD = self.positions(x_BTD, positions_BT)
     x_BTD = self.embed_dropout(x_BTD, deterministic=self.deterministic)
@@ -111,7 +111,8 @@ class DecoderLM(nn.Module):
     else:
       logits_BTV = self.unembed(x_BTD)
     logits_BTV = nn.with_logical_constraint(logits_BTV, ('batch', 'length', 'vocab'))
-    return soft_cap(logits_BTV.astype(jnp.float32), self.cfg.final_softcap)
+    logits_BTV = scale_readout(self.cfg, logits_BTV.astype(jnp.float32))
+    return soft_cap(logits_BTV, self.cfg.final_softcap)
 
   def head_param_names(self) -> tuple[str, ...]:
     """The top-level parameter collections `logits` reads (callable on an unbound module)."""

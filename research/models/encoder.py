@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from research.errors import ConfigError
 from research.layers import attention, embeddings, mlp, norms, positions as positions_lib
-from research.models.transformer import Stack, TransformerConfig
+from research.models.transformer import Stack, TransformerConfig, scale_readout
 
 # Off unless a config or attribute asks: the plain encoder is the modern shape.
 _DEFAULTS = {'type_vocab_size': 0, 'embed_norm': False, 'head_transform': False,
@@ -124,14 +124,14 @@ class EncoderLM(nn.Module):
     """The MLM head: optional transform, tied (or untied) unembedding, optional bias."""
     c = self.cfg
     if self.option('head_transform'):
-      x_BTD = HeadTransform(c.activation, c.norm, c.norm_eps, init_std=c.init_std, dtype=c.dtype,
-                            name='head_transform')(x_BTD)
+      x_BTD = HeadTransform(c.activation, c.norm, c.norm_eps, init_std=c.hidden_init_std,
+                            dtype=c.dtype, name='head_transform')(x_BTD)
     if c.tie_embeddings:
       logits_BTV = embed.attend(x_BTD)
     else:
       logits_BTV = embeddings.Unembed(c.vocab_size, init_std=c.init_std, dtype=c.dtype,
                                       name='unembed')(x_BTD)
-    logits_BTV = logits_BTV.astype(jnp.float32)
+    logits_BTV = scale_readout(c, logits_BTV.astype(jnp.float32))
     if self.option('output_bias'):
       logits_BTV += self.param('output_bias', nn.with_logical_partitioning(
           nn.initializers.zeros, ('vocab',)), (c.vocab_size,), jnp.float32)

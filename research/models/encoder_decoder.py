@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from research.layers import attention, embeddings, norms, positions as positions_lib
 from research.layers import relative_bias
-from research.models.transformer import Stack, TransformerConfig
+from research.models.transformer import Stack, TransformerConfig, scale_readout
 
 
 def stack_layers(cfg: TransformerConfig) -> tuple[int, int]:
@@ -163,9 +163,10 @@ class EncoderDecoderLM(nn.Module):
     x_BTD = self.dropout(x_BTD, deterministic=self.deterministic)
     if c.tie_embeddings:
       # T5 1.0 rescales before the tied unembedding: the table also serves as the (unscaled)
-      # input embedding, so its norm is not the output layer's.
-      logits_BTV = self.embed.attend(x_BTD * c.d_model ** -0.5)
+      # input embedding, so its norm is not the output layer's. Under μP at the base width's
+      # value: μP's own 1/w multiplier follows (scale_readout).
+      logits_BTV = self.embed.attend(x_BTD * c.base_d_model ** -0.5)
     else:
       logits_BTV = self.unembed(x_BTD)
     logits_BTV = nn.with_logical_constraint(logits_BTV, ('batch', 'length', 'vocab'))
-    return logits_BTV.astype(jnp.float32)
+    return scale_readout(c, logits_BTV.astype(jnp.float32))

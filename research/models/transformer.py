@@ -17,6 +17,9 @@ from research.layers import patterns as patterns_lib
 from research.parallel import pipeline
 
 NORM_POSITIONS = ('pre', 'post', 'sandwich')
+# Standard parameterization, and μP for Adam (Yang et al. 2022, Tensor Programs V, Table 8:
+# the `mup` package's multiplier form); the learning-rate side is research/training/optimizers.py.
+PARAMETERIZATIONS = ('sp', 'mup')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 # Remat policies by name (MaxText style): what each layer keeps for the backward pass.
@@ -98,6 +101,9 @@ class TransformerConfig:
   pipeline_stages: int = 1
   pipeline_repeats: int = 1
   pipeline_micro_batches: int = 1
+  # μP's width multiplier w = d_model / model.base_width; 1.0 under SP and at the base width,
+  # where every property below is SP's exactly (`transformer_config` sets it).
+  mup_width: float = 1.0
 
   @property
   def attention_impl(self) -> str:
@@ -105,9 +111,29 @@ class TransformerConfig:
     return self.attention.implementation
 
   @property
+  def hidden_init_std(self) -> float:
+    """Init std of the hidden (matrix-like) weights: attention, feed-forward, experts, router.
+    μP: x 1/sqrt(w), i.e. variance 1/fan_in relative to the base width; embeddings and the
+    unembedding keep `init_std` (Tensor Programs V, Table 8)."""
+    if self.mup_width == 1.0:
+      return self.init_std
+    return self.init_std / self.mup_width ** 0.5
+
+  @property
   def out_init_std(self) -> float:
     """GPT-2's scaling of residual-branch output projections by 1/sqrt(2 x layers)."""
-    return self.init_std / (2 * self.num_layers) ** 0.5
+    return self.hidden_init_std / (2 * self.num_layers) ** 0.5
+
+  @property
+  def readout_mult(self) -> float:
+    """μP's output multiplier 1/w on the logits (MuReadout; on the shared table when tied)."""
+    return 1.0 / self.mup_width
+
+  @property
+  def base_d_model(self) -> float:
+    """The base width: d_model-dependent constant multipliers (Gemma's embedding scale, T5's
+    tied-logit rescale) take it under μP, so only the μP rules change with width."""
+    return self.d_model / self.mup_width
 
 
 def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> TransformerConfig:
@@ -148,6 +174,7 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
     raise ConfigError('model.remat', m.remat, f'choose one of {sorted(REMAT_POLICIES)}')
   mlp.check_activation(m.activation)
   positions.check_position(m.position)
+  mup_width, attention_scale = _parameterization(m)
   if m.norm not in norms.NORMS:
     raise ConfigError('model.norm', m.norm, f'choose one of {sorted(norms.NORMS)}')
   attention_cfg = attention_section(m)
@@ -169,7 +196,7 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
       use_bias=m.use_bias, dropout=m.dropout, dtype=resolve_dtype(m.dtype),
       scan_layers=m.scan_layers, remat=m.remat,
       init_std=m.init_std, norm_position=m.norm_position,
-      attention_scale=m.attention_scale or None, relative_buckets=m.relative_buckets,
+      attention_scale=attention_scale, relative_buckets=m.relative_buckets,
       relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
       rope=positions.rope_of(m), rope_local=positions.rope_of(m, local=True),
       qkv_bias=m.get('qkv_bias', False), qk_norm=m.get('qk_norm', False),
@@ -179,7 +206,48 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
       loss_chunk_size=m.get('loss_chunk_size', 0),
       moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg,
-      peft=peft_section(peft_cfg))
+      peft=peft_section(peft_cfg), mup_width=mup_width)
+
+
+def scale_readout(cfg: TransformerConfig, logits_BTV):
+  """μP's output multiplier 1/w on the unembedding's float32 logits (before any output bias or
+  soft-cap), tied or not; SP and the base width: unchanged."""
+  return logits_BTV if cfg.mup_width == 1.0 else logits_BTV * cfg.readout_mult
+
+
+def width_multiplier(model_cfg) -> float:
+  """w = model.d_model / model.base_width (1.0 when base_width is 0): the width multiplier of
+  μP and of per-class learning-rate exponents (`train.lr_exponents`)."""
+  base = model_cfg.get('base_width', 0)
+  if base < 0:
+    raise ConfigError('model.base_width', base, 'must be >= 0 (0: model.d_model, no rescaling)')
+  return model_cfg.d_model / base if base else 1.0
+
+
+def _parameterization(m) -> tuple[float, float | None]:
+  """(μP width multiplier, attention scale) of `config.model`.
+
+  The base model is this config with d_model = base_width: the same heads, head_dim
+  base_width / num_heads unless model.head_dim fixes it, and every other width derived from
+  d_model as here. μP scores go as 1/head_dim (Tensor Programs V, section 4), written as SP's
+  scale x sqrt(base_head_dim / head_dim) so that at the base width it is SP's scale exactly.
+  """
+  name = m.get('parameterization', 'sp')
+  if name not in PARAMETERIZATIONS:
+    raise ConfigError('model.parameterization', name, f'choose one of {list(PARAMETERIZATIONS)}')
+  w = width_multiplier(m)
+  sp_scale = m.attention_scale or None
+  if name == 'sp' or w == 1.0:
+    return 1.0, sp_scale
+  if not m.head_dim and m.base_width % m.num_heads:
+    raise ConfigError('model.base_width', m.base_width,
+                      f'must be a multiple of model.num_heads={m.num_heads}: the base model keeps '
+                      'the heads, with head_dim = base_width / num_heads')
+  head_dim = m.head_dim or m.d_model // m.num_heads
+  base_head_dim = m.head_dim or m.base_width // m.num_heads
+  if base_head_dim == head_dim:
+    return w, sp_scale
+  return w, (sp_scale or head_dim ** -0.5) * (base_head_dim / head_dim) ** 0.5
 
 
 def peft_section(peft_cfg) -> peft_lib.PeftConfig:
@@ -254,7 +322,7 @@ class Block(nn.Module):
         rope=c.rope_local if local else c.rope,
         implementation=c.attention.implementation, use_bias=c.use_bias, qkv_bias=c.qkv_bias,
         qk_norm=c.norm if c.qk_norm else '', norm_eps=c.norm_eps,
-        softcap=c.attention_softcap, init_std=c.init_std,
+        softcap=c.attention_softcap, init_std=c.hidden_init_std,
         out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode, scale=c.attention_scale,
         pattern=self.pattern if name == 'attn' else None, peft=c.peft,
         context_strategy=c.attention.context_strategy,
@@ -286,11 +354,13 @@ class Block(nn.Module):
           h, positions_BT, cross_mask_BTS, kv_BSD=encoded_BSD))
     if self.moe_layer:
       mlp_layer = moe_lib.MoE(c.moe, activation=c.activation, use_bias=c.use_bias,
-                              init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
+                              init_std=c.hidden_init_std, out_init_std=c.out_init_std,
+                              dtype=c.dtype,
                               decode=self.decode, deterministic=self.deterministic, name='moe')
     else:
       mlp_layer = mlp.MLP(d_ff=c.d_ff, activation=c.activation, use_bias=c.use_bias,
-                          init_std=c.init_std, out_init_std=c.out_init_std, dtype=c.dtype,
+                          init_std=c.hidden_init_std, out_init_std=c.out_init_std,
+                          dtype=c.dtype,
                           peft=c.peft, name='mlp')
     x_BTD = self._residual('mlp', x_BTD, mlp_layer)
     return nn.with_logical_constraint(x_BTD, ('batch', 'length', 'act_embed'))

@@ -19,6 +19,7 @@ RESUMABLE = (
     'name',
     'train.steps',
     'train.lr', 'train.schedule', 'train.warmup_steps', 'train.min_lr_ratio',  # the schedule
+    'train.effective_lr.',  # derived from train.lr
     'train.log_every', 'train.eval_every', 'train.eval_batches',  # cadence of logs and evals
     'train.checkpoint_every', 'train.keep_checkpoints', 'train.keep_every',
     'train.async_checkpoints',

@@ -121,7 +121,7 @@ def build_run(config, *, devices=None) -> Run:
                       f'must divide over {jax.process_count()} processes')
   model = models.build_model(config, deterministic=False)
   eval_model = models.build_model(config)
-  tx = optimizers.make_optimizer(config.train)
+  tx = optimizers.make_optimizer(config.train, config.model)
   peft_cfg = config.get('peft', None)
   if peft_cfg is not None:
     tx = peft.wrap_optimizer(tx, peft_cfg)

@@ -246,6 +246,8 @@ PLAIN = {
     'model.embed_scale': False,
     'model.rope_scaling.kind': 'none',
     'model.rope_local_theta': 0.0,
+    # μP's output and attention multipliers have no Hugging Face config field.
+    'model.parameterization': 'sp',
 }
 
 
