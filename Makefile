@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 CONFIG ?= configs/decoder/shakespeare.py
 WORKDIR ?= runs/shakespeare
 
-.PHONY: install train test docs aot notebooks bench upgrade clean
+.PHONY: install train test docs aot multihost notebooks bench upgrade clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,10 +45,17 @@ train: $(STAMP)
 	  --temperature=0.8 --top_p=0.95 --seed=0
 
 # Two workers: most tests are single-threaded tiny models, so both cores stay busy. The
-# README's command blocks and the notebooks (minutes each) have their own targets; CI (.ci/run)
-# runs all three.
+# README's command blocks, the TPU compiles, the multi-process runs and the notebooks (minutes
+# each) have their own targets; CI (.ci/run) runs them all.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 -m 'not notebooks and not docs and not aot' tests
+	$(PY) -m pytest -q -n 2 --durations=15 \
+	  -m 'not notebooks and not docs and not aot and not multiprocess' tests
+
+# Real multi-process runs: 2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, gloo
+# collectives) against one process: training with and without pipeline stages across the
+# processes, and per-process data rows; each takes both cores for up to a minute or two.
+multihost: $(TEST_STAMP)
+	$(PY) -m pytest -q -m multiprocess --durations=5 tests
 
 # Compiles the full-size open-model configs for their TPU slices (research.aot with libtpu, on
 # this CPU host), among them the pod layouts (Llama 3.1 70B's pipeline, the 128k-token context
