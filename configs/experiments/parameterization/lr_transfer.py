@@ -7,22 +7,24 @@ A 2-layer decoder (GELU, d_ff = 4 x d_model, RMSNorm, RoPE, 4 heads, tied 512-pi
 embeddings) at five widths over 8x, d_model 32, 56, 88, 152 and 256 (log-spaced, factor
 8^(1/4) = 1.68, rounded to multiples of 8), each trained at 7 learning rates 1e-3 x 10^(k/3),
 k = 0..6 (1e-3 to 1e-1, 2 decades), once per parameterization: 'sp', and 'mup' with base width
-32 (where the two are the same model). 70 runs of 300 steps of 8 x 64 tokens (154k tokens),
+32 (where the two are the same model). 70 runs of 400 steps of 8 x 64 tokens (205k tokens),
 AdamW without weight decay (so the optimum is the learning rate's alone, not also the decay's),
 gradient clipping at 1, 5% warmup and a cosine decay to lr / 10; the loss is the final
 validation loss over the same 32 x 8 x 64 held-out tokens for every run.
 
 Expected: NOT YET RUN. Time, an ESTIMATE until the real run: about 30 min wall on 2 CPU cores.
-Measured 2026-12-04 with two 80-step runs of this config in one process (the sweep runner,
-lr 3e-3, sp), both cores shared with another job (load average 4.6): a step
-took 0.009 s at width 32 and 0.12-0.20 s at width 256 (about 0.15), and each run spent about
-9 s outside its steps (compiling, the final evaluation, one checkpoint). Per learning rate and
-parameterization, 5 runs x 9 s + 300 steps x (0.009 + 0.016 + 0.03 + 0.075 + 0.15 s, the middle
-widths interpolated) = 129 s; x 14 = 30 min; less on idle cores.
+Measured 2026-12-04 with short runs of this config in one process (the sweep runner, sp,
+lr 3e-3; 80 steps at widths 32 and 256, 100 steps at 56, 88, 152 and 256), both cores shared
+with another job (load average 3.6-4.6): a step took 0.0085, 0.0135, 0.021, 0.038 and 0.116 s
+at widths 32, 56, 88, 152 and 256, and each run spent 9-12 s outside its steady steps
+(compiling, the first steps, the final evaluation, one checkpoint). Per learning rate and
+parameterization, 5 runs x 9.5 s + 400 steps x 0.197 s = 126 s; x 14 = 29 min, plus a minute
+for the corpus and the grids; less on idle cores.
 What to look for: under μP the fitted lr* should hold still across widths (slope of
 log2 lr* against log2 width near 0); under SP with Adam it should fall with width (Yang et al.
-2022, Figure 1; hidden matrices' updates grow as lr x fan_in, so towards a slope of -1; Everett
-et al. 2024 find SP's optimum moves less once the per-layer rates are tuned).
+2022, Figure 1: an Adam step moves a hidden matrix's output by about lr x fan_in, so towards a
+slope of -1). Everett et al. 2024 find SP with per-layer learning rates as good or better: rerun
+with `--config.train.lr_exponents=...` (research/config_lib.py), in another workdir, to try it.
 
 Variants: `:tiny` (widths 16 and 32, 2 learning rates, 3 steps of 2 x 16 tokens: a smoke test).
 """
@@ -33,7 +35,7 @@ from research import config_lib
 
 WIDTHS = (32, 56, 88, 152, 256)
 LRS = tuple(1e-3 * 10 ** (k / 3) for k in range(7))
-STEPS, BATCH, SEQ_LEN = 300, 8, 64
+STEPS, BATCH, SEQ_LEN = 400, 8, 64
 
 
 def get_config(arg=None):
