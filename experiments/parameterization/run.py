@@ -16,12 +16,13 @@ sweep's ETA. A run stopped by non-finite steps is finished with loss nan: it div
 Then, in WORKDIR:
 * results.csv and results.json: one row per run (parameterization, d_model, lr, loss, diverged,
   ...); in results.json a diverged run's loss is null.
-* lr_star.csv and, in results.json, `fits`: per (parameterization, width) the optimal learning
+* lr_star.csv and results.json's `lr_star`: per (parameterization, width) the optimal learning
   rate lr*, from a parabola in log10(lr) through the finite loss curve's minimum and its
-  neighbours (`bracketed` false when the minimum is at the grid's edge: lr* is then the edge
-  and left out of the drift); and per parameterization the drift: the least-squares slope of
-  log2 lr* against log2 width (lr* ~ width^slope; 0: the optimum holds still) and the ratio of
-  lr* at the widest to the narrowest width.
+  neighbours (`bracketed` false when no finite loss lies on one side of the minimum, at the
+  grid's edge or before diverged runs: lr* is then that point, left out of the drift); and
+  results.json's `drift` per parameterization: the least-squares slope of log2 lr* against
+  log2 width (lr* ~ width^slope; 0: the optimum holds still) and the ratio of lr* at the widest
+  to the narrowest width.
 * lr_transfer.png: one panel of loss against learning rate per parameterization, one curve per
   width, lr* marked, diverged runs as crosses on the top edge (out of the fits); a last panel
   with lr* against width.
@@ -108,8 +109,9 @@ def sweep_config(config, parameterization: str) -> ml_collections.ConfigDict:
 def fit_lr_star(lrs: Sequence[float], losses: Sequence[float], neighbours: int = 1) -> dict:
   """lr* of one loss-vs-learning-rate curve: the vertex of a parabola in log10(lr) through the
   lowest finite loss and up to `neighbours` finite grid points each side of it. Non-finite
-  losses (diverged runs) are left out. The vertex is kept inside the fitted points; at the
-  grid's edge, or for a curve with no curvature, lr* is the lowest point's rate."""
+  losses (diverged runs) are left out. The vertex is kept inside the fitted points. With no
+  finite loss on one side of the lowest (the grid's edge, or only diverged runs beyond it), or
+  no curvature, lr* is the lowest point's rate and `bracketed` is false."""
   points = sorted((float(lr), float(loss)) for lr, loss in zip(lrs, losses)
                   if math.isfinite(float(loss)))
   if not points:

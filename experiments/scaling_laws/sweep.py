@@ -23,10 +23,10 @@ Shakespeare decoder) plus a `sweep` section, `default_sweep()` with its document
   experiments/parameterization), no per-size rule: every size gets model.parameterization,
   model.base_width = `base_width` and train.lr = `base_lr`, the rate tuned at the base width
   that the parameterization transfers across widths. `lr_grid` adds a learning-rate axis:
-  every (size, budget) trains at each of its rates (the learning-rate transfer study). Then linear
-  warmup over `warmup_steps` (if > 0) or
-  `warmup_fraction` of the run; then a `schedule` (cosine) decay to `min_lr_ratio` (0.1: a 10x
-  decay) ending exactly at the run's last step (train.steps = D / tokens per step).
+  every (size, budget) trains at each of its rates (the learning-rate transfer study). Then
+  linear warmup over `warmup_steps` (if > 0) or `warmup_fraction` of the run, and a `schedule`
+  (cosine) decay to `min_lr_ratio` (0.1: a 10x decay) ending exactly at the run's last step
+  (train.steps = D / tokens per step).
 * Runs with fewer than `min_steps` (or, if set, more than `max_steps`) steps, or outside
   [`min_tokens_per_param`, `max_tokens_per_param`] (0: no bound; IsoFLOP profiles need sizes
   around each budget's optimum, not far from it), are skipped, each with a printed reason.
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -352,7 +353,8 @@ def warmup_of(s, steps: int) -> int:
 
 
 def build_grid(config, *, size_info: Callable | None = None) -> Grid:
-  """Every (size, budget) run in order (budget, then size), and the skipped ones with reasons."""
+  """Every (size, budget[, learning rate]) run in order (budget, size, then lr_grid's rates),
+  and the skipped ones with reasons."""
   s = sweep_section(config)
   check_recipe(s)
   sizes = model_sizes(s)
@@ -362,9 +364,9 @@ def build_grid(config, *, size_info: Callable | None = None) -> Grid:
   infos = [(size_info or resolve_size)(config, s, i, z) for i, z in enumerate(sizes)]
   runs, skipped = [], []
   for budget in budgets:
-    for info, lr in [(i, lr) for i in infos for lr in s.lr_grid or (None,)]:
-      name = run_name(info.size, kind, budget, with_heads, lr)
-      lr = info.lr if lr is None else float(lr)
+    for info, grid_lr in itertools.product(infos, s.lr_grid or (None,)):
+      name = run_name(info.size, kind, budget, with_heads, grid_lr)
+      lr = info.lr if grid_lr is None else float(grid_lr)
       if kind == 'flops':
         per_step = (info.flops_per_step if s.flops_rule == 'exact' else
                     flops_lib.flops_6nd(info.params, tokens_per_step))
