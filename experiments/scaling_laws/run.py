@@ -252,13 +252,16 @@ def _evaluate_checkpoint(config, directory: str, dataset) -> float:
 
 def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int | None = None,
               fit: bool = True, bootstrap: int | None = None, hooks: Sequence[Callable] = (),
-              log: Callable[[str], None] = print) -> list[dict]:
+              keep_diverged: bool = False, log: Callable[[str], None] = print) -> list[dict]:
   """Trains every unfinished run of `config`'s grid in turn; returns the finished rows.
 
   `dataset` (default: `config.data` loaded once, its tokenizer kept in WORKDIR) serves every run.
   `hooks` go to each run's trainer. `max_runs` stops after that many runs were trained here.
+  `keep_diverged`: a run stopped by non-finite steps is finished with loss nan (a learning-rate
+  sweep expects some), instead of stopping the sweep with the error.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from research.training import guards  # pylint: disable=g-import-not-at-top
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   grid = sweep_lib.build_grid(config)
   columns = tuple(config.sweep.columns)
@@ -289,7 +292,14 @@ def run_sweep(config, workdir: str, *, dataset=None, devices=None, max_runs: int
     _save_tokenizer(dataset, directory, lead)
     cfg = sweep_lib.run_config(config, r)
     clock = _WallClock(os.path.join(directory, WALL_TIME_FILE), cfg.train.checkpoint_every)
-    final = trainer.train(cfg, directory, dataset=dataset, hooks=(clock, *hooks), devices=devices)
+    try:
+      final = trainer.train(cfg, directory, dataset=dataset, hooks=(clock, *hooks),
+                            devices=devices)
+    except guards.Diverged as e:
+      if not keep_diverged:
+        raise
+      log(f'{r.name}: diverged, recorded with loss nan: {e}')
+      final = {'step': r.steps, 'eval/loss': math.nan}
     if lead:
       clock.save()
     preempted = 'preempted_at' in final

@@ -19,9 +19,14 @@ Shakespeare decoder) plus a `sweep` section, `default_sweep()` with its document
   `tokens`: token budgets D; every size trains on each (a Kaplan-style N x D grid).
   `tokens_per_param`: D = r x N for each ratio r (e.g. Chinchilla's 20).
 * **Recipe per size**: learning rate `train.lr x (lr_ref_width / d_model)^lr_width_power`, or
-  the explicit per-size list `lrs`; linear warmup over `warmup_steps` (if > 0) or
-  `warmup_fraction` of the run; then a `schedule` (cosine) decay to `min_lr_ratio` (0.1: a 10x
-  decay) ending exactly at the run's last step (train.steps = D / tokens per step).
+  the explicit per-size list `lrs`; or, with a `parameterization` ('sp' | 'mup',
+  experiments/parameterization), no per-size rule: every size gets model.parameterization,
+  model.base_width = `base_width` and train.lr = `base_lr`, the rate tuned at the base width
+  that the parameterization transfers across widths. `lr_grid` adds a learning-rate axis:
+  every (size, budget) trains at each of its rates (the learning-rate transfer study). Then
+  linear warmup over `warmup_steps` (if > 0) or `warmup_fraction` of the run, and a `schedule`
+  (cosine) decay to `min_lr_ratio` (0.1: a 10x decay) ending exactly at the run's last step
+  (train.steps = D / tokens per step).
 * Runs with fewer than `min_steps` (or, if set, more than `max_steps`) steps, or outside
   [`min_tokens_per_param`, `max_tokens_per_param`] (0: no bound; IsoFLOP profiles need sizes
   around each budget's optimum, not far from it), are skipped, each with a printed reason.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from typing import Any, Callable, Sequence
 
@@ -44,6 +50,7 @@ import ml_collections
 
 from research import config_lib, models, objectives
 from research.errors import ConfigError
+from research.models import transformer
 from research.training import flops as flops_lib
 
 # Top-level modules of the model whose parameters are embeddings (Kaplan's N excludes them):
@@ -77,6 +84,12 @@ def default_sweep() -> ml_collections.ConfigDict:
   s.lrs = ()  # explicit learning rate per size (same order as the sizes); empty: the rule
   s.lr_ref_width = 256  # lr = train.lr x (lr_ref_width / d_model) ^ lr_width_power
   s.lr_width_power = 0.0
+  # Or one learning rate for every size, transferred by a parameterization (then lrs and
+  # lr_width_power stay unset): '' (the rules above) | 'sp' | 'mup'.
+  s.parameterization = ''
+  s.base_width = 0  # model.base_width of every size: the width base_lr was tuned at
+  s.base_lr = 0.0  # train.lr of every size
+  s.lr_grid = ()  # learning rates each (size, budget) trains at, replacing the per-size rate
   s.warmup_steps = 0  # > 0: fixed warmup; 0: warmup_fraction of each run
   s.warmup_fraction = 0.05
   s.schedule = 'cosine'
@@ -233,7 +246,33 @@ def _kv_heads(s, size: Size) -> int:
   return size.num_heads // g
 
 
+def check_recipe(s) -> None:
+  """The learning-rate recipe: a parameterization replaces the per-size rules (both at once
+  would be ambiguous); an lr_grid's rates are positive and distinct in run names."""
+  grid = [float(lr) for lr in s.lr_grid]
+  if any(not lr > 0 for lr in grid) or len({_short(lr) for lr in grid}) < len(grid):
+    raise ConfigError('sweep.lr_grid', s.lr_grid, 'give distinct positive learning rates '
+                      '(3 significant digits apart)')
+  if not s.parameterization:
+    return
+  if s.parameterization not in transformer.PARAMETERIZATIONS:
+    raise ConfigError('sweep.parameterization', s.parameterization,
+                      f"choose '' (per-size rules) or one of {list(transformer.PARAMETERIZATIONS)}")
+  if s.base_width <= 0:
+    raise ConfigError('sweep.base_width', s.base_width, 'give the width base_lr was tuned at '
+                      f'(sweep.parameterization={s.parameterization!r})')
+  if s.base_lr <= 0 and not s.lr_grid:
+    raise ConfigError('sweep.base_lr', s.base_lr, 'give the learning rate tuned at '
+                      f'sweep.base_width={s.base_width} (or an lr_grid)')
+  if s.lrs or s.lr_width_power:
+    field = 'lrs' if s.lrs else 'lr_width_power'
+    raise ConfigError(f'sweep.{field}', s[field], 'per-size learning-rate rules do not combine '
+                      f'with sweep.parameterization={s.parameterization!r}: unset them')
+
+
 def _lr(config, s, i: int, size: Size) -> float:
+  if s.parameterization:
+    return float(s.base_lr)
   if s.lrs:
     return float(s.lrs[i])
   return float(config.train.lr * (s.lr_ref_width / size.d_model) ** s.lr_width_power)
@@ -243,6 +282,12 @@ def size_overrides(s, size: Size) -> list[tuple[str, Any]]:
   return [('model.d_model', size.d_model), ('model.num_layers', size.num_layers),
           ('model.num_heads', size.num_heads), ('model.num_kv_heads', _kv_heads(s, size)),
           ('model.head_dim', 0), ('model.d_ff', _d_ff(s, size.d_model))]
+
+
+def parameterization_overrides(s) -> list[tuple[str, Any]]:
+  if not s.parameterization:
+    return []
+  return [('model.parameterization', s.parameterization), ('model.base_width', int(s.base_width))]
 
 
 def apply_overrides(config, overrides: Sequence[tuple[str, Any]]) -> ml_collections.ConfigDict:
@@ -277,7 +322,7 @@ def count_params(config) -> tuple[int, int]:
 
 
 def resolve_size(config, s, i: int, size: Size) -> SizeInfo:
-  c = apply_overrides(config, size_overrides(s, size))
+  c = apply_overrides(config, size_overrides(s, size) + parameterization_overrides(s))
   cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
   params, non_embedding = count_params(c)
   return SizeInfo(size=size, d_ff=cfg.d_ff, num_kv_heads=cfg.num_kv_heads, params=params,
@@ -292,10 +337,13 @@ def _short(x: float) -> str:
   return text.replace('e-', 'em')
 
 
-def run_name(size: Size, kind: str, budget: float, with_heads: bool = False) -> str:
+def run_name(size: Size, kind: str, budget: float, with_heads: bool = False,
+             lr: float | None = None) -> str:
+  """d64_l2_C2e11; with an lr_grid, d64_l2_D1e6_lr3em3."""
   prefix = {'flops': 'C', 'tokens': 'D', 'tokens_per_param': 'r'}[kind]
   heads = f'_h{size.num_heads}' if with_heads else ''
-  return f'd{size.d_model}_l{size.num_layers}{heads}_{prefix}{_short(budget)}'
+  rate = '' if lr is None else f'_lr{_short(lr)}'
+  return f'd{size.d_model}_l{size.num_layers}{heads}_{prefix}{_short(budget)}{rate}'
 
 
 def warmup_of(s, steps: int) -> int:
@@ -305,8 +353,10 @@ def warmup_of(s, steps: int) -> int:
 
 
 def build_grid(config, *, size_info: Callable | None = None) -> Grid:
-  """Every (size, budget) run in order (budget, then size), and the skipped ones with reasons."""
+  """Every (size, budget[, learning rate]) run in order (budget, size, then lr_grid's rates),
+  and the skipped ones with reasons."""
   s = sweep_section(config)
+  check_recipe(s)
   sizes = model_sizes(s)
   kind, budgets = budgets_of(s)
   tokens_per_step = config.train.batch_size * config.data.seq_len
@@ -314,8 +364,9 @@ def build_grid(config, *, size_info: Callable | None = None) -> Grid:
   infos = [(size_info or resolve_size)(config, s, i, z) for i, z in enumerate(sizes)]
   runs, skipped = [], []
   for budget in budgets:
-    for info in infos:
-      name = run_name(info.size, kind, budget, with_heads)
+    for info, grid_lr in itertools.product(infos, s.lr_grid or (None,)):
+      name = run_name(info.size, kind, budget, with_heads, grid_lr)
+      lr = info.lr if grid_lr is None else float(grid_lr)
       if kind == 'flops':
         per_step = (info.flops_per_step if s.flops_rule == 'exact' else
                     flops_lib.flops_6nd(info.params, tokens_per_step))
@@ -341,7 +392,7 @@ def build_grid(config, *, size_info: Callable | None = None) -> Grid:
         continue
       warmup = warmup_of(s, steps)
       overrides = [('name', f'{config.name}/{name}'), *size_overrides(s, info.size),
-                   ('train.steps', steps), ('train.lr', info.lr),
+                   *parameterization_overrides(s), ('train.steps', steps), ('train.lr', lr),
                    ('train.warmup_steps', warmup), ('train.schedule', s.schedule),
                    ('train.min_lr_ratio', float(s.min_lr_ratio)),
                    ('train.eval_every', int(s.eval_every) or steps),
@@ -350,7 +401,7 @@ def build_grid(config, *, size_info: Callable | None = None) -> Grid:
                            num_kv_heads=info.num_kv_heads, params=info.params,
                            non_embedding_params=info.non_embedding_params, budget=budget,
                            budget_kind=kind, steps=steps, tokens_per_step=tokens_per_step,
-                           flops_per_step=info.flops_per_step, lr=info.lr, warmup_steps=warmup,
+                           flops_per_step=info.flops_per_step, lr=lr, warmup_steps=warmup,
                            overrides=tuple(overrides)))
   if not runs:
     raise ConfigError('sweep', f'{len(skipped)} runs', 'every run of the grid was skipped: '

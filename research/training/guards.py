@@ -26,6 +26,11 @@ class TrainingStopped(UserError):
   """The run stopped on purpose (a non-finite step, a lost save); the message says why."""
 
 
+class Diverged(TrainingStopped):
+  """The run stopped on non-finite losses, gradients or parameters: a sweep over learning
+  rates records it as a result rather than a failure."""
+
+
 def guard_step(train_config, state, new_state, metrics: dict):
   """In the jitted step: flags a non-finite loss or gradient norm and, with
   on_nonfinite='skip', keeps the old state (but the new step count) for such a step."""
@@ -80,14 +85,14 @@ class NonFiniteGuard:
       what = ', '.join(f'{k} {float(m[k])}' for k in ('loss', 'grad_norm')
                        if not math.isfinite(float(m[k])))
       if self.mode == 'stop':
-        raise TrainingStopped(
+        raise Diverged(
             f'step {step}: {what} (train.on_nonfinite=stop): stopped without saving; '
             f'{self._last_good()}. Rerun to resume from it, with a lower train.lr or '
             "train.on_nonfinite=skip")
       skipped += 1
       self.consecutive += 1
       if self.consecutive >= self.max_skips:
-        raise TrainingStopped(
+        raise Diverged(
             f'step {step}: {what}, {self.consecutive} steps in a row skipped '
             f'(train.max_nonfinite_skips={self.max_skips}): stopped; {self._last_good()}. '
             'Lower train.lr or raise train.max_nonfinite_skips')
@@ -97,7 +102,7 @@ class NonFiniteGuard:
   def check_params(self, step: int, state) -> None:
     """Before a checkpoint: no checkpoint with non-finite parameters is ever written."""
     if not all_finite(state.params):
-      raise TrainingStopped(
+      raise Diverged(
           f'step {step}: the parameters are not finite; not saved. {self._last_good()}. '
           'Rerun to resume from it, with a lower train.lr')
 

@@ -29,7 +29,19 @@ and fitted_vs_observed.png (Approach 3 rms log error 0.012).
 
 The measured run's results.csv, fit.json and figures: benchmarks/results/scaling_laws_shakespeare/.
 
-Variants: `:tiny` (2 sizes x 2 budgets of a few steps, for smoke tests of the whole command).
+Variants: `:tiny` (2 sizes x 2 budgets of a few steps, for smoke tests of the whole command);
+`:mup`, the same grid under μP (experiments/parameterization): every size gets
+model.parameterization='mup' with base width 32 and one learning rate, 6e-3, instead of the
+per-size rule (6e-3 is the rule's rate at d_model 32, so the rerun differs from the fit above
+only in how the rate follows width: hidden matrices at 6e-3 x 32 / d_model, embeddings and
+norms at 6e-3, the logits scaled by 32 / d_model). Replace it by the μP optimum at width 32 of
+the learning-rate transfer study (configs/experiments/parameterization/lr_transfer.py; a
+2-layer GELU model on 64-token sequences, so a guide, not this grid's exact optimum):
+  python -m experiments.scaling_laws.run \
+      --config=configs/experiments/scaling_laws/shakespeare_isoflop.py:mup \
+      --workdir=runs/scaling_mup [--config.sweep.base_lr=LR_STAR]
+Expected for `:mup`: not yet run (the same 15 runs, so about the same 22 min); compare its
+exponent a (fit/fit.json, Approach 2 and 3) with the 0.65-0.66 above.
 """
 
 from experiments.scaling_laws import sweep
@@ -91,6 +103,12 @@ def get_config(arg=None):
     c.sweep.max_tokens_per_param = 0.0
     c.sweep.eval_batches = 2
     c.sweep.fit_bootstrap = 0
+  elif arg == 'mup':
+    c.name = 'scaling_laws/shakespeare_isoflop_mup'
+    c.sweep.parameterization = 'mup'
+    c.sweep.base_width = 32
+    c.sweep.base_lr = 6e-3  # the SP rule's rate at d_model 32: see the docstring
+    c.sweep.lr_width_power = 0.0  # the parameterization sets the rate per width
   elif arg:
-    raise config_lib.unknown_variant(arg)
+    raise config_lib.unknown_variant(arg, ('tiny', 'mup'))
   return c

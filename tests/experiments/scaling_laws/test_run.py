@@ -255,3 +255,24 @@ def test_cli_run_mode_on_shakespeare_tiny(tmp_path):
   rows = _rows(tmp_path / 'results.csv')
   assert [r['name'] for r in rows] == ['d16_l1_C1e9', 'd32_l1_C1e9']
   assert (tmp_path / 'runs' / 'd16_l1_C1e9' / 'tokenizer.model').exists()
+
+
+def test_a_diverged_run_is_a_result_with_keep_diverged(tmp_path, monkeypatch):
+  """A learning-rate sweep expects runs to diverge: with keep_diverged such a run finishes
+  with loss nan (and is not retrained); by default the sweep stops with the error."""
+  from research.training import guards, trainer  # pylint: disable=g-import-not-at-top
+
+  def diverge(config, workdir, **kwargs):
+    del config, workdir, kwargs
+    raise guards.Diverged('step 3: loss nan (train.on_nonfinite=stop)')
+
+  monkeypatch.setattr(trainer, 'train', diverge)
+  c = _config(sizes=((32, 1, 2),))
+  kwargs = dict(dataset=helpers.PatternDataset(), fit=False, log=lambda _: None)
+  with pytest.raises(guards.Diverged):
+    run_lib.run_sweep(c, str(tmp_path), **kwargs)
+  rows = run_lib.run_sweep(c, str(tmp_path), keep_diverged=True, **kwargs)
+  assert len(rows) == 1 and np.isnan(rows[0]['loss'])
+  assert _rows(tmp_path / 'results.csv')[0]['loss'] == 'nan'
+  monkeypatch.setattr(trainer, 'train', None)  # a finished run is never trained again
+  assert np.isnan(run_lib.run_sweep(c, str(tmp_path), **kwargs)[0]['loss'])

@@ -189,3 +189,44 @@ def test_c4_config_loads_and_generates_its_grid():
   for r in grid.runs:
     assert 200 <= r.steps <= 150_000
     assert math.isclose(r.flops, r.budget, rel_tol=0.01)
+
+
+def test_a_parameterization_replaces_the_per_size_rules():
+  c = _config(parameterization='mup', base_width=48, base_lr=1e-2)  # 48: 2, 3 or 4 heads
+  grid = sweep.build_grid(c)
+  assert [r.lr for r in grid.runs] == [1e-2] * 6
+  for r in grid.runs:
+    cfg = sweep.run_config(c, r)
+    assert cfg.model.parameterization == 'mup' and cfg.model.base_width == 48
+    assert cfg.train.lr == 1e-2 and cfg.model.d_model == r.size.d_model
+  default = sweep.run_config(_config(), sweep.build_grid(_config()).runs[0])
+  assert default.model.parameterization == 'sp' and default.model.base_width == 0
+  # An lr grid: every size at every rate, named by it (the learning-rate transfer study).
+  study = sweep.build_grid(_config(parameterization='sp', base_width=48, lr_grid=(1e-3, 1e-2),
+                                   budgets=(2e10,)))
+  assert [r.name for r in study.runs[:2]] == ['d32_l1_C2e10_lr0.001', 'd32_l1_C2e10_lr0.01']
+  assert [r.lr for r in study.runs] == [1e-3, 1e-2] * 3
+
+
+@pytest.mark.parametrize('fields, message', [
+    (dict(parameterization='ntk', base_width=48, base_lr=1e-2), 'ntk'),
+    (dict(parameterization='mup', base_lr=1e-2), 'sweep.base_width'),
+    (dict(parameterization='mup', base_width=48), 'sweep.base_lr'),
+    (dict(parameterization='mup', base_width=48, base_lr=1e-2, lr_width_power=1.0),
+     'do not combine'),
+    (dict(parameterization='mup', base_width=32, base_lr=1e-2), 'multiple of model.num_heads'),
+    (dict(lr_grid=(1e-3, 1e-3)), 'distinct positive'),
+])
+def test_bad_parameterization_recipes_are_config_errors(fields, message):
+  with pytest.raises(ConfigError, match=message):
+    sweep.build_grid(_config(**fields))
+
+
+def test_shakespeare_mup_variant_is_the_same_grid_under_mup():
+  path = str(conftest.REPO / 'configs/experiments/scaling_laws/shakespeare_isoflop.py')
+  sp, mup = sweep.build_grid(config_lib.load_config(path)), config_lib.load_config(path + ':mup')
+  grid = sweep.build_grid(mup)
+  assert [r.name for r in grid.runs] == [r.name for r in sp.runs]
+  for r in grid.runs:
+    cfg = sweep.run_config(mup, r)
+    assert (cfg.model.parameterization, cfg.model.base_width, cfg.train.lr) == ('mup', 32, 6e-3)
