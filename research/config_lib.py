@@ -403,6 +403,24 @@ def shrink_for_smoke_test(c: ml_collections.ConfigDict) -> ml_collections.Config
   return c
 
 
+def add_section(config: ml_collections.ConfigDict, name: str,
+                defaults: ml_collections.ConfigDict, fields) -> ml_collections.ConfigDict:
+  """`config` with section `name`: `defaults` updated with `fields` (keys may be dotted, e.g.
+  'quality.steps'); a key the defaults lack is a ConfigError naming the valid ones. The study
+  modules' `with_*` helpers (a sweep, MoE variants, sparse attention, a study) build on it."""
+  config[name] = defaults
+  for key, value in fields.items():
+    node, leaf = config[name], key
+    if '.' in key:
+      parent, leaf = key.split('.', 1)
+      node = node[parent]
+    if leaf not in node:
+      raise ConfigError(f'{name}.{key}', value, f'unknown field: valid are {sorted(node.keys())}')
+    with node.ignore_type():
+      node[leaf] = value
+  return config
+
+
 def unknown_variant(arg: str, choices: Sequence[str] = ('tiny',)) -> ConfigError:
   listed = ', '.join(f"':{choice}'" for choice in choices)
   return ConfigError('--config', f':{arg}', f'unknown variant: use {listed} or none')

@@ -68,14 +68,7 @@ def default_section() -> ml_collections.ConfigDict:
 
 def with_moe_routing(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """Adds the `moe_routing` section (defaults updated with `fields`) to a training config."""
-  config.moe_routing = default_section()
-  for key, value in fields.items():
-    if key not in config.moe_routing:
-      raise ConfigError(f'moe_routing.{key}', value,
-                        f'unknown field: valid are {sorted(config.moe_routing)}')
-    with config.moe_routing.ignore_type():
-      config.moe_routing[key] = value
-  return config
+  return config_lib.add_section(config, 'moe_routing', default_section(), fields)
 
 
 def section(config) -> ml_collections.ConfigDict:

@@ -46,6 +46,7 @@ from absl import flags
 from experiments.parameterization import plot as plot_lib
 from experiments.scaling_laws import run as sweep_run
 from experiments.scaling_laws import sweep as sweep_lib
+from research import config_lib
 from research.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -70,12 +71,7 @@ def default_section() -> ml_collections.ConfigDict:
 
 def with_section(c: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
   """Adds `study` (defaults overridden by `values`) to sweep config `c`."""
-  c.study = default_section()
-  for key, value in values.items():
-    if key not in c.study:
-      raise ConfigError(f'study.{key}', value, f'unknown field: valid are {sorted(c.study)}')
-    c.study[key] = value
-  return c
+  return config_lib.add_section(c, 'study', default_section(), values)
 
 
 def check_section(config) -> ml_collections.ConfigDict:
@@ -250,7 +246,6 @@ def summary(fits: dict) -> list[str]:
 def main(config, argv):
   del argv
   if config is None:
-    from research import config_lib  # pylint: disable=g-import-not-at-top
     config = config_lib.load_config(DEFAULT_CONFIG)
   result = run_study(config, FLAGS.workdir)
   print(f"wrote {', '.join(result['files'].values())}")

@@ -111,13 +111,7 @@ def default_sweep() -> ml_collections.ConfigDict:
 
 def with_sweep(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """Adds the `sweep` section (defaults updated with `fields`) to a training config."""
-  config.sweep = default_sweep()
-  for key, value in fields.items():
-    if key not in config.sweep:
-      raise ConfigError(f'sweep.{key}', value, f'unknown field: valid are {sorted(config.sweep)}')
-    with config.sweep.ignore_type():
-      config.sweep[key] = value
-  return config
+  return config_lib.add_section(config, 'sweep', default_sweep(), fields)
 
 
 @dataclasses.dataclass(frozen=True)

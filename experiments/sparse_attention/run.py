@@ -41,6 +41,7 @@ from typing import Callable
 import ml_collections
 from absl import flags
 
+from research import config_lib
 from research.errors import ConfigError, UserError
 
 FLAGS = flags.FLAGS
@@ -109,18 +110,7 @@ def default_section() -> ml_collections.ConfigDict:
 
 def with_section(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
   """Adds `sparse_attention` (defaults updated with `fields`) to a config."""
-  config.sparse_attention = default_section()
-  for key, value in fields.items():
-    node, leaf = config.sparse_attention, key
-    if '.' in key:
-      parent, leaf = key.split('.', 1)
-      node = node[parent]
-    if leaf not in node:
-      raise ConfigError(f'sparse_attention.{key}', value, f'unknown field: valid are '
-                        f'{sorted(node.keys())}')
-    with node.ignore_type():
-      node[leaf] = value
-  return config
+  return config_lib.add_section(config, 'sparse_attention', default_section(), fields)
 
 
 def section(config) -> ml_collections.ConfigDict:
@@ -355,7 +345,6 @@ def run_cost(config, workdir: str, *, log: Callable[[str], None] = print) -> lis
 
 
 def _run_config(config, overrides: dict, name: str):
-  from research import config_lib  # pylint: disable=g-import-not-at-top
   c = copy.deepcopy(config)
   del c['sparse_attention']
   for key, value in overrides.items():
