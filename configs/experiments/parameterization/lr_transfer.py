@@ -12,14 +12,21 @@ AdamW without weight decay (so the optimum is the learning rate's alone, not als
 gradient clipping at 1, 5% warmup and a cosine decay to lr / 10; the loss is the final
 validation loss over the same 32 x 8 x 64 held-out tokens for every run.
 
-Expected: NOT YET RUN. Time, an ESTIMATE until the real run: about 30 min wall on 2 CPU cores.
-Measured 2026-12-04 with short runs of this config in one process (the sweep runner, sp,
-lr 3e-3; 80 steps at widths 32 and 256, 100 steps at 56, 88, 152 and 256), both cores shared
-with another job (load average 3.6-4.6): a step took 0.0085, 0.0135, 0.021, 0.038 and 0.116 s
-at widths 32, 56, 88, 152 and 256, and each run spent 9-12 s outside its steady steps
-(compiling, the first steps, the final evaluation, one checkpoint). Per learning rate and
-parameterization, 5 runs x 9.5 s + 400 steps x 0.197 s = 126 s; x 14 = 29 min, plus a minute
-for the corpus and the grids; less on idle cores.
+Measured 2026-12-04 (the command above, 2 CPU cores shared with other jobs the whole time: a
+benchmark, test runs and the IsoFLOP rerun; about 39 min wall with one restart, each half
+reporting 14-15 min for its last 29-35 runs). Fitted lr* (parabola in log lr through each
+curve's lowest point and its two neighbours) by width 32, 56, 88, 152, 256:
+  sp:  3.75e-3, 3.87e-3, 3.32e-3, 2.02e-3, <= 1e-3 (at the grid's lower edge, not fitted);
+       lr* ~ width^-0.39 over the bracketed widths, widest / narrowest 0.54 (or less)
+  mup: 3.75e-3, 4.25e-3, 3.64e-3, 4.09e-3, 4.17e-3; lr* ~ width^0.03, widest / narrowest 1.11
+μP's optimum holds still across 8x in width; SP's falls by 2x or more, already past the grid's
+1e-3 at width 256, the direction of Yang et al. 2022's Figure 1 (SP with Adam), if less steep
+than its -1. Best losses at the optimum: SP 3.49, 3.18, 3.01, 2.96, 2.91; μP 3.49, 3.33, 3.43,
+3.31, 3.25 nats/token: at 400 steps SP's wider models, tuned per width, reach lower losses than
+μP's at one shared rate (μP here has constant init at the base width and readout x 1/w; its
+loss still falls with width, not monotonically at 88). The curves are bumpy at 1e-2 to 2e-2
+(one seed, 400 steps). No run diverged. Table, lr* and plot:
+benchmarks/results/parameterization_lr_transfer_shakespeare/.
 What to look for: under μP the fitted lr* should hold still across widths (slope of
 log2 lr* against log2 width near 0); under SP with Adam it should fall with width (Yang et al.
 2022, Figure 1: an Adam step moves a hidden matrix's output by about lr x fan_in, so towards a
