@@ -45,8 +45,8 @@ workdir, 2 CPU cores shared with the transfer study and other jobs: 17.2 min): I
 N_opt = 22k, 36k and 76k parameters, losses 2.99, 2.73, 2.52 nats/token (per-size rule: 2.96,
 2.74, 2.52), the profiles noisier about their parabolas. Fitted a: Approach 2 a = 0.56 [0.51,
 0.70] (per-size rule 0.65 [0.54, 0.74]), b = 0.45 [0.33, 0.50]; Approach 3 a = 0.44 [0.17,
-0.75] (0.66 before), alpha = 0.92, beta = 0.72; Approach 1 a = 0.51 [0.23, 1.04]; Kaplan L(N,
-D) a = 0.54 [0.45, 0.67]. With one transferred learning rate instead of the hand rule, a
+0.75] (0.66 before), alpha = 0.92, beta = 0.72, rms log error 0.023 (0.012 before);
+Approach 1 a = 0.51 [0.23, 1.04]; Kaplan L(N, D) a = 0.54 [0.45, 0.67]. With one transferred learning rate instead of the hand rule, a
 moves from 0.65 towards Chinchilla's 0.5 in every approach, as Porian et al. (2024) argue
 per-size recipes can do; the intervals still overlap (15 runs, 3 budgets). Results, fit.json
 and figures: benchmarks/results/scaling_laws_shakespeare_mup/.
