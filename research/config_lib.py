@@ -148,6 +148,16 @@ def base_config() -> ml_collections.ConfigDict:
   # context devices, flash-style accumulation: one block in memory; windows skip the blocks
   # they cannot reach). block_size is the tile of both.
   c.model.attention.context_strategy = 'all_gather'
+  # Sequence mixers per layer (research/layers/mixers.py): softmax attention or a recurrent
+  # mixer with a constant-size state, cyclic like attention patterns: 'attention' |
+  # 'linear_attention' | 'mamba2' | 'gated_deltanet', e.g. 'gated_deltanet*3,attention' (3:1).
+  c.model.mixer = ml_collections.ConfigDict()
+  c.model.mixer.pattern = 'attention'
+  c.model.mixer.chunk_size = 64  # chunkwise-parallel training form; must divide data.seq_len
+  c.model.mixer.conv_width = 4  # short causal convolution taps (mamba2, gated_deltanet); 1: none
+  c.model.mixer.state_dim = 64  # mamba2: N, the entries of B and C per token
+  c.model.mixer.expand = 2  # mamba2: d_inner = expand x d_model, split over model.num_heads
+  c.model.mixer.feature_map = 'elu'  # linear_attention: 'elu' (elu + 1) | 'relu'
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
-from research.layers import attention, context_parallel, mlp, norms, positions
+from research.layers import attention, context_parallel, mixers, mlp, norms, positions
 from research.layers import moe as moe_lib
 from research.layers import peft as peft_lib
 from research.layers import patterns as patterns_lib
@@ -92,6 +92,8 @@ class TransformerConfig:
   # Attention patterns and implementation (`model.attention`; research/layers/patterns.py).
   attention: patterns_lib.AttentionConfig = dataclasses.field(
       default_factory=patterns_lib.AttentionConfig)
+  # Sequence mixers per layer (`model.mixer`; research/layers/mixers.py): attention or recurrent.
+  mixer: mixers.MixerConfig = dataclasses.field(default_factory=mixers.MixerConfig)
   # Parameter-efficient fine-tuning (`peft`; research/layers/peft.py): LoRA, soft prompt,
   # adapters. The default adds nothing.
   peft: peft_lib.PeftConfig = dataclasses.field(default_factory=peft_lib.PeftConfig)
@@ -178,6 +180,7 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
   if m.norm not in norms.NORMS:
     raise ConfigError('model.norm', m.norm, f'choose one of {sorted(norms.NORMS)}')
   attention_cfg = attention_section(m)
+  mixer_cfg = mixer_section(m, seq_len=seq_len)
   max_len = m.max_len or seq_len
   if m.position in ('learned', 'sinusoidal') and max_len < seq_len:
     raise ConfigError('model.max_len', max_len, f'must be >= data.seq_len={seq_len}')
@@ -205,7 +208,7 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
       embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
       loss_chunk_size=m.get('loss_chunk_size', 0),
-      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg,
+      moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg, mixer=mixer_cfg,
       peft=peft_section(peft_cfg), mup_width=mup_width)
 
 
@@ -299,6 +302,21 @@ def attention_section(m) -> patterns_lib.AttentionConfig:
   return resolved
 
 
+def mixer_section(m, *, seq_len: int) -> mixers.MixerConfig:
+  """Validates `model.mixer` and resolves it (absent, as in a saved config from before it:
+  every layer attention)."""
+  mix = m.get('mixer', None)
+  if mix is None:
+    return mixers.MixerConfig()
+  mixers.check_mixer(mix, scan_layers=m.scan_layers, seq_len=seq_len)
+  resolved = mixers.resolve(mix)
+  if 'mamba2' in resolved.pattern and (resolved.expand * m.d_model) % m.num_heads:
+    raise ConfigError('model.mixer.expand', resolved.expand,
+                      f'mamba2 splits expand x d_model = {resolved.expand * m.d_model} over '
+                      f'model.num_heads={m.num_heads} heads: pick values it divides')
+  return resolved
+
+
 class Block(nn.Module):
   """Residual block: self-attention, optional cross-attention (encoder-decoder), feed-forward.
 
@@ -312,6 +330,7 @@ class Block(nn.Module):
   cross_attention: bool = False
   moe_layer: bool = False
   pattern: patterns_lib.Pattern | None = None  # self-attention's pattern; None: full
+  mixer: str = 'attention'  # the self-mixing sublayer (research/layers/mixers.py)
 
   def _attention(self, name):
     c = self.cfg
@@ -347,8 +366,15 @@ class Block(nn.Module):
   def __call__(self, x_BTD, positions_BT, mask_BTS, bias_HTS=None, encoded_BSD=None,
                cross_mask_BTS=None):
     c = self.cfg
-    x_BTD = self._residual('attn', x_BTD, lambda h: self._attention('attn')(
-        h, positions_BT, mask_BTS, bias_HTS=bias_HTS))
+    if self.mixer == 'attention':
+      x_BTD = self._residual('attn', x_BTD, lambda h: self._attention('attn')(
+          h, positions_BT, mask_BTS, bias_HTS=bias_HTS))
+    else:
+      layer = mixers.make(self.mixer, c.mixer, d_model=c.d_model, num_heads=c.num_heads,
+                          head_dim=c.head_dim, init_std=c.hidden_init_std,
+                          out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode,
+                          name='mixer')
+      x_BTD = self._residual('mixer', x_BTD, lambda h: layer(h, mask_BTS))
     if self.cross_attention:
       x_BTD = self._residual('cross', x_BTD, lambda h: self._attention('cross')(
           h, positions_BT, cross_mask_BTS, kv_BSD=encoded_BSD))
@@ -423,7 +449,8 @@ class Stack(nn.Module):
     if c.scan_layers:
       block_cls = ScannedBlock if self.block is Block else self.block
       layers = _scanned_layers(block_cls, c, c.num_layers, remat=c.remat != 'none')(
-          c, name='layers', moe_layer=c.moe.enabled, pattern=_pattern_or_none(c, 0), **kwargs)
+          c, name='layers', moe_layer=c.moe.enabled, pattern=_pattern_or_none(c, 0),
+          mixer=c.mixer.layer_kind(0), **kwargs)
       x_BTD, _ = layers(x_BTD, *args)
       return x_BTD
     block_cls = self.block
@@ -431,7 +458,8 @@ class Stack(nn.Module):
       block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[c.remat])
     for i in range(c.num_layers):
       x_BTD = block_cls(c, name=f'layer_{i}', moe_layer=c.moe.is_moe_layer(i),
-                        pattern=_pattern_or_none(c, i), **kwargs)(x_BTD, *args)
+                        pattern=_pattern_or_none(c, i), mixer=c.mixer.layer_kind(i),
+                        **kwargs)(x_BTD, *args)
     return x_BTD
 
   def _pipelined(self, x_BTD) -> bool:

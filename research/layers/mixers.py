@@ -1,0 +1,379 @@
+"""Recurrent sequence mixers: linear attention, Mamba-2 and Gated DeltaNet, by name (`model.mixer`).
+
+Each layer of a stack mixes its tokens with softmax attention or with one of these, chosen
+cyclically from `model.mixer.pattern` like attention patterns: 'gated_deltanet*3,attention' is
+three Gated DeltaNet layers to one attention layer (Qwen3-Next's 3:1), 'mamba2*7,attention'
+Jamba's 7:1. A recurrent mixer keeps a constant-size state per head: linear in length to train
+(the chunkwise form of research/layers/recurrent.py), constant memory per token to decode (the
+step form, with the state in the 'cache' collection).
+
+  linear_attention  Katharopoulos et al. 2020: phi(q) (sum_i phi(k_i) v_i^T), normalised by
+                    phi(q) . sum_i phi(k_i); phi by `feature_map` ('elu': elu + 1, 'relu').
+                    No decay, no convolution.
+  mamba2            Dao & Gu 2024 (SSD): in-projections z, x, B, C, dt; a short causal
+                    convolution and SiLU on x, B and C; per-head decay exp(dt A), input dt B x,
+                    read C, skip D x; a gated RMSNorm, norm(y * silu(z)), and the out-projection.
+                    Heads = model.num_heads over d_inner = `expand` x d_model; one group of B and
+                    C with `state_dim` entries.
+  gated_deltanet    Yang, Kautz & Hatamizadeh 2024: q, k, v projections through a short
+                    convolution and SiLU, L2-normalised q and k (q also by 1/sqrt(K)); writes by
+                    the delta rule with strength beta = sigmoid(.) and Mamba-2's decay; a gated
+                    RMSNorm, norm(o) * silu(g), and the out-projection. K = V = head_dim.
+
+Segments: packed examples (segment ids) reset the state and the convolution window, so they
+never see each other. Bidirectional stacks (encoders): the forward and the reversed recurrence
+over the same projections, summed (Caduceus's weight-tied BiMamba); for linear attention with
+the diagonal counted once, which is exactly non-causal linear attention. Heads shard on
+`tensor` like attention's. Prefix LM (a bidirectional prefix inside a causal stack) and context
+parallelism are attention-only.
+
+Where the published layers differ from these: Mamba-2's gated norm here is per head (it shards
+with the heads; the reference normalises all of d_inner, per group), and Gated DeltaNet's values
+keep head_dim (the reference widens them 2x).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from research.errors import ConfigError
+from research.layers import recurrent
+
+KINDS = ('attention', 'linear_attention', 'mamba2', 'gated_deltanet')
+RECURRENT = KINDS[1:]
+FEATURE_MAPS = ('elu', 'relu')
+FIELD = 'model.mixer'
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+  """Resolved `model.mixer` (hashable; part of TransformerConfig)."""
+  pattern: tuple[str, ...] = ('attention',)  # the cycle of per-layer kinds
+  chunk_size: int = 64  # tokens per chunk of the chunkwise-parallel form
+  conv_width: int = 4  # the short causal convolution (mamba2, gated_deltanet); 1: none
+  state_dim: int = 64  # Mamba-2's N (entries of B and C)
+  expand: int = 2  # Mamba-2's d_inner / d_model
+  feature_map: str = 'elu'  # linear attention's phi
+
+  def layer_kind(self, i: int) -> str:
+    """Layer i's mixer (0-based, within its stack): the cycle's entry i mod its length."""
+    return self.pattern[i % len(self.pattern)]
+
+  def layer_kinds(self, num_layers: int) -> tuple[str, ...]:
+    return tuple(self.layer_kind(i) for i in range(num_layers))
+
+  @property
+  def uniform(self) -> bool:
+    return len(set(self.pattern)) == 1
+
+  @property
+  def has_recurrent(self) -> bool:
+    return any(kind != 'attention' for kind in self.pattern)
+
+
+def parse_pattern(text: str) -> tuple[str, ...]:
+  """'gated_deltanet*3,attention' -> ('gated_deltanet',) * 3 + ('attention',)."""
+  kinds = []
+  for part in str(text).split(','):
+    name, star, count = part.strip().partition('*')
+    name = name.strip()
+    try:
+      repeat = int(count) if star else 1
+    except ValueError:
+      repeat = 0
+    if repeat < 1:
+      raise ConfigError(f'{FIELD}.pattern', text, f"'{part.strip()}': write NAME or NAME*COUNT "
+                        "with COUNT >= 1, e.g. 'gated_deltanet*3,attention'")
+    if name not in KINDS:
+      raise ConfigError(f'{FIELD}.pattern', text, f"unknown mixer '{name}': choose from "
+                        f"{list(KINDS)}, interleaved as 'gated_deltanet*3,attention'")
+    kinds += [name] * repeat
+  return tuple(kinds)
+
+
+def check_mixer(mix, *, scan_layers: bool, seq_len: int) -> None:
+  """Validates `model.mixer` (a ConfigDict or mapping); raises ConfigError naming the field."""
+  kinds = parse_pattern(mix['pattern'])
+  for field in ('chunk_size', 'conv_width', 'state_dim', 'expand'):
+    if mix[field] < 1:
+      raise ConfigError(f'{FIELD}.{field}', mix[field], 'must be a positive integer')
+  if mix['feature_map'] not in FEATURE_MAPS:
+    raise ConfigError(f'{FIELD}.feature_map', mix['feature_map'],
+                      f'choose one of {list(FEATURE_MAPS)}')
+  if set(kinds) - {'attention'} and seq_len % mix['chunk_size']:
+    raise ConfigError(f'{FIELD}.chunk_size', mix['chunk_size'],
+                      f'must divide the training block data.seq_len={seq_len} (else every step '
+                      'pads the last chunk): pick a divisor, e.g. '
+                      f'{math.gcd(seq_len, mix["chunk_size"])}')
+  if scan_layers and len(set(kinds)) > 1:
+    raise ConfigError(f'{FIELD}.pattern', mix['pattern'],
+                      'model.scan_layers=True scans one layer type: use one mixer for every '
+                      'layer, or model.scan_layers=False to interleave')
+
+
+def resolve(mix) -> MixerConfig:
+  """`model.mixer` (validated; None: every layer attention) -> MixerConfig."""
+  if mix is None:
+    return MixerConfig()
+  return MixerConfig(pattern=parse_pattern(mix['pattern']), chunk_size=int(mix['chunk_size']),
+                     conv_width=int(mix['conv_width']), state_dim=int(mix['state_dim']),
+                     expand=int(mix['expand']), feature_map=str(mix['feature_map']))
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces shared by the layers.
+
+
+def _segments(mask, b: int, t: int):
+  """(segment_ids_BT, causal) from a MaskSpec, a dense mask or None (one segment, causal)."""
+  spec_segments = getattr(mask, 'q_segment_ids_BT', None)
+  if getattr(mask, 'prefix_BT', None) is not None:
+    raise ValueError('recurrent mixers are causal or bidirectional, not prefix LM')
+  if spec_segments is None:
+    return jnp.ones((b, t), jnp.int32), True
+  return spec_segments.astype(jnp.int32), bool(mask.causal)
+
+
+def _reverse(*xs):
+  return tuple(None if x is None else jnp.flip(x, axis=1) for x in xs)
+
+
+def _inverse_softplus(x):
+  return x + jnp.log(-jnp.expm1(-x))
+
+
+class ShortConv(nn.Module):
+  """Depthwise causal convolution over time of `width` taps, then SiLU. Taps never reach into
+  another segment (run). Decoding keeps the last width - 1 inputs and their segment ids."""
+  width: int
+  axes: tuple[str, ...]  # logical axes of the channel dimensions
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BT_, segment_ids_BT):
+    channels = x_BT_.shape[2:]
+    w_W_ = self.param('kernel', nn.with_logical_partitioning(
+        nn.initializers.normal(self.width ** -0.5), ('conv_width',) + self.axes),
+                      (self.width,) + channels, jnp.float32)
+    b, t = x_BT_.shape[:2]
+    keep = self.width - 1
+    if self.decode and keep:
+      window = self.variable('cache', 'window', jnp.zeros, (b, keep) + channels, x_BT_.dtype)
+      window_segments = self.variable('cache', 'window_segment_ids', jnp.zeros, (b, keep),
+                                      jnp.int32)
+      x_BL_ = jnp.concatenate([window.value, x_BT_], axis=1)
+      segment_ids_BL = jnp.concatenate([window_segments.value, segment_ids_BT], axis=1)
+      if not self.is_initializing():
+        window.value = x_BL_[:, -keep:]
+        window_segments.value = segment_ids_BL[:, -keep:]
+    else:
+      x_BL_ = jnp.pad(x_BT_, [(0, 0), (keep, 0)] + [(0, 0)] * len(channels))
+      segment_ids_BL = jnp.pad(segment_ids_BT, [(0, 0), (keep, 0)], constant_values=-1)
+    run_BL = recurrent.runs(segment_ids_BL)
+    run_BT = run_BL[:, keep:]
+    y_BT_ = jnp.zeros(x_BT_.shape, jnp.float32)
+    for tap in range(self.width):  # tap `tap` reads the token width - 1 - tap before
+      shift = keep - tap
+      x_tap = jax.lax.dynamic_slice_in_dim(x_BL_, keep - shift, t, axis=1)
+      same_BT = jax.lax.dynamic_slice_in_dim(run_BL, keep - shift, t, axis=1) == run_BT
+      same = same_BT.reshape(same_BT.shape + (1,) * len(channels))
+      y_BT_ += jnp.where(same, x_tap.astype(jnp.float32) * w_W_[tap], 0.0)
+    return nn.silu(y_BT_).astype(x_BT_.dtype)
+
+
+class _Recurrent(nn.Module):
+  """What the three layers share: the projections, the kernel (chunked, or step by step for
+  single-token decoding), the cached state, the bidirectional form."""
+  cfg: MixerConfig
+  num_heads: int
+  head_dim: int
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: jnp.dtype = jnp.float32
+  decode: bool = False
+
+  def _proj(self, name, x_BTD, shape, axes, std=None):
+    w = self.param(name, nn.with_logical_partitioning(
+        nn.initializers.normal(self.init_std if std is None else std), ('embed',) + axes),
+                   (x_BTD.shape[-1],) + shape, jnp.float32)
+    letters = 'hkn'[:len(shape)]
+    return jnp.einsum(f'btd,d{letters}->bt{letters}', x_BTD, w.astype(self.dtype))
+
+  def _out(self, o_BTHV, d: int):
+    w_HVD = self.param('out', nn.with_logical_partitioning(
+        nn.initializers.normal(self.out_init_std), ('heads', 'head_dim', 'embed')),
+                       o_BTHV.shape[2:] + (d,), jnp.float32)
+    return jnp.einsum('bthv,hvd->btd', o_BTHV.astype(self.dtype), w_HVD.astype(self.dtype))
+
+  def _decay_params(self, h: int):
+    """Mamba-2's A (log, per head: A in [1, 16]) and dt bias (dt in [1e-3, 1e-1])."""
+    a_log_H = self.param('a_log', nn.with_logical_partitioning(
+        lambda rng, s: jnp.log(jax.random.uniform(rng, s, minval=1.0, maxval=16.0)),
+        ('heads',)), (h,))
+    dt_bias_H = self.param('dt_bias', nn.with_logical_partitioning(
+        lambda rng, s: _inverse_softplus(jnp.exp(jax.random.uniform(
+            rng, s, minval=math.log(1e-3), maxval=math.log(1e-1)))), ('heads',)), (h,))
+    return a_log_H, dt_bias_H
+
+  def _mix(self, q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT, causal, *,
+           delta: bool):
+    """o_BTHV: the recurrence over the row (and back, when bidirectional)."""
+    if self.decode:
+      return self._mix_cached(q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT,
+                              delta=delta)
+    kernel = lambda *xs: recurrent.chunked(*xs[:5], delta=delta, chunk_size=self.cfg.chunk_size,
+                                           segment_ids_BT=xs[5])[0]
+    xs = (q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT)
+    o_BTHV = kernel(*xs)
+    if not causal:
+      o_BTHV = o_BTHV + _reverse(kernel(*_reverse(*xs)))[0]
+    return o_BTHV
+
+  def _mix_cached(self, q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT, *,
+                  delta: bool):
+    """Decoding: continues each row from the cached state (its last token's segment too)."""
+    b, t, h, k = q_BTHK.shape
+    state = self.variable('cache', 'state', jnp.zeros, (b, h, k, v_BTHV.shape[-1]), jnp.float32)
+    segment = self.variable('cache', 'segment_id', jnp.zeros, (b,), jnp.int32)
+    kw = dict(delta=delta, segment_ids_BT=segment_ids_BT, initial_state_BHKV=state.value,
+              initial_segment_B=segment.value)
+    xs = (q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH)
+    if t == 1:
+      o_BTHV, new_state = recurrent.recurrent(*xs, **kw)
+    else:
+      o_BTHV, new_state = recurrent.chunked(*xs, chunk_size=self.cfg.chunk_size, **kw)
+    if not self.is_initializing():
+      state.value = new_state
+      segment.value = segment_ids_BT[:, -1]
+    return o_BTHV
+
+  def _gated_norm(self, y_BTHV, gate_BTHV, *, norm_first: bool):
+    """RMSNorm per head with a SiLU gate: norm(y) * silu(g) or norm(y * silu(g))."""
+    scale_HV = self.param('norm', nn.with_logical_partitioning(
+        nn.initializers.ones, ('heads', 'head_dim')), y_BTHV.shape[2:], jnp.float32)
+    gate = nn.silu(gate_BTHV.astype(jnp.float32))
+    y = y_BTHV.astype(jnp.float32)
+    if not norm_first:
+      y = y * gate
+    y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + _EPS) * scale_HV
+    return y * gate if norm_first else y
+
+  def _named(self, q, k, v):
+    return (checkpoint_name(q, 'query_proj'), checkpoint_name(k, 'key_proj'),
+            checkpoint_name(v, 'value_proj'))
+
+
+class LinearAttention(_Recurrent):
+  """Linear attention with a feature map (module docstring)."""
+
+  @nn.compact
+  def __call__(self, x_BTD, mask=None):
+    b, t, d = x_BTD.shape
+    h, k = self.num_heads, self.head_dim
+    segment_ids_BT, causal = _segments(mask, b, t)
+    phi = (lambda x: nn.elu(x) + 1.0) if self.cfg.feature_map == 'elu' else nn.relu
+    axes = ('heads', 'head_dim')
+    q_BTHK, k_BTHK, v_BTHK = self._named(*(self._proj(n, x_BTD, (h, k), axes)
+                                           for n in ('query', 'key', 'value')))
+    q_BTHK = phi(q_BTHK.astype(jnp.float32))
+    k_BTHK = phi(k_BTHK.astype(jnp.float32))
+    # A column of ones carries the normaliser sum_i phi(k_i) through the same recurrence.
+    v_BTHV = jnp.concatenate([v_BTHK.astype(jnp.float32), jnp.ones((b, t, h, 1))], axis=-1)
+    zeros_BTH = jnp.zeros((b, t, h), jnp.float32)
+    o_BTHV = self._mix(q_BTHK, k_BTHK, v_BTHV, zeros_BTH, zeros_BTH + 1.0, segment_ids_BT,
+                       causal, delta=False)
+    if not causal:  # the two directions both counted token t itself
+      o_BTHV -= jnp.einsum('bthk,bthk->bth', q_BTHK, k_BTHK)[..., None] * v_BTHV
+    o_BTHK = o_BTHV[..., :k] / (o_BTHV[..., k:] + _EPS)
+    o_BTHK = checkpoint_name(o_BTHK.astype(self.dtype), 'attention_out')
+    return self._out(o_BTHK, d)
+
+
+class Mamba2(_Recurrent):
+  """Mamba-2's SSD layer (module docstring); head_dim here is d_inner / num_heads."""
+
+  @nn.compact
+  def __call__(self, x_BTD, mask=None):
+    b, t, d = x_BTD.shape
+    h, p, n = self.num_heads, self.head_dim, self.cfg.state_dim
+    segment_ids_BT, causal = _segments(mask, b, t)
+    z_BTHP = self._proj('gate', x_BTD, (h, p), ('heads', 'head_dim'))
+    x_BTHP = self._proj('value', x_BTD, (h, p), ('heads', 'head_dim'))
+    bc_BT2N = self._proj('key_query', x_BTD, (2, n), (None, 'state'))
+    dt_BTH = self._proj('dt', x_BTD, (h,), ('heads',))
+    conv = lambda name, axes, y: ShortConv(self.cfg.conv_width, axes, decode=self.decode,
+                                           name=name)(y, segment_ids_BT)
+    x_BTHP = conv('value_conv', ('heads', 'head_dim'), x_BTHP)
+    bc_BT2N = conv('key_query_conv', (None, 'state'), bc_BT2N)
+    a_log_H, dt_bias_H = self._decay_params(h)
+    skip_H = self.param('skip', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)),
+                        (h,))
+    dt_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + dt_bias_H)
+    log_alpha_BTH = -jnp.exp(a_log_H) * dt_BTH
+    k_BTHN = jnp.broadcast_to(bc_BT2N[:, :, None, 0], (b, t, h, n))
+    q_BTHN = jnp.broadcast_to(bc_BT2N[:, :, None, 1], (b, t, h, n))
+    q_BTHN, k_BTHN, x_BTHP = self._named(q_BTHN, k_BTHN, x_BTHP)
+    y_BTHP = self._mix(q_BTHN, k_BTHN, x_BTHP, log_alpha_BTH, dt_BTH, segment_ids_BT, causal,
+                       delta=False)
+    y_BTHP = y_BTHP + skip_H[:, None] * x_BTHP.astype(jnp.float32)
+    y_BTHP = self._gated_norm(y_BTHP, z_BTHP, norm_first=False)
+    y_BTHP = checkpoint_name(y_BTHP.astype(self.dtype), 'attention_out')
+    return self._out(y_BTHP, d)
+
+
+class GatedDeltaNet(_Recurrent):
+  """Gated DeltaNet (module docstring)."""
+
+  @nn.compact
+  def __call__(self, x_BTD, mask=None):
+    b, t, d = x_BTD.shape
+    h, k = self.num_heads, self.head_dim
+    segment_ids_BT, causal = _segments(mask, b, t)
+    axes = ('heads', 'head_dim')
+    qkv = []
+    for name in ('query', 'key', 'value'):
+      y_BTHK = self._proj(name, x_BTD, (h, k), axes)
+      qkv.append(ShortConv(self.cfg.conv_width, axes, decode=self.decode,
+                           name=f'{name}_conv')(y_BTHK, segment_ids_BT))
+    q_BTHK, k_BTHK, v_BTHK = self._named(*qkv)
+    l2 = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _EPS)
+    q_BTHK = l2(q_BTHK.astype(jnp.float32)) * k ** -0.5
+    k_BTHK = l2(k_BTHK.astype(jnp.float32))
+    beta_BTH = jax.nn.sigmoid(self._proj('beta', x_BTD, (h,), ('heads',)).astype(jnp.float32))
+    a_log_H, dt_bias_H = self._decay_params(h)
+    dt_BTH = jax.nn.softplus(self._proj('dt', x_BTD, (h,), ('heads',)).astype(jnp.float32) +
+                             dt_bias_H)
+    o_BTHK = self._mix(q_BTHK, k_BTHK, v_BTHK, -jnp.exp(a_log_H) * dt_BTH, beta_BTH,
+                       segment_ids_BT, causal, delta=True)
+    gate_BTHK = self._proj('gate', x_BTD, (h, k), axes)
+    o_BTHK = self._gated_norm(o_BTHK, gate_BTHK, norm_first=True)
+    o_BTHK = checkpoint_name(o_BTHK.astype(self.dtype), 'attention_out')
+    return self._out(o_BTHK, d)
+
+
+LAYERS = {'linear_attention': LinearAttention, 'mamba2': Mamba2, 'gated_deltanet': GatedDeltaNet}
+
+
+def head_dim_of(kind: str, cfg: MixerConfig, *, d_model: int, num_heads: int,
+                head_dim: int) -> int:
+  """The per-head width a mixer uses: head_dim, or Mamba-2's expand x d_model / num_heads."""
+  if kind == 'mamba2':
+    return cfg.expand * d_model // num_heads
+  return head_dim
+
+
+def make(kind: str, cfg: MixerConfig, *, d_model: int, num_heads: int, head_dim: int,
+         init_std: float, out_init_std: float, dtype, decode: bool, name: str) -> nn.Module:
+  """The recurrent mixer layer `kind` of a block."""
+  return LAYERS[kind](cfg, num_heads=num_heads,
+                      head_dim=head_dim_of(kind, cfg, d_model=d_model, num_heads=num_heads,
+                                           head_dim=head_dim),
+                      init_std=init_std, out_init_std=out_init_std, dtype=dtype, decode=decode,
+                      name=name)
