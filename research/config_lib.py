@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   # 'linear_attention' | 'mamba2' | 'gated_deltanet', e.g. 'gated_deltanet*3,attention' (3:1).
   c.model.mixer = ml_collections.ConfigDict()
   c.model.mixer.pattern = 'attention'
-  c.model.mixer.chunk_size = 64  # chunkwise-parallel training form; must divide data.seq_len
+  c.model.mixer.chunk_size = 64  # chunkwise-parallel form: min(it, data.seq_len) divides seq_len
   c.model.mixer.conv_width = 4  # short causal convolution taps (mamba2, gated_deltanet); 1: none
   c.model.mixer.state_dim = 64  # mamba2: N, the entries of B and C per token
   c.model.mixer.expand = 2  # mamba2: d_inner = expand x d_model, split over model.num_heads
@@ -539,8 +539,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   models.transformer_config(c.model, seq_len=c.data.seq_len)
   from research.training import optimizers  # pylint: disable=g-import-not-at-top
   optimizers.fill_effective_lr(c)
-  from research.layers import context_parallel  # pylint: disable=g-import-not-at-top
+  from research.layers import context_parallel, mixers  # pylint: disable=g-import-not-at-top
   context_parallel.check_config(c)
+  mixers.check_config(c)
   return c
 
 

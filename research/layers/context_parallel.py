@@ -546,6 +546,7 @@ def check_config(config) -> None:
                       f'data.seq_len={t} into (a tile never straddles two chunks)')
   moe = m.get('moe', None) or {}
   peft = config.get('peft', None) or {}
+  mixer = m.get('mixer', None) or {'pattern': 'attention'}
   unsupported = [
       ('objective.name', config.objective.name, config.objective.name == 'prefix_lm',
        'prefix-LM prefixes are not supported'),
@@ -558,6 +559,10 @@ def check_config(config) -> None:
        "self-attention runs its own tiled kernel: use 'auto', 'xla' or 'blockwise'"),
       ('model.attention_softcap', m.get('attention_softcap', 0.0),
        m.get('attention_softcap', 0.0) > 0, 'soft-capped scores are not supported'),
+      ('model.mixer.pattern', mixer['pattern'], mixer['pattern'].replace(' ', '').strip(',')
+       not in ('attention', ''),
+       'a recurrent mixer carries its state along the whole sequence, which this split does '
+       'not pass between devices: use attention layers only'),
       ('peft.method', peft.get('method', 'none'), peft.get('method', 'none') == 'prompt',
        'prompt tuning lengthens the row: not supported'),
       ('model.moe.router', moe.get('router', ''), causal and moe.get('num_experts', 0) > 0

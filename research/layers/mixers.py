@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from research.errors import ConfigError
+from research.layers import peft as peft_lib
 from research.layers import recurrent
 
 KINDS = ('attention', 'linear_attention', 'mamba2', 'gated_deltanet')
@@ -56,7 +57,7 @@ _EPS = 1e-6
 class MixerConfig:
   """Resolved `model.mixer` (hashable; part of TransformerConfig)."""
   pattern: tuple[str, ...] = ('attention',)  # the cycle of per-layer kinds
-  chunk_size: int = 64  # tokens per chunk of the chunkwise-parallel form
+  chunk_size: int = 64  # tokens per chunk of the chunkwise-parallel form (<= data.seq_len)
   conv_width: int = 4  # the short causal convolution (mamba2, gated_deltanet); 1: none
   state_dim: int = 64  # Mamba-2's N (entries of B and C)
   expand: int = 2  # Mamba-2's d_inner / d_model
@@ -107,7 +108,7 @@ def check_mixer(mix, *, scan_layers: bool, seq_len: int) -> None:
   if mix['feature_map'] not in FEATURE_MAPS:
     raise ConfigError(f'{FIELD}.feature_map', mix['feature_map'],
                       f'choose one of {list(FEATURE_MAPS)}')
-  if set(kinds) - {'attention'} and seq_len % mix['chunk_size']:
+  if set(kinds) - {'attention'} and seq_len % min(mix['chunk_size'], seq_len):
     raise ConfigError(f'{FIELD}.chunk_size', mix['chunk_size'],
                       f'must divide the training block data.seq_len={seq_len} (else every step '
                       'pads the last chunk): pick a divisor, e.g. '
@@ -118,11 +119,25 @@ def check_mixer(mix, *, scan_layers: bool, seq_len: int) -> None:
                       'layer, or model.scan_layers=False to interleave')
 
 
-def resolve(mix) -> MixerConfig:
-  """`model.mixer` (validated; None: every layer attention) -> MixerConfig."""
+def check_config(config) -> None:
+  """ConfigErrors for combinations the recurrent mixers do not define (before compiling)."""
+  mix = config.model.get('mixer', None)
+  if mix is None or set(parse_pattern(mix['pattern'])) == {'attention'}:
+    return
+  if config.objective.name == 'prefix_lm':
+    raise ConfigError('objective.name', 'prefix_lm', f"a prefix LM's prefix is bidirectional "
+                      f"inside a causal stack, which the recurrent mixers of "
+                      f"{FIELD}.pattern={mix['pattern']!r} do not define: use causal_lm, or "
+                      "attention layers only")
+
+
+def resolve(mix, *, seq_len: int) -> MixerConfig:
+  """`model.mixer` (validated; None: every layer attention) -> MixerConfig. A chunk longer
+  than the training block is the block."""
   if mix is None:
     return MixerConfig()
-  return MixerConfig(pattern=parse_pattern(mix['pattern']), chunk_size=int(mix['chunk_size']),
+  return MixerConfig(pattern=parse_pattern(mix['pattern']),
+                     chunk_size=min(int(mix['chunk_size']), seq_len),
                      conv_width=int(mix['conv_width']), state_dim=int(mix['state_dim']),
                      expand=int(mix['expand']), feature_map=str(mix['feature_map']))
 
@@ -198,19 +213,26 @@ class _Recurrent(nn.Module):
   out_init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
   decode: bool = False
+  peft: peft_lib.PeftConfig = peft_lib.PeftConfig()  # LoRA deltas on the projections
 
-  def _proj(self, name, x_BTD, shape, axes, std=None):
+  def _proj(self, name, x_BTD, shape, axes):
+    d = x_BTD.shape[-1]
     w = self.param(name, nn.with_logical_partitioning(
-        nn.initializers.normal(self.init_std if std is None else std), ('embed',) + axes),
-                   (x_BTD.shape[-1],) + shape, jnp.float32)
+        nn.initializers.normal(self.init_std), ('embed',) + axes), (d,) + shape, jnp.float32)
     letters = 'hkn'[:len(shape)]
-    return jnp.einsum(f'btd,d{letters}->bt{letters}', x_BTD, w.astype(self.dtype))
+    y = jnp.einsum(f'btd,d{letters}->bt{letters}', x_BTD, w.astype(self.dtype))
+    delta = peft_lib.lora_delta(self, self.peft, name, x_BTD, (d,), shape, self.dtype)
+    return y if delta is None else y + delta
 
   def _out(self, o_BTHV, d: int):
     w_HVD = self.param('out', nn.with_logical_partitioning(
         nn.initializers.normal(self.out_init_std), ('heads', 'head_dim', 'embed')),
                        o_BTHV.shape[2:] + (d,), jnp.float32)
-    return jnp.einsum('bthv,hvd->btd', o_BTHV.astype(self.dtype), w_HVD.astype(self.dtype))
+    o_BTHV = o_BTHV.astype(self.dtype)
+    y_BTD = jnp.einsum('bthv,hvd->btd', o_BTHV, w_HVD.astype(self.dtype))
+    delta_BTD = peft_lib.lora_delta(self, self.peft, 'out', o_BTHV, w_HVD.shape[:2], (d,),
+                                    self.dtype)
+    return y_BTD if delta_BTD is None else y_BTD + delta_BTD
 
   def _decay_params(self, h: int):
     """Mamba-2's A (log, per head: A in [1, 16]) and dt bias (dt in [1e-3, 1e-1])."""
@@ -370,10 +392,11 @@ def head_dim_of(kind: str, cfg: MixerConfig, *, d_model: int, num_heads: int,
 
 
 def make(kind: str, cfg: MixerConfig, *, d_model: int, num_heads: int, head_dim: int,
-         init_std: float, out_init_std: float, dtype, decode: bool, name: str) -> nn.Module:
+         init_std: float, out_init_std: float, dtype, decode: bool, name: str,
+         peft: peft_lib.PeftConfig = peft_lib.PeftConfig()) -> nn.Module:
   """The recurrent mixer layer `kind` of a block."""
   return LAYERS[kind](cfg, num_heads=num_heads,
                       head_dim=head_dim_of(kind, cfg, d_model=d_model, num_heads=num_heads,
                                            head_dim=head_dim),
                       init_std=init_std, out_init_std=out_init_std, dtype=dtype, decode=decode,
-                      name=name)
+                      peft=peft, name=name)

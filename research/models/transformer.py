@@ -309,7 +309,7 @@ def mixer_section(m, *, seq_len: int) -> mixers.MixerConfig:
   if mix is None:
     return mixers.MixerConfig()
   mixers.check_mixer(mix, scan_layers=m.scan_layers, seq_len=seq_len)
-  resolved = mixers.resolve(mix)
+  resolved = mixers.resolve(mix, seq_len=seq_len)
   if 'mamba2' in resolved.pattern and (resolved.expand * m.d_model) % m.num_heads:
     raise ConfigError('model.mixer.expand', resolved.expand,
                       f'mamba2 splits expand x d_model = {resolved.expand * m.d_model} over '
@@ -373,7 +373,7 @@ class Block(nn.Module):
       layer = mixers.make(self.mixer, c.mixer, d_model=c.d_model, num_heads=c.num_heads,
                           head_dim=c.head_dim, init_std=c.hidden_init_std,
                           out_init_std=c.out_init_std, dtype=c.dtype, decode=self.decode,
-                          name='mixer')
+                          peft=c.peft, name='mixer')
       x_BTD = self._residual('mixer', x_BTD, lambda h: layer(h, mask_BTS))
     if self.cross_attention:
       x_BTD = self._residual('cross', x_BTD, lambda h: self._attention('cross')(

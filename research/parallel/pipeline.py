@@ -138,10 +138,12 @@ def check_config(c) -> None:
 
 
 def _check_chunks_repeat(c, chunks: int) -> None:
-  """Every stage runs one chunk program: an unrolled stack's per-layer attention patterns
-  must repeat every L / chunks layers (layer i is layer i mod k's kind)."""
-  from research.layers import patterns  # pylint: disable=g-import-not-at-top
-  kinds = patterns.parse_pattern(c.model.attention.pattern)
+  """Every stage runs one chunk program: an unrolled stack's per-layer attention patterns and
+  mixers must repeat every L / chunks layers (layer i is layer i mod k's kind)."""
+  from research.layers import mixers, patterns  # pylint: disable=g-import-not-at-top
+  cycles = [('model.attention.pattern', c.model.attention.pattern, patterns.parse_pattern)]
+  if c.model.get('mixer') is not None:
+    cycles.append(('model.mixer.pattern', c.model.mixer.pattern, mixers.parse_pattern))
   for field, layers in _stack_depths(c.model):
     k = layers // chunks
     every = c.model.moe.every
@@ -150,11 +152,13 @@ def _check_chunks_repeat(c, chunks: int) -> None:
                         f'pipeline chunk ({field}={layers} over mesh.stage x '
                         f'mesh.pipeline_repeats = {chunks}): every chunk must hold the same '
                         'layer types')
-    if any(kinds[i % len(kinds)] != kinds[(i % k) % len(kinds)] for i in range(layers)):
-      raise ConfigError('model.attention.pattern', c.model.attention.pattern,
-                        f'does not repeat every {k} layers, the layers of one pipeline chunk '
-                        f'({field}={layers} over mesh.stage x mesh.pipeline_repeats = '
-                        f'{chunks}): use a cycle whose length divides {k}, or fewer chunks')
+    for cycle_field, text, parse in cycles:
+      kinds = parse(text)
+      if any(kinds[i % len(kinds)] != kinds[(i % k) % len(kinds)] for i in range(layers)):
+        raise ConfigError(cycle_field, text,
+                          f'does not repeat every {k} layers, the layers of one pipeline chunk '
+                          f'({field}={layers} over mesh.stage x mesh.pipeline_repeats = '
+                          f'{chunks}): use a cycle whose length divides {k}, or fewer chunks')
 
 
 def _stack_depths(m) -> list[tuple[str, int]]:

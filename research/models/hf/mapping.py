@@ -248,6 +248,8 @@ PLAIN = {
     'model.rope_local_theta': 0.0,
     # μP's output and attention multipliers have no Hugging Face config field.
     'model.parameterization': 'sp',
+    # Recurrent mixers (research/layers/mixers.py) have no layer in these families.
+    'model.mixer.pattern': 'attention',
 }
 
 
