@@ -70,14 +70,24 @@ def _train(config, devices, monkeypatch=None):
   return losses, norms, jax.device_get(state.params), calls
 
 
+def _hybrid(**overrides):
+  """4 unrolled layers alternating Gated DeltaNet and attention: a recurrent state and a
+  short-convolution window in every chunk."""
+  return _config(**{'model.scan_layers': False, 'model.mixer.pattern': 'gated_deltanet,attention',
+                    'model.mixer.chunk_size': 8, **overrides})
+
+
+STACKS = {'scanned': _config, 'unrolled': _unrolled, 'hybrid': _hybrid}
+
+
 @pytest.fixture(scope='module')
 def references():
-  """The unpipelined runs on one device, scanned and unrolled (computed when first asked)."""
+  """The unpipelined runs on one device, per stack (computed when first asked)."""
   cache = {}
 
   def get(stack):
     if stack not in cache:
-      cache[stack] = _train(_config() if stack == 'scanned' else _unrolled(), jax.devices()[:1])
+      cache[stack] = _train(STACKS[stack](), jax.devices()[:1])
     return cache[stack]
   return get
 
@@ -104,11 +114,13 @@ def _assert_close(tree_a, tree_b, tol):
     # Unrolled and circular: chunks of 2 layers, twice round 2 stages.
     ('unrolled', {'mesh.stage': 2, 'mesh.pipeline_repeats': 2, 'mesh.fsdp': 2,
                   'mesh.tensor': 2, 'model.remat': 'full'}, (2, 2, 2)),
+    # Recurrent mixers: a (Gated DeltaNet, attention) chunk per stage, heads on tensor.
+    ('hybrid', {'mesh.stage': 2, 'mesh.data': 2, 'mesh.tensor': 2}, (2, 1, 2)),
 ], ids=['scanned_stage4_data2_remat', 'scanned_stage2_fsdp2_tensor2_accum2',
         'scanned_circular2_data2_tensor2', 'unrolled_stage4_data2',
-        'unrolled_circular2_fsdp2_tensor2_remat'])
+        'unrolled_circular2_fsdp2_tensor2_remat', 'hybrid_mixers_stage2_data2_tensor2'])
 def test_pipeline_matches_unpipelined(references, stack, layout, expected_calls, monkeypatch):
-  config = _config(**layout) if stack == 'scanned' else _unrolled(**layout)
+  config = STACKS[stack](**layout)
   losses, norms, params, calls = _train(config, jax.devices(), monkeypatch)
   ref_losses, ref_norms, ref_params, _ = references(stack)
   assert calls and set(calls) == {expected_calls}  # the pipeline ran, not the plain stack
@@ -245,6 +257,9 @@ def test_layer_parameters_are_sharded_over_stages():
      'mesh.stage=4 micro-batches'),
     ({'mesh.stage': 4, 'model.scan_layers': False, 'model.attention.pattern': 'sliding,full',
       'model.attention.window': 8}, "model.attention.pattern='sliding,full': does not repeat "
+     'every 1 layers'),
+    ({'mesh.stage': 4, 'model.scan_layers': False, 'model.mixer.pattern': 'mamba2,attention',
+      'model.mixer.chunk_size': 8}, "model.mixer.pattern='mamba2,attention': does not repeat "
      'every 1 layers'),
     ({'mesh.stage': -1}, 'mesh.stage=-1: must be a positive integer'),
     ({'mesh.stage': 2, 'mesh.pipeline_micro_batches': 3},
