@@ -174,20 +174,20 @@ def _gather_beams(x_BK, index_BJ):
   return jax.vmap(lambda x, i: x[i])(x_BK, index_BJ)
 
 
-def _gather_cache(cache, flat_index_R):
-  """Reorders every cached key and value to the beams `flat_index_R` (rows of B x K).
+# Axes after the batch axis of each cached array, by name: attention's keys and values
+# [B, S, G, K] and their slots' segment ids and token indices [B, S]; a recurrent mixer's state
+# [B, H, K, V], last segment id [B], and convolution window [B, W - 1, ...] with its segment ids
+# (research/layers/mixers.py). A scanned stack adds a leading layer axis.
+_AFTER_BATCH = {'key': 3, 'value': 3, 'segment_ids': 1, 'token_index': 1, 'state': 3,
+                'segment_id': 0, 'window': 3, 'window_segment_ids': 1}
 
-  Keys and values are [..., B*K, S, G, K] (a leading layer axis when layers are scanned), each
-  slot's segment id and token index [..., B*K, S]; the cache index and slot positions have no
-  batch axis and stay as they are.
-  """
+
+def _gather_cache(cache, flat_index_R):
+  """Reorders every cached row to the beams `flat_index_R` (rows of B x K). The cache index
+  and slot positions have no batch axis and stay as they are."""
   def gather(path, x):
-    name = getattr(path[-1], 'key', None)
-    if name in ('key', 'value'):
-      return jnp.take(x, flat_index_R, axis=x.ndim - 4)
-    if name in ('segment_ids', 'token_index'):
-      return jnp.take(x, flat_index_R, axis=x.ndim - 2)
-    return x
+    after = _AFTER_BATCH.get(getattr(path[-1], 'key', None))
+    return x if after is None else jnp.take(x, flat_index_R, axis=x.ndim - 1 - after)
   return jax.tree_util.tree_map_with_path(gather, cache)
 
 

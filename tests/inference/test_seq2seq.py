@@ -150,3 +150,33 @@ def test_bad_beam_settings_are_user_errors(t5, kwargs, needle):
   args = {**dict(beam_size=2, max_new_tokens=4, eos_id=1), **kwargs}
   with pytest.raises(UserError, match=needle):
     seq2seq.beam_search(model, params, INPUTS_BS, **args)
+
+
+def test_recurrent_mixers_decode_and_follow_their_beams():
+  """Gated DeltaNet / attention in both stacks (bidirectional in the encoder): cached greedy
+  decoding equals the full forward pass, and every beam's score is its true log-probability,
+  so the recurrent state and convolution window were reordered with the beams."""
+  model = models.build_model(tiny_config(mixer={'pattern': 'gated_deltanet,attention',
+                                                'chunk_size': 8, 'conv_width': 4,
+                                                'state_dim': 8, 'expand': 2,
+                                                'feature_map': 'elu'}))
+  params = init_params(model)
+  apply = jax.jit(model.apply)
+
+  def full(inputs_BS, tokens_BN):
+    decoder_in = np.concatenate([np.zeros((len(tokens_BN), 1), np.int32), tokens_BN[:, :-1]], 1)
+    return np.asarray(apply({'params': params}, inputs_BS, decoder_in))
+
+  tokens, logits = seq2seq.generate_with_logits(model, params, INPUTS_BS, jax.random.key(0),
+                                                max_new_tokens=N, temperature=0.0)
+  tokens = np.asarray(tokens)
+  np.testing.assert_allclose(np.asarray(logits), full(INPUTS_BS, tokens), atol=1e-4, rtol=1e-4)
+  beams, scores = seq2seq.beam_search(model, params, INPUTS_BS, beam_size=3, max_new_tokens=N,
+                                      eos_id=None, length_penalty=0.0)
+  beams, scores = np.asarray(beams), np.asarray(scores)
+  for b in range(2):
+    beam_logits = full(np.repeat(INPUTS_BS[b:b + 1], 3, 0), beams[b])
+    for k in range(3):
+      np.testing.assert_allclose(scores[b, k], score(beam_logits[k], beams[b, k], None, 0.0),
+                                 atol=1e-4, rtol=1e-4)
+  assert len({tuple(t) for t in beams[1]}) == 3
