@@ -22,10 +22,11 @@ step form, with the state in the 'cache' collection).
 
 Segments: packed examples (segment ids) reset the state and the convolution window, so they
 never see each other. Bidirectional stacks (encoders): the forward and the reversed recurrence
-over the same projections, summed (Caduceus's weight-tied BiMamba); for linear attention with
-the diagonal counted once, which is exactly non-causal linear attention. Heads shard on
-`tensor` like attention's. Prefix LM (a bidirectional prefix inside a causal stack) and context
-parallelism are attention-only.
+over the same projections, summed (Caduceus's weight-tied BiMamba); each direction's short
+convolution reads its own past (the reversed one the following tokens), so reversing a row
+reverses the output; for linear attention with the diagonal counted once, which is exactly
+non-causal linear attention. Heads shard on `tensor` like attention's. Prefix LM (a
+bidirectional prefix inside a causal stack) and context parallelism are attention-only.
 
 Where the published layers differ from these: Mamba-2's gated norm here is per head (it shards
 with the heads; the reference normalises all of d_inner, per group), and Gated DeltaNet's values
@@ -166,17 +167,23 @@ def _inverse_softplus(x):
 
 class ShortConv(nn.Module):
   """Depthwise causal convolution over time of `width` taps, then SiLU. Taps never reach into
-  another segment (run). Decoding keeps the last width - 1 inputs and their segment ids."""
+  another segment (run). Decoding keeps the last width - 1 inputs and their segment ids.
+  `reverse`: the mirror image, over the row read backwards (taps on the following tokens), for
+  the backward recurrence of a bidirectional layer."""
   width: int
   axes: tuple[str, ...]  # logical axes of the channel dimensions
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BT_, segment_ids_BT):
+  def __call__(self, x_BT_, segment_ids_BT, *, reverse: bool = False):
     channels = x_BT_.shape[2:]
     w_W_ = self.param('kernel', nn.with_logical_partitioning(
         nn.initializers.normal(self.width ** -0.5), ('conv_width',) + self.axes),
                       (self.width,) + channels, jnp.float32)
+    if reverse:
+      if self.decode:
+        raise ValueError('a reversed (anti-causal) convolution does not decode')
+      x_BT_, segment_ids_BT = _reverse(x_BT_, segment_ids_BT)
     b, t = x_BT_.shape[:2]
     keep = self.width - 1
     if self.decode and keep:
@@ -200,7 +207,8 @@ class ShortConv(nn.Module):
       same_BT = jax.lax.dynamic_slice_in_dim(run_BL, keep - shift, t, axis=1) == run_BT
       same = same_BT.reshape(same_BT.shape + (1,) * len(channels))
       y_BT_ += jnp.where(same, x_tap.astype(jnp.float32) * w_W_[tap], 0.0)
-    return nn.silu(y_BT_).astype(x_BT_.dtype)
+    y_BT_ = nn.silu(y_BT_).astype(x_BT_.dtype)
+    return _reverse(y_BT_)[0] if reverse else y_BT_
 
 
 class _Recurrent(nn.Module):
@@ -245,8 +253,10 @@ class _Recurrent(nn.Module):
     return a_log_H, dt_bias_H
 
   def _mix(self, q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT, causal, *,
-           delta: bool):
-    """o_BTHV: the recurrence over the row (and back, when bidirectional)."""
+           delta: bool, backward_qkv=None):
+    """o_BTHV: the recurrence over the row (and back, when bidirectional). `backward_qkv`: the
+    (q, k, v) the backward recurrence reads, where they come from reversed convolutions (each
+    direction convolves over its own past); None: the forward ones."""
     if self.decode:
       return self._mix_cached(q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT,
                               delta=delta)
@@ -255,6 +265,8 @@ class _Recurrent(nn.Module):
     xs = (q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT)
     o_BTHV = kernel(*xs)
     if not causal:
+      if backward_qkv is not None:
+        xs = tuple(backward_qkv) + xs[3:]
       o_BTHV = o_BTHV + _reverse(kernel(*_reverse(*xs)))[0]
     return o_BTHV
 
@@ -330,21 +342,30 @@ class Mamba2(_Recurrent):
     x_BTHP = self._proj('value', x_BTD, (h, p), ('heads', 'head_dim'))
     bc_BT2N = self._proj('key_query', x_BTD, (2, n), (None, 'state'))
     dt_BTH = self._proj('dt', x_BTD, (h,), ('heads',))
-    conv = lambda name, axes, y: ShortConv(self.cfg.conv_width, axes, decode=self.decode,
-                                           name=name)(y, segment_ids_BT)
-    x_BTHP = conv('value_conv', ('heads', 'head_dim'), x_BTHP)
-    bc_BT2N = conv('key_query_conv', (None, 'state'), bc_BT2N)
+    value_conv = ShortConv(self.cfg.conv_width, ('heads', 'head_dim'), decode=self.decode,
+                           name='value_conv')
+    key_query_conv = ShortConv(self.cfg.conv_width, (None, 'state'), decode=self.decode,
+                               name='key_query_conv')
+
+    def qkv(reverse):  # C, B, x through the convolutions (reversed: over the row backwards)
+      bc_BT2N_ = key_query_conv(bc_BT2N, segment_ids_BT, reverse=reverse)
+      k_BTHN = jnp.broadcast_to(bc_BT2N_[:, :, None, 0], (b, t, h, n))
+      q_BTHN = jnp.broadcast_to(bc_BT2N_[:, :, None, 1], (b, t, h, n))
+      return self._named(q_BTHN, k_BTHN, value_conv(x_BTHP, segment_ids_BT, reverse=reverse))
+
     a_log_H, dt_bias_H = self._decay_params(h)
     skip_H = self.param('skip', nn.with_logical_partitioning(nn.initializers.ones, ('heads',)),
                         (h,))
     dt_BTH = jax.nn.softplus(dt_BTH.astype(jnp.float32) + dt_bias_H)
     log_alpha_BTH = -jnp.exp(a_log_H) * dt_BTH
-    k_BTHN = jnp.broadcast_to(bc_BT2N[:, :, None, 0], (b, t, h, n))
-    q_BTHN = jnp.broadcast_to(bc_BT2N[:, :, None, 1], (b, t, h, n))
-    q_BTHN, k_BTHN, x_BTHP = self._named(q_BTHN, k_BTHN, x_BTHP)
-    y_BTHP = self._mix(q_BTHN, k_BTHN, x_BTHP, log_alpha_BTH, dt_BTH, segment_ids_BT, causal,
-                       delta=False)
-    y_BTHP = y_BTHP + skip_H[:, None] * x_BTHP.astype(jnp.float32)
+    q_BTHN, k_BTHN, x_conv_BTHP = qkv(False)
+    backward = None if causal else qkv(True)
+    y_BTHP = self._mix(q_BTHN, k_BTHN, x_conv_BTHP, log_alpha_BTH, dt_BTH, segment_ids_BT,
+                       causal, delta=False, backward_qkv=backward)
+    skip_BTHP = x_conv_BTHP.astype(jnp.float32)
+    if backward is not None:  # the skip of both directions' inputs, averaged
+      skip_BTHP = 0.5 * (skip_BTHP + backward[2].astype(jnp.float32))
+    y_BTHP = y_BTHP + skip_H[:, None] * skip_BTHP
     y_BTHP = self._gated_norm(y_BTHP, z_BTHP, norm_first=False)
     y_BTHP = checkpoint_name(y_BTHP.astype(self.dtype), 'attention_out')
     return self._out(y_BTHP, d)
@@ -359,21 +380,24 @@ class GatedDeltaNet(_Recurrent):
     h, k = self.num_heads, self.head_dim
     segment_ids_BT, causal = _segments(mask, b, t)
     axes = ('heads', 'head_dim')
-    qkv = []
-    for name in ('query', 'key', 'value'):
-      y_BTHK = self._proj(name, x_BTD, (h, k), axes)
-      qkv.append(ShortConv(self.cfg.conv_width, axes, decode=self.decode,
-                           name=f'{name}_conv')(y_BTHK, segment_ids_BT))
-    q_BTHK, k_BTHK, v_BTHK = self._named(*qkv)
+    projected = [(self._proj(name, x_BTD, (h, k), axes),
+                  ShortConv(self.cfg.conv_width, axes, decode=self.decode, name=f'{name}_conv'))
+                 for name in ('query', 'key', 'value')]
     l2 = lambda x: x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + _EPS)
-    q_BTHK = l2(q_BTHK.astype(jnp.float32)) * k ** -0.5
-    k_BTHK = l2(k_BTHK.astype(jnp.float32))
+
+    def qkv(reverse):  # through the convolutions (reversed: over the row backwards)
+      q_BTHK, k_BTHK, v_BTHK = self._named(*(conv(y_BTHK, segment_ids_BT, reverse=reverse)
+                                             for y_BTHK, conv in projected))
+      return l2(q_BTHK.astype(jnp.float32)) * k ** -0.5, l2(k_BTHK.astype(jnp.float32)), v_BTHK
+
+    q_BTHK, k_BTHK, v_BTHK = qkv(False)
     beta_BTH = jax.nn.sigmoid(self._proj('beta', x_BTD, (h,), ('heads',)).astype(jnp.float32))
     a_log_H, dt_bias_H = self._decay_params(h)
     dt_BTH = jax.nn.softplus(self._proj('dt', x_BTD, (h,), ('heads',)).astype(jnp.float32) +
                              dt_bias_H)
     o_BTHK = self._mix(q_BTHK, k_BTHK, v_BTHK, -jnp.exp(a_log_H) * dt_BTH, beta_BTH,
-                       segment_ids_BT, causal, delta=True)
+                       segment_ids_BT, causal, delta=True,
+                       backward_qkv=None if causal else qkv(True))
     gate_BTHK = self._proj('gate', x_BTD, (h, k), axes)
     o_BTHK = self._gated_norm(o_BTHK, gate_BTHK, norm_first=True)
     o_BTHK = checkpoint_name(o_BTHK.astype(self.dtype), 'attention_out')
