@@ -60,7 +60,14 @@ What is counted, per device:
         XLA attention: exp(scores) in float32 and the probabilities, (4 + a) H S; cuDNN flash
           attention keeps only its softmax statistics, 4 H;
         MLP hidden: 6a F for tanh-GELU and SwiGLU (pre-activation, polynomial and tanh terms,
-          output), 4a F exact GELU, 8a F GeGLU, (a + 1) F ReLU (output and sign).
+          output), 4a F exact GELU, 8a F GeGLU, (a + 1) F ReLU (output and sign);
+        a recurrent mixer (`model.mixer`) in attention's place, per head with a [K, V] state
+          and chunk C (research/layers/recurrent.py's float32 kernel, `_kernel_residuals`):
+          its chunk-layout q, k (and v) and the scan's inputs, about 4 (4K + 2V); the [C, C]
+          scores, 4C (linear attention) to 32C (the delta rule's KK^T and solve); the state
+          entering each chunk, 4 K V / C; the short convolution, (4 width + 12) per channel;
+          the gated norm, feature map and gates, 16 to 36 per element of the output
+          (`_mixer_half`). Bidirectional stacks keep the kernel's part twice.
       In half precision the 'none' policy also keeps the bfloat16 copy of every weight.
     * With remat a layer saves its input (a D) and what the policy names:
         full: nothing else;  save_attention_out: the attention output;
@@ -68,16 +75,22 @@ What is counted, per device:
         dots: every matmul output but the MLP's last (q, k, v before RoPE, float32 scores for
           XLA attention, attention output, output projection, MLP input projections);
         dots_no_batch: the matmuls without batch dimensions (the projections only).
+      The recurrent mixers name q, k, v (Mamba-2: C and B for every head, and x) and their
+      output as attention does, so the named policies keep those; dots keeps their
+      projections and the kernel's batched matmuls (QK^T, KK^T, the scan's).
     * Shared, kept once per stack: the boolean mask [T, S], and without remat the masked-score
-      fill of XLA's softmax (4 H S per token), RoPE's tables and ReLU's zeros; each stack's
-      final norm (an encoder's output, for encoder-decoders); T5's relative bias tables.
+      fill of XLA's softmax (4 H S per token), RoPE's tables and ReLU's zeros, and what a
+      recurrent mixer derives from the segment ids alone (its convolution's and decay's masks,
+      `_mixer_masks`); each stack's final norm (an encoder's output, for encoder-decoders);
+      T5's relative bias tables.
     * Head: float32 exp(logits - logsumexp) for the loss, 4 V per token; with
       `model.loss_chunk_size` N, the fused chunked loss's d hidden (a D) and head gradient.
     * Working set: the largest transient of the backward pass. The head's: d logits in float32
       and its compute-dtype copy, (4 + a) V per token (3 x 4 V x N with a chunked loss). A
       layer's: its gradient buffers (XLA attention: d probabilities and d scores, 2 x 4 H S;
-      MLP: 2a F) plus, with remat, what it recomputes: everything per layer above that the
-      policy did not save. Halves run backwards MLP first; XLA may recompute the attention
+      MLP: 2a F; a recurrent mixer: its kernel's chunk-layout tensors, scores and states)
+      plus, with remat, what it recomputes: everything per layer above that the policy did
+      not save. Halves run backwards MLP first; XLA may recompute the attention
       half before or after the MLP half's backward (on CPU: before for save_qkv_attention,
       after for save_attention_out), and the plan assumes before, so both halves' recomputed
       residuals are live at once. FSDP adds one layer's gathered weights.
@@ -103,7 +116,12 @@ attention, 8 x 256 tokens per device, d_model 128, 4 layers; tests/test_plan.py)
 (activations + gradients) / XLA temporaries: 0.96 without remat (scanned layers), 1.19
 unrolled (XLA fuses GELU's elementwise residuals across unrolled layers), 1.06 full remat
 (1.20 over 8 data-parallel devices), 1.00 save_qkv_attention, 1.15 dots, 1.21 dots_no_batch,
-1.33 save_attention_out (an upper bound: see the working set). On CPU, XLA hoists the
+1.33 save_attention_out (an upper bound: see the working set). Recurrent mixers, scanned
+(chunk 64): 0.92 / 0.95 / 0.98 without remat for linear attention / Mamba-2 / Gated
+DeltaNet, 1.07 / 1.04 / 1.11 full remat, 1.07 / 1.15 / 1.28 save_qkv_attention (XLA recomputes
+the mixer after the MLP's backward; the plan assumes before); a hybrid, necessarily unrolled,
+1.39 without remat, an upper bound (XLA fuses the convolution's and the kernel's elementwise
+residuals and segment masks across unrolled layers). On CPU, XLA hoists the
 recomputation of unrolled layers (scan_layers=False) back into the forward pass, so remat saves
 nothing there; scanned stacks honour the policy. GPU and TPU compilers fuse and schedule
 differently, so treat the activations as an estimate to about +-25 %. The step time is
@@ -124,7 +142,7 @@ from absl import flags
 
 from research import cli, config_lib, models, objectives
 from research.errors import ConfigError
-from research.layers import context_parallel
+from research.layers import context_parallel, mixers
 from research.models import transformer
 from research.parallel import mesh as mesh_lib, pipeline
 from research.training import flops as flops_lib, optimizers, trainer
@@ -236,8 +254,10 @@ def _gathered_layer_bytes(config, mesh, rules) -> int:
   if fsdp == 1:
     return 0
   cfg = models.transformer_config(config.model, seq_len=config.data.seq_len)
-  attn, mlp = flops_lib._layer_params(cfg)  # pylint: disable=protected-access
-  return 4 * attn // _axis_split('heads', mesh, rules) + 4 * mlp // _axis_split('mlp', mesh, rules)
+  _, mlp = flops_lib._layer_params(cfg)  # pylint: disable=protected-access
+  mixer = max(flops_lib.mixer_params(cfg, kind) for kind in set(cfg.mixer.pattern))
+  return (4 * mixer // _axis_split('heads', mesh, rules) +
+          4 * mlp // _axis_split('mlp', mesh, rules))
 
 
 def _axis_split(logical: str, mesh, rules) -> int:
@@ -327,6 +347,107 @@ def _mlp_half(m: _Dims, activation: str, t: int) -> dict[str, float]:
   return half
 
 
+def _mixer_shape(cfg, m: _Dims, kind: str) -> flops_lib.MixerShape:
+  """A recurrent mixer's widths on one device: its heads split like attention's."""
+  return dataclasses.replace(flops_lib.mixer_shape(cfg, kind), heads=m.heads)
+
+
+def _kernel_residuals(x: flops_lib.MixerShape, chunk: int, t: int,
+                      learned: bool) -> dict[str, float]:
+  """What JAX keeps per layer of research/layers/recurrent.py's `chunked` (float32
+  throughout) for `t` tokens of one direction. A `learned` decay and write strength (Mamba-2,
+  Gated DeltaNet; not linear attention's constant ones) need more for their gradients."""
+  h, k, v, c = x.heads, x.key_dim, x.value_dim, chunk
+  per_head = {
+      # q and k in chunk layout (v too when beta is learned: its gradient reads v); the
+      # scan's inputs q_state, k_last and u (w is recomputed).
+      'chunks': (8 * k + 4 * v * learned) + (8 * k + 4 * v),
+      # The decayed scores the scan reads; a learned decay also D [C, C] and QK^T.
+      'scores': 4 * c + 8 * c * learned,
+      'states': 4 * k * v / c,  # the state entering each chunk, saved by the scan
+      'chunk_scalars': 16 * learned + 16 * x.delta,  # decays, betas per position
+  }
+  if x.delta:  # KK^T, its masked and beta-scaled copies, I + A (twice); the solve's U and W
+    per_head['scores'] += 20 * c  # and each chunk's delta (from the scan)
+    per_head['chunks'] += 4 * (k + v) + 4 * v
+  return {name: t * h * b for name, b in per_head.items()}
+
+
+def _mixer_masks(m: _Dims, cfg, kind: str, t: int, causal: bool) -> float:
+  """Bytes a recurrent mixer keeps that depend only on the segment ids, not on the layer's
+  inputs: a scanned stack saves them once (JAX hoists them out of the scan), and XLA computes
+  them once for an unrolled one. Each convolution tap's segment mask and the zeros it selects
+  (1 + 4 bytes per channel); a learned decay's mask and -inf fill (1 + 4 per [C, C] entry) and
+  the state's (1 + 4 per position), the delta rule's triangular-solve masks (10 per entry);
+  linear attention's constant decay D and scalars, the zeros its feature map selects and its
+  normaliser's column of ones."""
+  x = _mixer_shape(cfg, m, kind)
+  c, h = cfg.mixer.chunk_size, x.heads
+  conv = t * x.conv_channels * 5 * cfg.mixer.conv_width
+  if kind == 'linear_attention':
+    kernel = t * h * (4 * c + 12)
+    return t * h * (8 * x.head_dim + 4) + kernel * (1 if causal else 2)
+  kernel = t * h * (5 * c + 5 + x.delta * 10 * c)
+  return conv + kernel * (1 if causal else 2)
+
+
+# What ShortConv keeps per channel and token: each of its `width` taps' float32 input, and the
+# sum and SiLU's two arrays (its masks are `_mixer_masks`).
+CONV_RESIDUALS = (4, 12)
+
+
+def _mixer_half(m: _Dims, cfg, kind: str, t: int, causal: bool) -> dict[str, float]:
+  """Residuals of one recurrent mixer sublayer (norm included; research/layers/mixers.py) for
+  `t` tokens, from JAX's saved residuals: bytes per element, float32 (4) unless `a`."""
+  x = _mixer_shape(cfg, m, kind)
+  h, p = x.heads, x.head_dim
+  per_tap, fixed = CONV_RESIDUALS
+  half = {'norm': t * m.d * m.norm,
+          'conv': t * x.conv_channels * (per_tap * cfg.mixer.conv_width + fixed),
+          'attention_out': t * h * p * m.a}
+  kernel = _kernel_residuals(x, cfg.mixer.chunk_size, t, learned=kind != 'linear_attention')
+  half.update({name: b * (1 if causal else 2) for name, b in kernel.items()})
+  if kind == 'linear_attention':
+    # phi(q), phi(k): ELU keeps two masks and a float32 array each, ReLU one mask; the
+    # normaliser's division keeps the numerator (4 h p) and two float32 scalars per head.
+    # Bidirectional: the diagonal counted twice is taken off, which keeps phi(q), phi(k), v
+    # and q.k in float32.
+    feature = 12 if cfg.mixer.feature_map == 'elu' else 2
+    diagonal = 0 if causal else 8 * p + 4 * (p + 1) + 4
+    half['mixer_io'] = t * h * (feature * p + 4 * p + 8 + diagonal)
+  else:
+    # Gated RMSNorm: the gate in float32, SiLU's (3 arrays), the normalised value and its
+    # product with the gate; Mamba-2 adds the skip D x and y + D x, Gated DeltaNet q and k in
+    # float32 for their L2 norms and the kernel's output y; softplus (3 per head), the norm's
+    # and L2 norms' scalars.
+    io = 32 * p if kind == 'mamba2' else 36 * p
+    scalars = 20 if kind == 'mamba2' else 40
+    half['mixer_io'] = t * h * (io + scalars)
+  if m.post_norm:
+    half['post_norm'] = t * m.d * (m.norm - m.a)
+  return half
+
+
+def _mixer_saved(policy: str, half: dict[str, float], m: _Dims, cfg, kind: str, t: int,
+                 causal: bool) -> dict[str, float]:
+  """What remat policy `policy` saves of a recurrent mixer sublayer. The mixers name their q,
+  k, v (Mamba-2: C, B broadcast over heads, and x) and their output as attention does."""
+  x = _mixer_shape(cfg, m, kind)
+  h, p = x.heads, x.head_dim
+  if policy == 'save_attention_out':
+    return {'attention_out': half['attention_out']}
+  if policy == 'save_qkv_attention':
+    return {'qkv': t * h * (2 * x.key_dim + p) * m.a, 'attention_out': half['attention_out']}
+  if policy in ('dots', 'dots_no_batch'):
+    saved = {'projections': t * x.projections * m.a, 'out_proj': t * m.d * m.a}
+    if policy == 'dots':  # also the kernel's batched matmuls: QK^T (and KK^T), the scan's
+      c, v = cfg.mixer.chunk_size, x.value_dim
+      kernel = h * (4 * c * (1 + x.delta) + 4 * v * (2 + x.delta) + 4 * x.key_dim * v / c)
+      saved['kernel_dots'] = t * kernel * (1 if causal else 2)
+    return saved
+  return {}
+
+
 def _saved_by_policy(policy: str, kind: str, half: dict[str, float], m: _Dims, impl: str,
                      t: int, s: int, gated: bool) -> dict[str, float]:
   """What remat policy `policy` saves of one half ('attention' or 'mlp')."""
@@ -363,10 +484,15 @@ def _overlap(saved: dict[str, float], half: dict[str, float], policy: str, rope:
 
 @dataclasses.dataclass(frozen=True)
 class _Stack:
-  """One stack of identical layers: its halves (residuals without remat) per row."""
+  """Identical layers of one stack: their halves (residuals without remat) per row. A stack
+  whose layers mix differently (`model.mixer`'s pattern) is one _Stack per mixer kind, all
+  with the same `stack` index."""
   layers: int
   tokens: int  # queries per row
-  halves: tuple[tuple[str, dict[str, float], int], ...]  # (kind, residuals, keys attended)
+  # (kind, residuals, keys attended): kind 'attention', 'mlp' or a recurrent mixer's
+  halves: tuple[tuple[str, dict[str, float], int], ...]
+  stack: int = 0  # which of the model's stacks (encoder-decoder: 0 encoder, 1 decoder)
+  causal: bool = True  # the self-mixing half's direction
 
 
 def _is_context(impl: str) -> bool:
@@ -381,15 +507,39 @@ def _stacks(config, cfg, m: _Dims, impl: str, split: Split) -> list[_Stack]:
     s, t = _cdiv(inputs_len, split.length), _cdiv(targets_len, split.length)
     enc_layers = cfg.encoder_layers or cfg.num_layers
     dec_layers = cfg.decoder_layers or cfg.num_layers
-    return [
-        _Stack(enc_layers, s, (('attention', _attention_half(m, impl, s, s), s),
-                               ('mlp', _mlp_half(m, cfg.activation, s), s))),
-        _Stack(dec_layers, t, (('attention', _attention_half(m, impl, t, t), t),
-                               ('attention', _attention_half(m, impl, t, s), s),
-                               ('mlp', _mlp_half(m, cfg.activation, t), t)))]
+    cross = ('attention', _attention_half(m, impl, t, s), s)
+    return (_stack_parts(m, cfg, impl, enc_layers, s, (), stack=0, causal=False) +
+            _stack_parts(m, cfg, impl, dec_layers, t, (cross,), stack=1, causal=True))
   t = _cdiv(c.data.seq_len, split.length)
-  return [_Stack(cfg.num_layers, t, (('attention', _attention_half(m, impl, t, t), t),
-                                     ('mlp', _mlp_half(m, cfg.activation, t), t)))]
+  return _stack_parts(m, cfg, impl, cfg.num_layers, t, (), stack=0,
+                      causal=c.model.family != 'encoder')
+
+
+def _stack_parts(m: _Dims, cfg, impl: str, layers: int, t: int, extra: tuple, *, stack: int,
+                 causal: bool) -> list[_Stack]:
+  """One stack's layers grouped by their self-mixing sublayer (attention or a recurrent mixer,
+  `model.mixer`), each followed by the `extra` halves (cross-attention) and the MLP."""
+  kinds = cfg.mixer.layer_kinds(layers)
+  parts = []
+  for kind in dict.fromkeys(kinds):  # in order of first appearance
+    if kind == 'attention':
+      mixing = (kind, _attention_half(m, impl, t, t), t)
+    else:
+      mixing = (kind, _mixer_half(m, cfg, kind, t, causal), t)
+    halves = (mixing, *extra, ('mlp', _mlp_half(m, cfg.activation, t), t))
+    parts.append(_Stack(kinds.count(kind), t, halves, stack=stack, causal=causal))
+  return parts
+
+
+def _by_stack(stacks: list[_Stack]) -> list[list[_Stack]]:
+  """The parts of each of the model's stacks, in order."""
+  return [[p for p in stacks if p.stack == i] for i in dict.fromkeys(p.stack for p in stacks)]
+
+
+def _attention_part(parts: list[_Stack]) -> _Stack:
+  """The part of one stack with the most attention halves: its masks and position tables are
+  the stack's (built once, whatever the layers between its attention layers)."""
+  return max(parts, key=lambda p: sum(kind == 'attention' for kind, _, _ in p.halves))
 
 
 def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
@@ -398,11 +548,14 @@ def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
   gated = cfg.activation in ('swiglu', 'geglu')
   rope = cfg.position == 'rope'
   residuals = [sum(h.values()) for _, h, _ in stack.halves]
-  temps = [_backward_temp(kind, h, m, impl, stack.tokens, s)
+  temps = [_mixer_backward_temp(h, stack.causal) if kind in mixers.RECURRENT
+           else _backward_temp(kind, h, m, impl, stack.tokens, s)
            for kind, h, s in stack.halves]
   if policy == 'none':
     return sum(residuals), max(temps)
-  saved = [_saved_by_policy(policy, kind, h, m, impl, stack.tokens, s, gated)
+  saved = [_mixer_saved(policy, h, m, cfg, kind, stack.tokens, stack.causal)
+           if kind in mixers.RECURRENT else
+           _saved_by_policy(policy, kind, h, m, impl, stack.tokens, s, gated)
            for kind, h, s in stack.halves]
   kept = stack.tokens * m.d * m.a + sum(sum(x.values()) for x in saved)  # + the layer input
   recompute = [r - _overlap(x, h, policy, rope)
@@ -412,6 +565,13 @@ def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
   # save_attention_out); plan for early: every earlier half's recomputation is still live.
   working = max(sum(recompute[:i + 1]) + temps[i] for i in range(len(temps)))
   return kept, working
+
+
+def _mixer_backward_temp(half: dict[str, float], causal: bool) -> float:
+  """Gradient buffers live at once in a recurrent mixer's backward: those of the kernel's
+  chunk-layout tensors, [C, C] scores and per-chunk states (one direction at a time)."""
+  kernel = ('chunks', 'scores', 'states')
+  return sum(half[name] for name in kernel) / (1 if causal else 2)
 
 
 def _backward_temp(kind: str, half: dict[str, float], m: _Dims, impl: str, t: int,
@@ -447,11 +607,18 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
     kept, layer_working = _layer_saved_and_working(stack, policy, m, impl, cfg)
     terms['layers'] += stack.layers * kept * rows
     working.append(layer_working * rows)
-    terms['shared'] += rows * _shared(stack, m, impl, cfg, policy)
-    terms['shared'] += rows * stack.tokens * m.d * m.norm  # the stack's final norm
-    if cfg.dropout > 0 and policy == 'none':  # boolean masks: one per sublayer, one at the input
-      terms['dropout_masks'] += rows * stack.tokens * m.d * (len(stack.halves) * stack.layers + 1)
-  terms['shared'] += _relative_bias(stacks, m, cfg)
+    if cfg.dropout > 0 and policy == 'none':  # boolean masks: one per sublayer
+      terms['dropout_masks'] += rows * stack.tokens * m.d * len(stack.halves) * stack.layers
+    if policy == 'none':  # with remat they are recomputed with the rest of the layer
+      terms['shared'] += rows * sum(_mixer_masks(m, cfg, kind, stack.tokens, stack.causal)
+                                    for kind, _, _ in stack.halves if kind in mixers.RECURRENT)
+  for parts in _by_stack(stacks):
+    part = _attention_part(parts)
+    terms['shared'] += rows * _shared(part, m, impl, cfg, policy)
+    terms['shared'] += rows * part.tokens * m.d * m.norm  # the stack's final norm
+    if cfg.dropout > 0 and policy == 'none':  # and one at the stack's input
+      terms['dropout_masks'] += rows * part.tokens * m.d
+  terms['shared'] += _relative_bias([_attention_part(p) for p in _by_stack(stacks)], m, cfg)
   terms['head'], head_working = _head(config, m, rows, stacks[-1].tokens, sizes)
   working.append(head_working)
   if a < 4:  # compute-dtype weight copies kept for the backward
@@ -461,16 +628,16 @@ def activation_terms(config, cfg, *, a: int, impl: str, split: Split, rows: int,
   stages, micro = pipeline.stages_of(config), pipeline.micro_batches_of(config)
   if stages > 1:
     repeats = pipeline.repeats_of(config)
-    _pipeline_terms(terms, working, stacks[0], m, impl, cfg, rows=rows, stages=stages,
-                    micro=micro, repeats=repeats)
+    _pipeline_terms(terms, working, _by_stack(stacks)[0], m, impl, cfg, rows=rows,
+                    stages=stages, micro=micro, repeats=repeats)
     if repeats > 1:  # the stacks' weights reshuffled into the circular order, and their grads
       terms['circular_weights'] = 2 * sizes.stack_param_bytes
     terms['working_set'] = max(working) + sizes.layer_param_bytes_gathered * a / 4
   return terms
 
 
-def _pipeline_terms(terms, working, stack: '_Stack', m: '_Dims', impl: str, cfg, *, rows: int,
-                    stages: int, micro: int, repeats: int) -> None:
+def _pipeline_terms(terms, working, parts: list[_Stack], m: '_Dims', impl: str, cfg, *,
+                    rows: int, stages: int, micro: int, repeats: int) -> None:
   """The pipeline (research/parallel/pipeline.py) in place of the whole stack on every device:
   a device runs I = R M + S - 1 iterations of one chunk, k = L / (R S) layers, for b = rows / M
   rows each, keeping every iteration's residuals for the backward (all forwards, then all
@@ -484,29 +651,34 @@ def _pipeline_terms(terms, working, stack: '_Stack', m: '_Dims', impl: str, cfg,
   tokens: 55.5 GiB a chip against 38.8 planned), a gap not yet explained. The buffer's per-iteration copies and
   the collected outputs, I b + rows rows of D, are the 'pipeline_buffer' term."""
   b, iterations = rows / micro, pipeline.iterations(stages, micro, repeats)
-  chunk = stack.layers // (stages * repeats)
-  row_bytes = stack.tokens * m.d * m.a  # one row of the residual stream
+  layers = sum(p.layers for p in parts)
+  chunk = layers // (stages * repeats)
+  row_bytes = parts[0].tokens * m.d * m.a  # one row of the residual stream
   if cfg.remat == 'full':
     terms['layers'] = iterations * b * row_bytes
-    full, _ = _layer_saved_and_working(stack, 'none', m, impl, cfg)
+    # A chunk's layers are the stack's mix of kinds (on average).
+    full = sum(p.layers * _layer_saved_and_working(p, 'none', m, impl, cfg)[0]
+               for p in parts) / layers
     working.append(chunk * full * b)
   else:
     terms['layers'] *= iterations / (repeats * stages * micro)
-  working[0] = working[0] / micro  # a layer's working set, for one micro-batch
+  for i in range(len(parts)):  # a layer's working set, for one micro-batch
+    working[i] = working[i] / micro
   terms['pipeline_buffer'] = (iterations * b + rows) * row_bytes
 
 
 def _shared(stack: _Stack, m: _Dims, impl: str, cfg, policy: str) -> float:
   """Per-row bytes kept once per stack: masks, the XLA softmax's fill value, RoPE tables."""
   shared = 0.0
-  for kind, _, s in stack.halves:
-    if kind != 'attention' or _is_context(impl):  # context-parallel masks are per tile
+  attention = [s for kind, _, s in stack.halves if kind == 'attention']
+  for s in attention:
+    if _is_context(impl):  # context-parallel masks are per tile
       continue
     shared += stack.tokens * s  # boolean mask [T, S]
     if impl == 'xla' and policy == 'none':
       shared += stack.tokens * m.heads * s * 4  # masked-score fill, float32
   if policy == 'none':
-    if cfg.position == 'rope':
+    if cfg.position == 'rope' and attention:
       shared += stack.tokens * m.head_dim * 8  # cos and sin (float32, K/2) for queries and keys
     if cfg.activation == 'relu':
       shared += stack.tokens * m.f * m.a  # the zeros ReLU's select keeps
