@@ -65,7 +65,8 @@ What is counted, per device:
           and chunk C (research/layers/recurrent.py's float32 kernel, `_kernel_residuals`):
           its chunk-layout q, k (and v) and the scan's inputs, about 4 (4K + 2V); the [C, C]
           scores, 4C (linear attention) to 32C (the delta rule's KK^T and solve); the state
-          entering each chunk, 4 K V / C; the short convolution, (4 width + 12) per channel;
+          entering each chunk, 4 K V / C; the short convolution, its input, a per channel
+          (it is rematerialised);
           the gated norm, feature map and gates, 16 to 36 per element of the output
           (`_mixer_half`). Bidirectional stacks keep the kernel's part twice.
       In half precision the 'none' policy also keeps the bfloat16 copy of every weight.
@@ -80,7 +81,7 @@ What is counted, per device:
       projections and the kernel's batched matmuls (QK^T, KK^T, the scan's).
     * Shared, kept once per stack: the boolean mask [T, S], and without remat the masked-score
       fill of XLA's softmax (4 H S per token), RoPE's tables and ReLU's zeros, and what a
-      recurrent mixer derives from the segment ids alone (its convolution's and decay's masks,
+      recurrent mixer derives from the segment ids alone (its decay's and solve's masks,
       `_mixer_masks`); each stack's final norm (an encoder's output, for encoder-decoders);
       T5's relative bias tables.
     * Head: float32 exp(logits - logsumexp) for the loss, 4 V per token; with
@@ -117,11 +118,10 @@ attention, 8 x 256 tokens per device, d_model 128, 4 layers; tests/test_plan.py)
 unrolled (XLA fuses GELU's elementwise residuals across unrolled layers), 1.06 full remat
 (1.20 over 8 data-parallel devices), 1.00 save_qkv_attention, 1.15 dots, 1.21 dots_no_batch,
 1.33 save_attention_out (an upper bound: see the working set). Recurrent mixers, scanned
-(chunk 64): 0.92 / 0.95 / 0.98 without remat for linear attention / Mamba-2 / Gated
-DeltaNet, 1.07 / 1.04 / 1.11 full remat, 1.07 / 1.15 / 1.28 save_qkv_attention (XLA recomputes
-the mixer after the MLP's backward; the plan assumes before); a hybrid, necessarily unrolled,
-1.39 without remat, an upper bound (XLA fuses the convolution's and the kernel's elementwise
-residuals and segment masks across unrolled layers). On CPU, XLA hoists the
+(chunk 64): 0.92 / 0.89 / 0.93 without remat for linear attention / Mamba-2 / Gated
+DeltaNet, 1.07 / 0.88 / 0.93 full remat, 1.07 / 1.00 / 1.09 save_qkv_attention; unrolled
+without remat, Gated DeltaNet 1.04 and a hybrid of all four mixers 1.13 (XLA fuses the
+kernel's elementwise residuals and segment masks across unrolled layers). On CPU, XLA hoists the
 recomputation of unrolled layers (scan_layers=False) back into the forward pass, so remat saves
 nothing there; scanned stacks honour the policy. GPU and TPU compilers fuse and schedule
 differently, so treat the activations as an estimate to about +-25 %. The step time is
@@ -376,24 +376,16 @@ def _kernel_residuals(x: flops_lib.MixerShape, chunk: int, t: int,
 def _mixer_masks(m: _Dims, cfg, kind: str, t: int, causal: bool) -> float:
   """Bytes a recurrent mixer keeps that depend only on the segment ids, not on the layer's
   inputs: a scanned stack saves them once (JAX hoists them out of the scan), and XLA computes
-  them once for an unrolled one. Each convolution tap's segment mask and the zeros it selects
-  (1 + 4 bytes per channel); a learned decay's mask and -inf fill (1 + 4 per [C, C] entry) and
-  the state's (1 + 4 per position), the delta rule's triangular-solve masks (10 per entry);
-  linear attention's constant decay D and scalars, the zeros its feature map selects and its
-  normaliser's column of ones."""
+  them once for an unrolled one. A learned decay's mask and -inf fill (1 + 4 per [C, C]
+  entry) and the state's (1 + 4 per position), the delta rule's triangular-solve masks (10 per
+  entry); linear attention's constant decay D and scalars, the zeros its feature map selects
+  and its normaliser's column of ones. (The convolution's masks are rematerialised.)"""
   x = _mixer_shape(cfg, m, kind)
   c, h = cfg.mixer.chunk_size, x.heads
-  conv = t * x.conv_channels * 5 * cfg.mixer.conv_width
   if kind == 'linear_attention':
     kernel = t * h * (4 * c + 12)
     return t * h * (8 * x.head_dim + 4) + kernel * (1 if causal else 2)
-  kernel = t * h * (5 * c + 5 + x.delta * 10 * c)
-  return conv + kernel * (1 if causal else 2)
-
-
-# What ShortConv keeps per channel and token: each of its `width` taps' float32 input, and the
-# sum and SiLU's two arrays (its masks are `_mixer_masks`).
-CONV_RESIDUALS = (4, 12)
+  return t * h * (5 * c + 5 + x.delta * 10 * c) * (1 if causal else 2)
 
 
 def _mixer_half(m: _Dims, cfg, kind: str, t: int, causal: bool) -> dict[str, float]:
@@ -401,9 +393,9 @@ def _mixer_half(m: _Dims, cfg, kind: str, t: int, causal: bool) -> dict[str, flo
   `t` tokens, from JAX's saved residuals: bytes per element, float32 (4) unless `a`."""
   x = _mixer_shape(cfg, m, kind)
   h, p = x.heads, x.head_dim
-  per_tap, fixed = CONV_RESIDUALS
+  # ShortConv is rematerialised: it keeps only its (padded) input, in the compute dtype.
   half = {'norm': t * m.d * m.norm,
-          'conv': t * x.conv_channels * (per_tap * cfg.mixer.conv_width + fixed),
+          'conv': t * x.conv_channels * m.a,
           'attention_out': t * h * p * m.a}
   kernel = _kernel_residuals(x, cfg.mixer.chunk_size, t, learned=kind != 'linear_attention')
   half.update({name: b * (1 if causal else 2) for name, b in kernel.items()})

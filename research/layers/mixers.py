@@ -36,6 +36,7 @@ keep head_dim (the reference widens them 2x).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import flax.linen as nn
@@ -165,6 +166,23 @@ def _inverse_softplus(x):
   return x + jnp.log(-jnp.expm1(-x))
 
 
+@functools.partial(jax.checkpoint, static_argnums=(3,))
+def _conv_silu(x_BL_, w_W_, run_BL, t: int):
+  """SiLU of the last t outputs of the depthwise causal convolution of x_BL_ (W - 1 leading
+  tokens of context), each tap masked to the output token's run. Rematerialised: the backward
+  recomputes the taps (a few elementwise ops) instead of keeping a float32 copy and a mask of
+  the input per tap, which made the convolution a layer's largest residual."""
+  keep = w_W_.shape[0] - 1
+  extra = (1,) * (x_BL_.ndim - 2)
+  run_BT = run_BL[:, keep:]
+  y_BT_ = jnp.zeros(x_BL_.shape[:1] + (t,) + x_BL_.shape[2:], jnp.float32)
+  for tap in range(keep + 1):  # tap `tap` reads the token keep - tap before
+    same_BT = jax.lax.dynamic_slice_in_dim(run_BL, tap, t, axis=1) == run_BT
+    x_tap = jax.lax.dynamic_slice_in_dim(x_BL_, tap, t, axis=1).astype(jnp.float32)
+    y_BT_ += jnp.where(same_BT.reshape(same_BT.shape + extra), x_tap * w_W_[tap], 0.0)
+  return nn.silu(y_BT_).astype(x_BL_.dtype)
+
+
 class ShortConv(nn.Module):
   """Depthwise causal convolution over time of `width` taps, then SiLU. Taps never reach into
   another segment (run). Decoding keeps the last width - 1 inputs and their segment ids.
@@ -198,16 +216,7 @@ class ShortConv(nn.Module):
     else:
       x_BL_ = jnp.pad(x_BT_, [(0, 0), (keep, 0)] + [(0, 0)] * len(channels))
       segment_ids_BL = jnp.pad(segment_ids_BT, [(0, 0), (keep, 0)], constant_values=-1)
-    run_BL = recurrent.runs(segment_ids_BL)
-    run_BT = run_BL[:, keep:]
-    y_BT_ = jnp.zeros(x_BT_.shape, jnp.float32)
-    for tap in range(self.width):  # tap `tap` reads the token width - 1 - tap before
-      shift = keep - tap
-      x_tap = jax.lax.dynamic_slice_in_dim(x_BL_, keep - shift, t, axis=1)
-      same_BT = jax.lax.dynamic_slice_in_dim(run_BL, keep - shift, t, axis=1) == run_BT
-      same = same_BT.reshape(same_BT.shape + (1,) * len(channels))
-      y_BT_ += jnp.where(same, x_tap.astype(jnp.float32) * w_W_[tap], 0.0)
-    y_BT_ = nn.silu(y_BT_).astype(x_BT_.dtype)
+    y_BT_ = _conv_silu(x_BL_, w_W_, recurrent.runs(segment_ids_BL), t)
     return _reverse(y_BT_)[0] if reverse else y_BT_
 
 
