@@ -158,6 +158,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.mixer.state_dim = 64  # mamba2: N, the entries of B and C per token
   c.model.mixer.expand = 2  # mamba2: d_inner = expand x d_model, split over model.num_heads
   c.model.mixer.feature_map = 'elu'  # linear_attention: 'elu' (elu + 1) | 'relu'
+  # Recompute the chunkwise kernel's float32 intermediates in the backward pass (a few % more
+  # layer FLOPs, about half the layer's activations); False keeps them.
+  c.model.mixer.kernel_remat = True
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0

@@ -65,8 +65,9 @@ What is counted, per device:
           and chunk C (research/layers/recurrent.py's float32 kernel, `_kernel_residuals`):
           its chunk-layout q, k (and v) and the scan's inputs, about 4 (4K + 2V); the [C, C]
           scores, 4C (linear attention) to 32C (the delta rule's KK^T and solve); the state
-          entering each chunk, 4 K V / C; the short convolution, its input, a per channel
-          (it is rematerialised);
+          entering each chunk, 4 K V / C (with model.mixer.kernel_remat, the default, only
+          the kernel's inputs, 4 (2K + V) + 8, and the backward recomputes the rest); the
+          short convolution, its input, a per channel (it is rematerialised);
           the gated norm, feature map and gates, 16 to 36 per element of the output
           (`_mixer_half`). Bidirectional stacks keep the kernel's part twice.
       In half precision the 'none' policy also keeps the bfloat16 copy of every weight.
@@ -118,10 +119,10 @@ attention, 8 x 256 tokens per device, d_model 128, 4 layers; tests/test_plan.py)
 unrolled (XLA fuses GELU's elementwise residuals across unrolled layers), 1.06 full remat
 (1.20 over 8 data-parallel devices), 1.00 save_qkv_attention, 1.15 dots, 1.21 dots_no_batch,
 1.33 save_attention_out (an upper bound: see the working set). Recurrent mixers, scanned
-(chunk 64): 0.92 / 0.89 / 0.93 without remat for linear attention / Mamba-2 / Gated
-DeltaNet, 1.07 / 0.88 / 0.93 full remat, 1.07 / 1.00 / 1.09 save_qkv_attention; unrolled
-without remat, Gated DeltaNet 1.04 and a hybrid of all four mixers 1.13 (XLA fuses the
-kernel's elementwise residuals and segment masks across unrolled layers). On CPU, XLA hoists the
+(chunk 64, the kernel rematerialised): 0.97 / 0.93 / 1.02 without remat for linear attention /
+Mamba-2 / Gated DeltaNet, 0.96 / 0.76 / 0.86 full remat (XLA keeps more of the recomputed layer
+live than the plan's working set), 0.98 / 0.82 / 1.01 save_qkv_attention; unrolled without
+remat, Gated DeltaNet 0.83 and a hybrid of all four mixers 1.06. On CPU, XLA hoists the
 recomputation of unrolled layers (scan_layers=False) back into the forward pass, so remat saves
 nothing there; scanned stacks honour the policy. GPU and TPU compilers fuse and schedule
 differently, so treat the activations as an estimate to about +-25 %. The step time is
@@ -373,6 +374,16 @@ def _kernel_residuals(x: flops_lib.MixerShape, chunk: int, t: int,
   return {name: t * h * b for name, b in per_head.items()}
 
 
+def _kernel_inputs(x: flops_lib.MixerShape, kind: str, t: int, a: int) -> float:
+  """What a rematerialised kernel (model.mixer.kernel_remat) keeps for `t` tokens: its q, k,
+  v, decay and write strength, float32 (Mamba-2: its x per head, and C and B once for all heads
+  in the compute dtype, before their broadcast). The reversed direction's are flips of these,
+  which JAX recomputes."""
+  if kind == 'mamba2':
+    return t * (x.heads * (4 * x.value_dim + 8) + 2 * x.key_dim * a)
+  return t * x.heads * (4 * (2 * x.key_dim + x.value_dim) + 8)
+
+
 def _mixer_masks(m: _Dims, cfg, kind: str, t: int, causal: bool) -> float:
   """Bytes a recurrent mixer keeps that depend only on the segment ids, not on the layer's
   inputs: a scanned stack saves them once (JAX hoists them out of the scan), and XLA computes
@@ -397,8 +408,11 @@ def _mixer_half(m: _Dims, cfg, kind: str, t: int, causal: bool) -> dict[str, flo
   half = {'norm': t * m.d * m.norm,
           'conv': t * x.conv_channels * m.a,
           'attention_out': t * h * p * m.a}
-  kernel = _kernel_residuals(x, cfg.mixer.chunk_size, t, learned=kind != 'linear_attention')
-  half.update({name: b * (1 if causal else 2) for name, b in kernel.items()})
+  if cfg.mixer.kernel_remat:  # the kernel keeps its inputs; its backward recomputes the rest
+    half['kernel_inputs'] = _kernel_inputs(x, kind, t, m.a)
+  else:
+    kernel = _kernel_residuals(x, cfg.mixer.chunk_size, t, learned=kind != 'linear_attention')
+    half.update({name: b * (1 if causal else 2) for name, b in kernel.items()})
   if kind == 'linear_attention':
     # phi(q), phi(k): ELU keeps two masks and a float32 array each, ReLU one mask; the
     # normaliser's division keeps the numerator (4 h p) and two float32 scalars per head.
@@ -540,7 +554,7 @@ def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
   gated = cfg.activation in ('swiglu', 'geglu')
   rope = cfg.position == 'rope'
   residuals = [sum(h.values()) for _, h, _ in stack.halves]
-  temps = [_mixer_backward_temp(h, stack.causal) if kind in mixers.RECURRENT
+  temps = [_mixer_backward_temp(m, cfg, kind, stack.tokens) if kind in mixers.RECURRENT
            else _backward_temp(kind, h, m, impl, stack.tokens, s)
            for kind, h, s in stack.halves]
   if policy == 'none':
@@ -559,11 +573,14 @@ def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
   return kept, working
 
 
-def _mixer_backward_temp(half: dict[str, float], causal: bool) -> float:
+def _mixer_backward_temp(m: _Dims, cfg, kind: str, t: int) -> float:
   """Gradient buffers live at once in a recurrent mixer's backward: those of the kernel's
-  chunk-layout tensors, [C, C] scores and per-chunk states (one direction at a time)."""
-  kernel = ('chunks', 'scores', 'states')
-  return sum(half[name] for name in kernel) / (1 if causal else 2)
+  chunk-layout tensors, [C, C] scores and per-chunk states (one direction at a time), and with
+  model.mixer.kernel_remat those tensors themselves, recomputed."""
+  x = _mixer_shape(cfg, m, kind)
+  kernel = _kernel_residuals(x, cfg.mixer.chunk_size, t, learned=kind != 'linear_attention')
+  temp = sum(kernel[name] for name in ('chunks', 'scores', 'states'))
+  return temp * (2 if cfg.mixer.kernel_remat else 1)
 
 
 def _backward_temp(kind: str, half: dict[str, float], m: _Dims, impl: str, t: int,

@@ -64,6 +64,10 @@ class MixerConfig:
   state_dim: int = 64  # Mamba-2's N (entries of B and C)
   expand: int = 2  # Mamba-2's d_inner / d_model
   feature_map: str = 'elu'  # linear attention's phi
+  # Recompute the chunkwise kernel's float32 intermediates (chunk-layout copies, [C, C] scores,
+  # per-chunk states) in the backward pass instead of keeping them: a third more kernel FLOPs,
+  # a few % of the layer's, for about half its activation memory.
+  kernel_remat: bool = True
 
   def layer_kind(self, i: int) -> str:
     """Layer i's mixer (0-based, within its stack): the cycle's entry i mod its length."""
@@ -141,7 +145,8 @@ def resolve(mix, *, seq_len: int) -> MixerConfig:
   return MixerConfig(pattern=parse_pattern(mix['pattern']),
                      chunk_size=min(int(mix['chunk_size']), seq_len),
                      conv_width=int(mix['conv_width']), state_dim=int(mix['state_dim']),
-                     expand=int(mix['expand']), feature_map=str(mix['feature_map']))
+                     expand=int(mix['expand']), feature_map=str(mix['feature_map']),
+                     kernel_remat=bool(mix.get('kernel_remat', True)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +276,8 @@ class _Recurrent(nn.Module):
                               delta=delta)
     kernel = lambda *xs: recurrent.chunked(*xs[:5], delta=delta, chunk_size=self.cfg.chunk_size,
                                            segment_ids_BT=xs[5])[0]
+    if self.cfg.kernel_remat:
+      kernel = jax.checkpoint(kernel)
     xs = (q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, segment_ids_BT)
     o_BTHV = kernel(*xs)
     if not causal:
