@@ -30,25 +30,30 @@ def cache_bytes(model, length: int, batch: int = 1) -> int:
   return int(sum(x.nbytes for x in jax.tree.leaves(cache)))
 
 
-def _timed_generate(model, params, prompt_BP, new_tokens: int) -> float:
+def _timed_generate(model, params, prompt_BP, new_tokens: int, repeats: int) -> float:
+  """The median seconds of `repeats` calls after one that compiles."""
   kwargs = dict(max_new_tokens=new_tokens, temperature=0.0)
   jax.block_until_ready(decoding.generate(model, params, prompt_BP, jax.random.key(0), **kwargs))
-  start = time.perf_counter()
-  jax.block_until_ready(decoding.generate(model, params, prompt_BP, jax.random.key(1), **kwargs))
-  return time.perf_counter() - start
+  times = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(decoding.generate(model, params, prompt_BP, jax.random.key(i + 1),
+                                            **kwargs))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
 
 
-def measure(config, context: int, new_tokens: int, *, batch: int = 1) -> dict:
+def measure(config, context: int, new_tokens: int, *, batch: int = 1, repeats: int = 3) -> dict:
   """One (model, context) row: cache bytes, prefill seconds, decode tokens/s."""
   model = models.build_model(config)
   prompt_len = context - new_tokens
   rng = np.random.default_rng(context)
   prompt_BP = rng.integers(4, config.model.vocab_size, (batch, prompt_len)).astype(np.int32)
   params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), prompt_BP[:, :64])['params'])
-  prefill_s = _timed_generate(model, params, prompt_BP, 1)
-  total_s = _timed_generate(model, params, prompt_BP, new_tokens)
-  loop_s = max(total_s - prefill_s, 1e-9)
+  prefill_s = _timed_generate(model, params, prompt_BP, 1, repeats)
+  total_s = _timed_generate(model, params, prompt_BP, new_tokens, repeats)
+  loop_s = total_s - prefill_s  # > 0 but for timing noise on tiny models (then: no rate)
   return {'context': context, 'prompt': prompt_len, 'new_tokens': new_tokens, 'batch': batch,
           'cache_bytes': cache_bytes(model, prompt_len + new_tokens - 1, batch),
           'prefill_s': prefill_s, 'generate_s': total_s,
-          'decode_tokens_per_s': batch * (new_tokens - 1) / loop_s}
+          'decode_tokens_per_s': batch * (new_tokens - 1) / loop_s if loop_s > 0 else None}

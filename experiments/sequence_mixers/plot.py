@@ -76,7 +76,7 @@ def decode_plot(rows, out_dir: str, subtitle: str) -> str:
                                 (axes[1], 'cache_bytes', 'cache (MiB)', 1 / 2**20)):
     for name in names:
       pts = sorted((int(r['context']), float(r[key]) * scale) for r in rows
-                   if r['variant'] == name)
+                   if r['variant'] == name and r.get(key) not in (None, ''))
       ax.plot([p[0] for p in pts], [p[1] for p in pts], 'o-', label=name)
     contexts = sorted({int(r['context']) for r in rows})
     ax.set_xscale('log', base=2)

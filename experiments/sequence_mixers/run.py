@@ -100,6 +100,7 @@ def default_section() -> ml_collections.ConfigDict:
   s.decode.contexts = (256, 1024, 4096, 16384)  # prompt + generated tokens
   s.decode.new_tokens = 64
   s.decode.batch = 1
+  s.decode.repeats = 3  # timed calls (median) after one that compiles
   return s
 
 
@@ -512,10 +513,12 @@ def run_decode(config, workdir: str, *, log: Callable[[str], None] = print) -> l
   for v in (variants.parse(x) for x in d.variants):
     c = _variant_config(config, v, {}, f'{config.name}/{v.name}')
     for context in sorted(int(t) for t in d.contexts):
-      row = {'variant': v.name, **decode.measure(c, context, d.new_tokens, batch=d.batch)}
+      row = {'variant': v.name, **decode.measure(c, context, d.new_tokens, batch=d.batch,
+                                                 repeats=d.repeats)}
       rows.append(row)
+      rate = row['decode_tokens_per_s']
       log(f"{v.name:<28} {context:>7,}: cache {row['cache_bytes'] / 2**20:9.2f} MiB, prefill "
-          f"{row['prefill_s']:7.3f} s, {row['decode_tokens_per_s']:8.1f} tokens/s")
+          f"{row['prefill_s']:7.3f} s, {'no rate' if rate is None else f'{rate:8.1f}'} tokens/s")
       write_csv(os.path.join(workdir, 'results.csv'), rows, DECODE_COLUMNS)
   env = environment(_command())
   env['seconds'] = round(time.perf_counter() - start_all, 1)
@@ -544,7 +547,8 @@ def decode_markdown(rows, env, config) -> str:
            f'{d.new_tokens} tokens, then {d.new_tokens} generated. Tokens/s: (N - 1) / '
            '(time of N tokens - time of 1), each after a compiling warm-up; prefill: the '
            '1-token time. Cache: the nbytes of init_cache\'s leaves for the context.', '']
-  for title, cell in (('Decode tokens/s', lambda r: f"{r['decode_tokens_per_s']:,.0f}"),
+  for title, cell in (('Decode tokens/s', lambda r: '' if r['decode_tokens_per_s'] in (None, '')
+                        else f"{r['decode_tokens_per_s']:,.0f}"),
                       ('Cache (MiB)', lambda r: f"{r['cache_bytes'] / 2**20:,.2f}"),
                       ('Prefill (s)', lambda r: sparse_run._fmt_s(r['prefill_s']))):  # pylint: disable=protected-access
     lines += [f'## {title}', '', '| variant | ' + ' | '.join(f'{t:,}' for t in contexts) + ' |',
