@@ -232,7 +232,8 @@ def run_cost(config, workdir: str, *, log: Callable[[str], None] = print) -> lis
   env['seconds'] = round(time.perf_counter() - start_all, 1)
   subtitle = (f"{env['device']}, B={s.batch} H={s.heads} K={s.head_dim}; chunk "
               f"{mix.chunk_size}, window {att.window}")
-  plot.cost_plots([r for r in rows if r.get('time_s') or r.get('note')], workdir, subtitle)
+  plot.cost_plots([r for r in rows if r.get('time_s') or r.get('note')], workdir, subtitle,
+                  what='Sequence mixing')
   sparse_run._atomic_write(os.path.join(workdir, 'results.md'),  # pylint: disable=protected-access
                            cost_markdown(rows, env, s, config))
   _write_env(workdir, env)
