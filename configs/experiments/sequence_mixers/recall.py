@@ -42,7 +42,7 @@ def get_config(arg=None):
     r.kv_pairs = (2, 4)
     r.seq_len = 32
     r.steps = 2
-    r.batch_size = 4
+    r.batch_size = 8  # the tests' 8 simulated devices split it
     r.warmup_steps = 1
     r.eval_examples = 8
   elif arg:

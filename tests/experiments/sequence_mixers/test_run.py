@@ -25,6 +25,12 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
+def _command(*args):
+  return subprocess.run([sys.executable, '-m', 'experiments.sequence_mixers.run', *args],
+                        capture_output=True, text=True, env=helpers.subprocess_env(),
+                        check=False, timeout=180)
+
+
 def test_mqar_answers_are_the_values_of_earlier_keys():
   data = mqar.MQARDataset(kv_pairs=(4, 8, 16), num_keys=32, num_values=16, seed=3)
   tok = data.tokenizer
@@ -84,17 +90,11 @@ def test_configs_and_variants_validate():
 
 def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
   result = _command(f'--config={KIND_FILES["quality"]}', f'--workdir={tmp_path}',
-                    '--config.sequence_mixers.variants=attention,mamba3')
+                    "--config.sequence_mixers.variants=('attention', 'mamba3')")
   assert result.returncode != 0
   errors = [line for line in result.stderr.splitlines() if line.startswith('error')]
   assert len(errors) == 1 and "unknown mixer 'mamba3'" in errors[0], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-
-
-def _command(*args):
-  return subprocess.run([sys.executable, '-m', 'experiments.sequence_mixers.run', *args],
-                        capture_output=True, text=True, env=helpers.subprocess_env(),
-                        check=False, timeout=180)
 
 
 def test_cost_command_through_the_cli_and_decode(tmp_path):
@@ -116,6 +116,7 @@ def test_cost_command_through_the_cli_and_decode(tmp_path):
   assert os.path.getsize(tmp_path / 'decode' / 'decode.png') > 0
 
 
+@pytest.mark.slow
 def test_quality_and_recall_train_match_parameters_and_resume(tmp_path):
   config = config_lib.load_config(KIND_FILES['quality'] + ':smoke', [('data.vocab_size', '128')])
   dataset = helpers.PatternDataset(vocab_size=128, num_tokens=20_000)
