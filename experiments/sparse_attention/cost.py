@@ -101,6 +101,30 @@ def _device_peak_bytes() -> int | None:
   return None if not stats else stats.get('peak_bytes_in_use')
 
 
+def time_compiled(step, args, *, warmup: int, repeats: int) -> dict:
+  """Compiles jitted `step` for `args` and times it: the median, min and max of `repeats` calls
+  after `warmup`, XLA's compiled memory estimate and the device's peak (other studies time their
+  own kernels through this too, so every cost line is measured alike)."""
+  start = time.perf_counter()
+  compiled = step.lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  xla_bytes = None
+  if analysis is not None:
+    xla_bytes = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes +
+                    analysis.output_size_in_bytes)
+  for _ in range(warmup):
+    jax.block_until_ready(compiled(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return {'time_s': float(np.median(times)), 'time_min_s': float(min(times)),
+          'time_max_s': float(max(times)), 'repeats': repeats, 'memory_bytes': xla_bytes,
+          'device_peak_bytes': _device_peak_bytes(), 'compile_s': compile_s}
+
+
 def measure(case: Case, pattern: patterns_lib.Pattern, length: int, *, batch: int, heads: int,
             kv_heads: int, head_dim: int, dtype, causal: bool = True, warmup: int = 1,
             repeats: int = 3) -> dict:
@@ -117,27 +141,10 @@ def measure(case: Case, pattern: patterns_lib.Pattern, length: int, *, batch: in
     return jnp.sum(fn(q, k, v, seg).astype(jnp.float32) * cot.astype(jnp.float32))
 
   step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  start = time.perf_counter()
-  compiled = step.lower(q, k, v, seg).compile()
-  compile_s = time.perf_counter() - start
-  analysis = compiled.memory_analysis()
-  xla_bytes = None
-  if analysis is not None:
-    xla_bytes = int(analysis.temp_size_in_bytes + analysis.argument_size_in_bytes +
-                    analysis.output_size_in_bytes)
-  for _ in range(warmup):
-    jax.block_until_ready(compiled(q, k, v, seg))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(q, k, v, seg))
-    times.append(time.perf_counter() - start)
+  timing = time_compiled(step, (q, k, v, seg), warmup=warmup, repeats=repeats)
   attended = patterns_lib.visible_keys(pattern, length, causal=causal)
   # Model FLOPs of attention's two matmuls, forward and backward: 3 x 2 x 2 x B x T x keys x H x K.
   flops = 12 * batch * length * attended * heads * head_dim
   return {'pattern': case.pattern, 'implementation': case.implementation, 'case': case.name,
-          'length': length, 'time_s': float(np.median(times)), 'time_min_s': float(min(times)),
-          'time_max_s': float(max(times)), 'repeats': repeats, 'memory_bytes': xla_bytes,
-          'device_peak_bytes': _device_peak_bytes(), 'compile_s': compile_s,
-          'attended_keys': attended, 'model_flops': flops,
-          'tflops_per_s': flops / float(np.median(times)) / 1e12, 'note': ''}
+          'length': length, **timing, 'attended_keys': attended, 'model_flops': flops,
+          'tflops_per_s': flops / timing['time_s'] / 1e12, 'note': ''}

@@ -85,13 +85,13 @@ def log_log(rows, key: str, ylabel: str, title: str, path: str, scale: float = 1
   return path
 
 
-def cost_plots(rows, out_dir: str, subtitle: str) -> list[str]:
+def cost_plots(rows, out_dir: str, subtitle: str, what: str = 'Attention') -> list[str]:
   return [
       log_log(rows, 'time_s', 'forward + backward time (s, median)',
-              f'Attention time vs length\n{subtitle}',
+              f'{what} time vs length\n{subtitle}',
               os.path.join(out_dir, 'time_vs_length.png')),
       log_log(rows, 'memory_bytes', 'memory (MiB, XLA compiled estimate)',
-              f'Attention memory vs length\n{subtitle}',
+              f'{what} memory vs length\n{subtitle}',
               os.path.join(out_dir, 'memory_vs_length.png'), scale=1 / 2**20),
   ]
 

@@ -344,9 +344,10 @@ def run_cost(config, workdir: str, *, log: Callable[[str], None] = print) -> lis
 # ----------------------------------------------------------------------------------- quality
 
 
-def _run_config(config, overrides: dict, name: str):
+def _run_config(config, overrides: dict, name: str, study: str = 'sparse_attention'):
+  """One run's config: the study's config without its `study` section, with `overrides`."""
   c = copy.deepcopy(config)
-  del c['sparse_attention']
+  del c[study]
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split('.')

@@ -1,0 +1,50 @@
+"""Decoding cost of recurrent mixers against attention: tokens/s and cache bytes vs context.
+
+Run:
+  python -m experiments.sequence_mixers.run \
+      --config=configs/experiments/sequence_mixers/decode.py --workdir=runs/mixers_decode
+
+The quality study's decoder shape (4 layers x d_model 128, 4 heads, 512-token vocabulary;
+random weights: speed and memory do not depend on them), batch 1, greedy
+research.inference.decoding.generate with contexts (prompt + 64 generated tokens) of 256, 1k,
+4k and 16k: full attention (a cache slot per position), attention in a causal sliding window
+of 256 (a rolling cache of 256 slots), linear attention, Mamba-2, Gated DeltaNet (a constant
+state) and 3 Gated DeltaNet : 1 attention.
+
+Measured: see the end of this docstring (filled in after the run).
+
+Variants: `:smoke` (two variants, contexts 48 and 96, 8 tokens: a test of the command).
+"""
+
+from experiments.sequence_mixers import run
+from research import config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.name = 'sequence_mixers/decode'
+  c.data.vocab_size = 512
+  c.data.seq_len = 256
+  c.model.family = 'decoder'
+  c.model.vocab_size = 512
+  c.model.d_model = 128
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.activation = 'swiglu'
+  c.model.position = 'rope'
+  c.model.mixer.chunk_size = 64
+  run.with_section(c, kind='decode')
+
+  if arg == 'smoke':
+    c.data.seq_len = 32
+    c.model.d_model = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.model.mixer.chunk_size = 16
+    d = c.sequence_mixers.decode
+    d.variants = ('sliding@16', 'gated_deltanet')
+    d.contexts = (48, 96)
+    d.new_tokens = 8
+  elif arg:
+    raise config_lib.unknown_variant(arg, ('smoke',))
+  return c
