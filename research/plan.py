@@ -446,9 +446,13 @@ def _mixer_saved(policy: str, half: dict[str, float], m: _Dims, cfg, kind: str, 
     return {'qkv': t * h * (2 * x.key_dim + p) * m.a, 'attention_out': half['attention_out']}
   if policy in ('dots', 'dots_no_batch'):
     saved = {'projections': t * x.projections * m.a, 'out_proj': t * m.d * m.a}
-    if policy == 'dots':  # also the kernel's batched matmuls: QK^T (and KK^T), the scan's
+    if policy == 'dots':  # also the kernel's batched matmuls: QK^T (and KK^T), the scan's;
+      # the delta rule's block inverse (4 (C' - 1), C' = C rounded up to a power of two) and
+      # its products U and W
       c, v = cfg.mixer.chunk_size, x.value_dim
       kernel = h * (4 * c * (1 + x.delta) + 4 * v * (2 + x.delta) + 4 * x.key_dim * v / c)
+      if x.delta:
+        kernel += h * (4 * ((1 << (c - 1).bit_length()) - 1) + 4 * (x.key_dim + v))
       saved['kernel_dots'] = t * kernel * (1 if causal else 2)
     return saved
   return {}

@@ -22,8 +22,9 @@ for i <= t, and S_0 the state entering the chunk. Unrolling the delta rule gives
   S_C   = exp(g_C) S_0 + sum_i D_Ci k_i delta_i^T
 
 (the additive rule is A = 0 and no S_0 term in delta). Everything but the S_0 terms is
-parallel over chunks; a scan over chunks carries S. Cost: O(T C (K + V)) and one C x C
-triangular solve per chunk, against the quadratic form's O(T^2 (K + V)).
+parallel over chunks; a scan over chunks carries S. Cost: O(T C (K + V)) and, for the delta
+rule, one C x C unit-triangular inverse per chunk (`unit_lower_inverse`: C^3 / 3 multiply-adds
+in log2 C rounds of batched matmuls), against the quadratic form's O(T^2 (K + V)).
 
 Segments. Packed examples (segment ids; 0 is padding) never share a state: a token whose
 segment differs from the one before it starts from S = 0. In chunk form that is a mask on D and
@@ -87,21 +88,36 @@ def recurrent(q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, *, delta: bool,
 
 
 def unit_lower_inverse(a_NCC):
-  """(I + A)^{-1} for strictly lower-triangular A [..., C, C], by matmuls only.
+  """(I + A)^{-1} for strictly lower-triangular A [..., C, C], by batched matmuls only.
 
-  A is nilpotent (A^C = 0), so (I + A)^{-1} = sum_j (-A)^j = prod_i (I + (-A)^(2^i)) over
-  ceil(log2 C) factors. Why not jax.scipy.linalg.solve_triangular: on CPU its LAPACK custom
-  call inside the chunk program deadlocked intermittently (jax 0.10.2, 2 cores: a call never
-  returned, every XLA thread idle, at 2k-8k tokens), which hung Gated DeltaNet's training and
-  benchmarks; the matmul form also batches on accelerators without a custom call.
+  Block by block, doubling: with the inverses X11, X22 of two diagonal blocks of I + A,
+  [[X11, 0], [-X22 A21 X11, X22]] is the inverse of the block twice their size; starting from
+  1 x 1 blocks (ones), log2 C rounds, each one batched matmul pair over all blocks of its size:
+  C^3 / 3 multiply-adds per chunk, as few as a triangular solve's against C columns. C is
+  padded to a power of two with zeros (whose inverse block is I). Why not
+  jax.scipy.linalg.solve_triangular: on CPU its LAPACK custom call deadlocked intermittently in
+  the chunk program (jax 0.10.2, 2 cores: a call never returned, every XLA thread idle, at 2k-8k
+  tokens); matmuls also batch on accelerators without a custom call.
   """
   c = a_NCC.shape[-1]
-  power = -a_NCC
-  inverse = jnp.eye(c, dtype=a_NCC.dtype) + power
-  for _ in range(max(0, (c - 1).bit_length() - 1)):
-    power = power @ power
-    inverse = inverse + inverse @ power
-  return inverse
+  p = 1 << (c - 1).bit_length()
+  lead = a_NCC.shape[:-2]
+  a_NPP = jnp.pad(a_NCC, [(0, 0)] * len(lead) + [(0, p - c), (0, p - c)])
+  inverse = jnp.ones(lead + (p, 1, 1), a_NCC.dtype)  # the p diagonal 1 x 1 blocks
+  size = 1
+  while size < p:
+    n = p // (2 * size)
+    # The n diagonal blocks of twice the size, [..., n, 2s, 2s], and their lower-left parts.
+    blocks = a_NPP.reshape(lead + (n, 2 * size, n, 2 * size))
+    blocks = jnp.moveaxis(jnp.diagonal(blocks, axis1=-4, axis2=-2), -1, -3)
+    lower = blocks[..., size:, :size]
+    pairs = inverse.reshape(lead + (n, 2, size, size))
+    x11, x22 = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    x21 = -(x22 @ lower @ x11)
+    top = jnp.concatenate([x11, jnp.zeros_like(x11)], axis=-1)
+    inverse = jnp.concatenate([top, jnp.concatenate([x21, x22], axis=-1)], axis=-2)
+    size *= 2
+  return inverse[..., 0, :c, :c]
 
 
 def chunked(q_BTHK, k_BTHK, v_BTHV, log_alpha_BTH, beta_BTH, *, delta: bool, chunk_size: int,

@@ -24,7 +24,10 @@ chunked attention pattern's, for any T), the chunkwise kernel (research/layers/r
       Q S_0 and write K^T delta, 2 K V each;
   delta rule (Gated DeltaNet): the above + 2 (c - 1) (2K + V) + 2 K V
       KK^T (strictly causal: c - 1 keys), the triangular solve for U and W (c - 1
-      multiply-adds per row and column, V + K columns) and W S_0.
+      multiply-adds per row and column, V + K columns) and W S_0. These are model FLOPs: the
+      kernel inverts I + A by blocks (`recurrent.unit_lower_inverse`, 2 (C^2 - 1) / 3 per
+      token and head) and applies the inverse as a dense C x C matmul, as a block-sparse
+      kernel computes whole tiles.
 
 x 3 for forward and backward, as everywhere here; a bidirectional stack (encoder) runs it in
 both directions. The short causal convolution adds 6 x width x channels per token (2 per
@@ -34,8 +37,8 @@ head_dim + 1; Mamba-2's K is state_dim, V is expand x d_model / heads, and the k
 B and C per head (a grouped kernel could share C B^T across heads; this counts what the kernel
 computes). Element-wise work (decay masks, feature maps, gates, norms) is not counted, as the
 softmax is not. XLA's cost analysis of one chunk of `chunked` (tests/training/test_flops.py) is
-1.35x this for the additive rule and 1.12x for the delta rule: it counts the full C x C squares
-(no causal halving) and elementwise ops, and no FLOPs for the triangular solve.
+1.35x this for the additive rule (it counts the full C x C squares, no causal halving, and
+elementwise ops); 1.56x for the delta rule, with the inverse and its dense application.
 """
 
 from __future__ import annotations
