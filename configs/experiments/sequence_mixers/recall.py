@@ -17,7 +17,7 @@ those of short training, not of converged models; a first try at 128 tokens, 64 
 
 Measured: see the end of this docstring (filled in after the run).
 
-Variants: `:smoke` (two variants, one width, a few steps: a test of the command).
+Variants: `:smoke` (one hybrid, one width, a few steps: a test of the command).
 """
 
 from experiments.sequence_mixers import run
@@ -42,7 +42,7 @@ def get_config(arg=None):
     c.model.num_layers = 2
     c.model.mixer.chunk_size = 16
     r = c.sequence_mixers.recall
-    r.variants = ('attention', 'gated_deltanet*1,attention')
+    r.variants = ('gated_deltanet*1,attention',)
     r.widths = (16,)
     r.kv_pairs = (2, 4)
     r.seq_len = 32

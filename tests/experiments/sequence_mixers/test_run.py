@@ -130,8 +130,8 @@ def test_quality_and_recall_train_match_parameters_and_resume(tmp_path):
   rows = run.run_recall(config_lib.load_config(KIND_FILES['recall'] + ':smoke'),
                         str(tmp_path / 'r'), log=lambda _: None)
   assert [(r['variant'], r['kv_pairs']) for r in rows] == [
-      ('attention', 2), ('attention', 4), ('gated_deltanet*1,attention', 2),
-      ('gated_deltanet*1,attention', 4)]
+      ('gated_deltanet*1,attention', 2), ('gated_deltanet*1,attention', 4)]
+  assert rows[0]['state_floats_per_layer'] == 2 * 8 * 8  # 2 heads of 8 x 8
   assert all(0 <= r['accuracy'] <= 1 for r in rows)
   for name in ('results.csv', 'results.md', 'recall.png'):
     assert os.path.getsize(tmp_path / 'r' / name) > 0
