@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.model.activation = 'swiglu'
   c.model.position = 'rope'
   c.model.mixer.chunk_size = 64
-  run.with_section(c, kind='decode')
+  run.with_section(c, kind='decode', **{'decode.repeats': 1})
 
   if arg == 'smoke':
     c.data.seq_len = 32
