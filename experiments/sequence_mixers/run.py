@@ -137,6 +137,13 @@ def section(config) -> ml_collections.ConfigDict:
   for field in ('repeats', 'batch', 'heads', 'head_dim'):
     if s[field] <= 0:
       raise ConfigError(f'{SECTION}.{field}', s[field], 'must be a positive integer')
+  from experiments.sequence_mixers import mqar  # pylint: disable=g-import-not-at-top
+  r = s.recall
+  if not r.kv_pairs or max(r.kv_pairs) > min(r.num_keys, mqar.max_pairs(r.seq_len)):
+    raise ConfigError(f'{SECTION}.recall.kv_pairs', r.kv_pairs,
+                      f'each count must be at most recall.num_keys={r.num_keys} (keys are '
+                      f'distinct) and {mqar.max_pairs(r.seq_len)} (4 tokens a pair and its '
+                      f'query in recall.seq_len={r.seq_len})')
   new, contexts = s.decode.new_tokens, s.decode.contexts
   if new < 2 or any(int(t) <= new for t in contexts):
     raise ConfigError(f'{SECTION}.decode.contexts', contexts,

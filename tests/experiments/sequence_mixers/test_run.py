@@ -81,6 +81,9 @@ def test_configs_and_variants_validate():
       assert run.section(config_lib.load_config(spec)).kind == kind
   with pytest.raises(ConfigError, match='sequence_mixers.kind'):
     run.section(config_lib.load_config(KIND_FILES['cost'], [('sequence_mixers.kind', 'speed')]))
+  with pytest.raises(ConfigError, match='recall.kv_pairs'):
+    run.section(config_lib.load_config(KIND_FILES['recall'], [
+        ('sequence_mixers.recall.kv_pairs', '(4, 17)')]))  # 4 x 17 > 65 tokens
   with pytest.raises(ConfigError, match="unknown mixer 'rwkv'"):
     variants.parse('rwkv*3,attention')
   assert variants.parse('gated_deltanet*7,attention/8') == variants.Variant(
