@@ -300,6 +300,15 @@ def matching_d_ff(config, variant, target: int, extra: dict) -> int:
   return max(8, int(round(d_ff / 8)) * 8)
 
 
+def _check_finished(final: dict, steps: int, directory: str) -> None:
+  """Stops the study where the trainer returned early (SIGTERM saves a checkpoint and returns):
+  a run cut short must not be recorded as finished."""
+  if final.get('preempted_at') is not None:
+    raise UserError(f"the run in {directory} stopped at step {final['preempted_at']} of "
+                    f"{steps} ({final.get('preempted_by', 'a signal')}): rerun the same command "
+                    'to resume it')
+
+
 def _read_json(path):
   return sparse_run._read_json(path)  # pylint: disable=protected-access
 
@@ -337,6 +346,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
           f'{c.train.steps} steps of {c.train.batch_size} x {c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
+      _check_finished(final, c.train.steps, directory)
       loss = final.get('eval/loss')
       if loss is None:
         loss = sparse_run._evaluate_checkpoint(directory, dataset,  # pylint: disable=protected-access
@@ -445,6 +455,7 @@ def run_recall(config, workdir: str, *, log: Callable[[str], None] = print) -> l
           f'{_describe_state(floats)}; {r.steps} steps')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=data)
+      _check_finished(final, r.steps, directory)
       if final.get('eval/accuracy') is None or final.get('step') != r.steps:
         final = sparse_run._evaluate_checkpoint(directory, data)  # pylint: disable=protected-access
       done = {'variant': v.name, 'd_model': width, 'num_layers': c.model.num_layers,
