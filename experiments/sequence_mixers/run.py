@@ -342,8 +342,9 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
       if dataset is None:
         from research.data import pipeline  # pylint: disable=g-import-not-at-top
         dataset = pipeline.load_dataset(config.data, workdir=workdir)
-      log(f'[lm {i + 1}/{len(todo)}] {v.name}: {params:,} parameters (d_ff {c.model.d_ff or "auto"}), '
-          f'{c.train.steps} steps of {c.train.batch_size} x {c.data.seq_len} tokens')
+      log(f'[lm {i + 1}/{len(todo)}] {v.name}: {params:,} parameters '
+          f'(d_ff {c.model.d_ff or "auto"}), {c.train.steps} steps of {c.train.batch_size} x '
+          f'{c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
       _check_finished(final, c.train.steps, directory)

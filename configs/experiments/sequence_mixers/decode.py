@@ -4,13 +4,13 @@ Run:
   python -m experiments.sequence_mixers.run \
       --config=configs/experiments/sequence_mixers/decode.py --workdir=runs/mixers_decode
 
-The quality study's decoder shape (4 layers x d_model 128, 4 heads, 512-token vocabulary;
-random weights: speed and memory do not depend on them), batch 1, greedy
-research.inference.decoding.generate with contexts (prompt + 64 generated tokens) of 256, 1k
-and 4k (16k did not fit the CPU budget: full attention's dense prefill there takes minutes a
-call); one timed call per program after the one that compiles: full attention (a cache slot per position), attention in a causal sliding window
-of 256 (a rolling cache of 256 slots), linear attention, Mamba-2, Gated DeltaNet (a constant
-state) and 3 Gated DeltaNet : 1 attention.
+The quality study's decoder shape (4 layers x d_model 128, 4 heads, 512-token vocabulary; random
+weights: speed and memory do not depend on them), batch 1, greedy
+research.inference.decoding.generate with contexts (prompt + 64 generated tokens) of 256, 1k and
+4k (16k did not fit the CPU budget: full attention's dense prefill there takes minutes a call);
+one timed call per program after the one that compiles: full attention (a cache slot per
+position), attention in a causal sliding window of 256 (a rolling cache of 256 slots), linear
+attention, Mamba-2, Gated DeltaNet (a constant state) and 3 Gated DeltaNet : 1 attention.
 
 Measured 2026-12-04 on 2 CPU cores beside the recall study's training (3.7 minutes): cache at
 256 / 1k / 4k, attention 1.00 / 4.03 / 16.1 MiB, sliding@256 1.00 / 1.01 / 1.01 MiB (rolling),

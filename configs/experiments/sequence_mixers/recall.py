@@ -6,14 +6,14 @@ Run:
 
 Sequences of 64 tokens (experiments/sequence_mixers/mqar.py): n key-value pairs (32 keys, 32
 values: chance 1/32), then each key queried once at a random place; accuracy over the queries
-only, per n in (2, 4, 8, 16). Decoders of 4 layers (RoPE, SwiGLU, 2 heads) at d_model 32 and 64 (Zoology
-varies the width: a recurrent layer's state grows with it): attention, linear attention,
-Mamba-2 (state_dim 16: its state, 16 x 2 d_model floats, equals Gated DeltaNet's 2 x
+only, per n in (2, 4, 8, 16). Decoders of 4 layers (RoPE, SwiGLU, 2 heads) at d_model 32 and 64
+(Zoology varies the width: a recurrent layer's state grows with it): attention, linear
+attention, Mamba-2 (state_dim 16: its state, 16 x 2 d_model floats, equals Gated DeltaNet's 2 x
 (d_model / 2)^2 at d_model 64), Gated DeltaNet, 3 Gated DeltaNet : 1 attention, and 7 : 1 in 8
 layers. Each model trains once on a mixture of the four n: 600 steps of 32 sequences at lr 1e-2
 (sized to the CPU budget; far from Zoology's ~100k sequences x many epochs, so accuracies are
-those of short training, not of converged models; a first try at 128 tokens, 64 keys and lr
-3e-3 left attention at chance after 400 steps).
+those of short training, not of converged models; a first try at 128 tokens, 64 keys and lr 3e-3
+left attention at chance after 400 steps).
 
 Measured: see the end of this docstring (filled in after the run).
 
