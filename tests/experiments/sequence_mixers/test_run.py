@@ -63,9 +63,9 @@ def test_mqar_answers_are_the_values_of_earlier_keys():
 
 def test_chunked_delta_rule_matches_the_step_form():
   """The matmul inverse that replaced solve_triangular keeps chunked == recurrent."""
-  args, _, delta = cost.inputs('gated_deltanet', 100, batch=2, heads=2, head_dim=8,
+  args, _, delta = cost.inputs('gated_deltanet', 40, batch=2, heads=2, head_dim=8,
                                state_dim=8, dtype=jnp.float32)
-  seg = jnp.asarray(np.repeat([[1] * 40 + [2] * 60], 2, axis=0))
+  seg = jnp.asarray(np.repeat([[1] * 13 + [2] * 27], 2, axis=0))  # a boundary inside a chunk
   o1, s1 = recurrent.chunked(*args, delta=delta, chunk_size=16, segment_ids_BT=seg)
   o2, s2 = recurrent.recurrent(*args, delta=delta, segment_ids_BT=seg)
   np.testing.assert_allclose(o1, o2, atol=1e-5)
