@@ -137,6 +137,13 @@ def section(config) -> ml_collections.ConfigDict:
   for field in ('repeats', 'batch', 'heads', 'head_dim'):
     if s[field] <= 0:
       raise ConfigError(f'{SECTION}.{field}', s[field], 'must be a positive integer')
+  from experiments.sequence_mixers import mqar  # pylint: disable=g-import-not-at-top
+  r = s.recall
+  if not r.kv_pairs or max(r.kv_pairs) > min(r.num_keys, mqar.max_pairs(r.seq_len)):
+    raise ConfigError(f'{SECTION}.recall.kv_pairs', r.kv_pairs,
+                      f'each count must be at most recall.num_keys={r.num_keys} (keys are '
+                      f'distinct) and {mqar.max_pairs(r.seq_len)} (4 tokens a pair and its '
+                      f'query in recall.seq_len={r.seq_len})')
   new, contexts = s.decode.new_tokens, s.decode.contexts
   if new < 2 or any(int(t) <= new for t in contexts):
     raise ConfigError(f'{SECTION}.decode.contexts', contexts,
@@ -293,6 +300,15 @@ def matching_d_ff(config, variant, target: int, extra: dict) -> int:
   return max(8, int(round(d_ff / 8)) * 8)
 
 
+def _check_finished(final: dict, steps: int, directory: str) -> None:
+  """Stops the study where the trainer returned early (SIGTERM saves a checkpoint and returns):
+  a run cut short must not be recorded as finished."""
+  if final.get('preempted_at') is not None:
+    raise UserError(f"the run in {directory} stopped at step {final['preempted_at']} of "
+                    f"{steps} ({final.get('preempted_by', 'a signal')}): rerun the same command "
+                    'to resume it')
+
+
 def _read_json(path):
   return sparse_run._read_json(path)  # pylint: disable=protected-access
 
@@ -326,10 +342,12 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
       if dataset is None:
         from research.data import pipeline  # pylint: disable=g-import-not-at-top
         dataset = pipeline.load_dataset(config.data, workdir=workdir)
-      log(f'[lm {i + 1}/{len(todo)}] {v.name}: {params:,} parameters (d_ff {c.model.d_ff or "auto"}), '
-          f'{c.train.steps} steps of {c.train.batch_size} x {c.data.seq_len} tokens')
+      log(f'[lm {i + 1}/{len(todo)}] {v.name}: {params:,} parameters '
+          f'(d_ff {c.model.d_ff or "auto"}), {c.train.steps} steps of {c.train.batch_size} x '
+          f'{c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
+      _check_finished(final, c.train.steps, directory)
       loss = final.get('eval/loss')
       if loss is None:
         loss = sparse_run._evaluate_checkpoint(directory, dataset,  # pylint: disable=protected-access
@@ -438,6 +456,7 @@ def run_recall(config, workdir: str, *, log: Callable[[str], None] = print) -> l
           f'{_describe_state(floats)}; {r.steps} steps')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=data)
+      _check_finished(final, r.steps, directory)
       if final.get('eval/accuracy') is None or final.get('step') != r.steps:
         final = sparse_run._evaluate_checkpoint(directory, data)  # pylint: disable=protected-access
       done = {'variant': v.name, 'd_model': width, 'num_layers': c.model.num_layers,

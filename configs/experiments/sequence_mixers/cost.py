@@ -15,7 +15,7 @@ cores were loaded, so absolute times run high: full attention at 4k took 5.8 s h
 ~2 s expected from the sparse-attention study's 2-head 0.99 s): at 32k tokens, Mamba-2 0.57 s
 and linear attention 0.61 s (645 MiB each), Gated DeltaNet 2.21 s (1,251 MiB: its C x C solve
 and the delta rule's extra terms), the sliding window of 512 1.89 s (1,844 MiB). Every recurrent
-kernel grows about 2x per doubling (1.7-2.5x) and its memory exactly 2x; full attention grows
+kernel grows about 2x per doubling (1.6-3.4x under the load) and its memory exactly 2x; full attention grows
 5.5-8.4x per doubling and needs 3.1 GiB at 8k (35.8 s), where the recurrent kernels take
 0.13-0.47 s and 161-313 MiB. Tables and figures: BENCHMARKS.md ("Sequence mixers") and
 benchmarks/results/sequence_mixers_cost_cpu/.

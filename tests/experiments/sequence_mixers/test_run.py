@@ -63,9 +63,9 @@ def test_mqar_answers_are_the_values_of_earlier_keys():
 
 def test_chunked_delta_rule_matches_the_step_form():
   """The matmul inverse that replaced solve_triangular keeps chunked == recurrent."""
-  args, _, delta = cost.inputs('gated_deltanet', 100, batch=2, heads=2, head_dim=8,
+  args, _, delta = cost.inputs('gated_deltanet', 40, batch=2, heads=2, head_dim=8,
                                state_dim=8, dtype=jnp.float32)
-  seg = jnp.asarray(np.repeat([[1] * 40 + [2] * 60], 2, axis=0))
+  seg = jnp.asarray(np.repeat([[1] * 13 + [2] * 27], 2, axis=0))  # a boundary inside a chunk
   o1, s1 = recurrent.chunked(*args, delta=delta, chunk_size=16, segment_ids_BT=seg)
   o2, s2 = recurrent.recurrent(*args, delta=delta, segment_ids_BT=seg)
   np.testing.assert_allclose(o1, o2, atol=1e-5)
@@ -81,6 +81,9 @@ def test_configs_and_variants_validate():
       assert run.section(config_lib.load_config(spec)).kind == kind
   with pytest.raises(ConfigError, match='sequence_mixers.kind'):
     run.section(config_lib.load_config(KIND_FILES['cost'], [('sequence_mixers.kind', 'speed')]))
+  with pytest.raises(ConfigError, match='recall.kv_pairs'):
+    run.section(config_lib.load_config(KIND_FILES['recall'], [
+        ('sequence_mixers.recall.kv_pairs', '(4, 17)')]))  # 4 x 17 > 65 tokens
   with pytest.raises(ConfigError, match="unknown mixer 'rwkv'"):
     variants.parse('rwkv*3,attention')
   assert variants.parse('gated_deltanet*7,attention/8') == variants.Variant(
@@ -130,8 +133,8 @@ def test_quality_and_recall_train_match_parameters_and_resume(tmp_path):
   rows = run.run_recall(config_lib.load_config(KIND_FILES['recall'] + ':smoke'),
                         str(tmp_path / 'r'), log=lambda _: None)
   assert [(r['variant'], r['kv_pairs']) for r in rows] == [
-      ('attention', 2), ('attention', 4), ('gated_deltanet*1,attention', 2),
-      ('gated_deltanet*1,attention', 4)]
+      ('gated_deltanet*1,attention', 2), ('gated_deltanet*1,attention', 4)]
+  assert rows[0]['state_floats_per_layer'] == 2 * 8 * 8  # 2 heads of 8 x 8
   assert all(0 <= r['accuracy'] <= 1 for r in rows)
   for name in ('results.csv', 'results.md', 'recall.png'):
     assert os.path.getsize(tmp_path / 'r' / name) > 0
