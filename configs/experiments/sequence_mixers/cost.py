@@ -20,7 +20,7 @@ kernel grows about 2x per doubling (1.6-3.4x under the load) and its memory exac
 0.13-0.47 s and 161-313 MiB. Tables and figures: BENCHMARKS.md ("Sequence mixers") and
 benchmarks/results/sequence_mixers_cost_cpu/.
 
-Variants: `:smoke` (lengths 256 and 512, one mixer, one repeat: a test of the command).
+Variants: `:tiny` (lengths 256 and 512, one mixer, one repeat: a test of the command).
 """
 
 from experiments.sequence_mixers import run
@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.model.mixer.chunk_size = 64
   c.model.mixer.state_dim = 64
   run.with_section(c, kind='cost')
-  if arg == 'smoke':
+  if arg == 'tiny':
     c.model.attention.window = 64
     c.model.attention.block_size = 32
     s = c.sequence_mixers
@@ -46,5 +46,5 @@ def get_config(arg=None):
     s.heads, s.head_dim = 2, 16
     s.repeats, s.warmup = 1, 0
   elif arg:
-    raise config_lib.unknown_variant(arg, ('smoke',))
+    raise config_lib.unknown_variant(arg, ('tiny',))
   return c

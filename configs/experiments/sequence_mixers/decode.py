@@ -21,7 +21,7 @@ the recurrent mixers stay in the thousands; two recurrent cells were below the t
 Tables and figure: BENCHMARKS.md ("Sequence mixers") and
 benchmarks/results/sequence_mixers_decode_cpu/.
 
-Variants: `:smoke` (two variants, contexts 48 and 96, 8 tokens: a test of the command).
+Variants: `:tiny` (two variants, contexts 48 and 96, 8 tokens: a test of the command).
 """
 
 from experiments.sequence_mixers import run
@@ -46,7 +46,7 @@ def get_config(arg=None):
   run.with_section(c, kind='decode', **{'decode.repeats': 1,
                                          'decode.contexts': (256, 1024, 4096)})
 
-  if arg == 'smoke':
+  if arg == 'tiny':
     c.data.seq_len = 32
     c.model.d_model = 32
     c.model.num_layers = 2
@@ -57,5 +57,5 @@ def get_config(arg=None):
     d.contexts = (48, 96)
     d.new_tokens = 8
   elif arg:
-    raise config_lib.unknown_variant(arg, ('smoke',))
+    raise config_lib.unknown_variant(arg, ('tiny',))
   return c

@@ -23,7 +23,7 @@ one seed and 200 steps, so the ranking among the first three is not established 
 sparse-attention study found seed-to-seed spreads of ~0.07 at a similar size). Table and
 figure: benchmarks/results/sequence_mixers_quality_cpu/.
 
-Variants: `:smoke` (two variants, a few steps: a test of the command).
+Variants: `:tiny` (two variants, a few steps: a test of the command).
 """
 
 from experiments.sequence_mixers import run
@@ -58,7 +58,7 @@ def get_config(arg=None):
 
   run.with_section(c, kind='quality')
 
-  if arg == 'smoke':
+  if arg == 'tiny':
     c.data.seq_len = 32
     c.model.d_model = 32
     c.model.num_layers = 2
@@ -73,5 +73,5 @@ def get_config(arg=None):
     c.train.checkpoint_every = 2
     c.sequence_mixers.variants = ('attention', 'gated_deltanet*1,attention')
   elif arg:
-    raise config_lib.unknown_variant(arg, ('smoke',))
+    raise config_lib.unknown_variant(arg, ('tiny',))
   return c

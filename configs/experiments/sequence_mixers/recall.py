@@ -25,7 +25,7 @@ No model learned the recall at this budget: attention and linear attention reach
 restores recall is not answered here; it needs recall.steps of a few thousand. Table and
 figure: BENCHMARKS.md ("Sequence mixers") and benchmarks/results/sequence_mixers_recall_cpu/.
 
-Variants: `:smoke` (one hybrid, one width, a few steps: a test of the command).
+Variants: `:tiny` (one hybrid, one width, a few steps: a test of the command).
 """
 
 from experiments.sequence_mixers import run
@@ -46,7 +46,7 @@ def get_config(arg=None):
       'recall.seq_len': 64, 'recall.kv_pairs': (2, 4, 8, 16), 'recall.num_keys': 32,
       'recall.num_values': 32, 'recall.steps': 600, 'recall.lr': 1e-2})
 
-  if arg == 'smoke':
+  if arg == 'tiny':
     c.model.num_layers = 2
     c.model.mixer.chunk_size = 16
     r = c.sequence_mixers.recall
@@ -59,5 +59,5 @@ def get_config(arg=None):
     r.warmup_steps = 1
     r.eval_examples = 8
   elif arg:
-    raise config_lib.unknown_variant(arg, ('smoke',))
+    raise config_lib.unknown_variant(arg, ('tiny',))
   return c

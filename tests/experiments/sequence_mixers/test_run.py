@@ -77,7 +77,7 @@ def test_chunked_delta_rule_matches_the_step_form():
 
 def test_configs_and_variants_validate():
   for kind, path in KIND_FILES.items():
-    for spec in (path, path + ':smoke'):
+    for spec in (path, path + ':tiny'):
       assert run.section(config_lib.load_config(spec)).kind == kind
   with pytest.raises(ConfigError, match='sequence_mixers.kind'):
     run.section(config_lib.load_config(KIND_FILES['cost'], [('sequence_mixers.kind', 'speed')]))
@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path):
 
 
 def test_cost_command_through_the_cli_and_decode(tmp_path):
-  result = _command(f'--config={KIND_FILES["cost"]}:smoke', f'--workdir={tmp_path / "cost"}')
+  result = _command(f'--config={KIND_FILES["cost"]}:tiny', f'--workdir={tmp_path / "cost"}')
   assert result.returncode == 0, result.stderr[-2000:]
   by = {(r['case'], int(r['length'])): r for r in _rows(tmp_path / 'cost' / 'results.csv')}
   assert float(by[('gated_deltanet/chunked C=64', 512)]['time_s']) > 0
@@ -109,7 +109,7 @@ def test_cost_command_through_the_cli_and_decode(tmp_path):
   for name in ('results.md', 'time_vs_length.png', 'memory_vs_length.png'):
     assert os.path.getsize(tmp_path / 'cost' / name) > 0
 
-  rows = run.run_decode(config_lib.load_config(KIND_FILES['decode'] + ':smoke'),
+  rows = run.run_decode(config_lib.load_config(KIND_FILES['decode'] + ':tiny'),
                         str(tmp_path / 'decode'), log=lambda _: None)
   cache = {(r['variant'], r['context']): r['cache_bytes'] for r in rows}
   # A recurrent state and a rolling window stay the same size; they do not grow with context.
@@ -121,7 +121,7 @@ def test_cost_command_through_the_cli_and_decode(tmp_path):
 
 @pytest.mark.slow
 def test_quality_and_recall_train_match_parameters_and_resume(tmp_path):
-  config = config_lib.load_config(KIND_FILES['quality'] + ':smoke', [('data.vocab_size', '128')])
+  config = config_lib.load_config(KIND_FILES['quality'] + ':tiny', [('data.vocab_size', '128')])
   dataset = helpers.PatternDataset(vocab_size=128, num_tokens=20_000)
   rows = run.run_quality(config, str(tmp_path / 'q'), dataset=dataset, log=lambda _: None)
   assert [r['variant'] for r in rows] == ['attention', 'gated_deltanet*1,attention']
@@ -130,7 +130,7 @@ def test_quality_and_recall_train_match_parameters_and_resume(tmp_path):
   again = run.run_quality(config, str(tmp_path / 'q'), dataset=dataset, log=logs.append)
   assert again == rows and not any('steps of' in line for line in logs)  # read, not retrained
 
-  rows = run.run_recall(config_lib.load_config(KIND_FILES['recall'] + ':smoke'),
+  rows = run.run_recall(config_lib.load_config(KIND_FILES['recall'] + ':tiny'),
                         str(tmp_path / 'r'), log=lambda _: None)
   assert [(r['variant'], r['kv_pairs']) for r in rows] == [
       ('gated_deltanet*1,attention', 2), ('gated_deltanet*1,attention', 4)]
