@@ -49,7 +49,7 @@ RECALL_COLUMNS = ('variant', 'd_model', 'num_layers', 'num_heads', 'state_floats
                   'params', 'kv_pairs', 'accuracy', 'eval_loss', 'chance', 'train_time_s',
                   'steps', 'name')
 DECODE_COLUMNS = ('variant', 'context', 'prompt', 'new_tokens', 'batch', 'cache_bytes',
-                  'prefill_s', 'generate_s', 'decode_tokens_per_s')
+                  'prefill_s', 'step_s', 'decode_tokens_per_s')
 write_csv, environment = sparse_run.write_csv, sparse_run.environment
 
 
@@ -564,9 +564,11 @@ def decode_markdown(rows, env, config) -> str:
            f"average {env['load_average']} at the end.", '', f"Command: `{env['command']}`", '',
            f'research.inference.decoding.generate (greedy), {m.num_layers} layers x d_model '
            f'{m.d_model} ({m.num_heads} heads), batch {d.batch}: a prompt of context - '
-           f'{d.new_tokens} tokens, then {d.new_tokens} generated. Tokens/s: (N - 1) / '
-           '(time of N tokens - time of 1), each after a compiling warm-up; prefill: the '
-           '1-token time. Cache: the nbytes of init_cache\'s leaves for the context.', '']
+           f'{d.new_tokens} tokens, then {d.new_tokens} generated. Tokens/s: batch / the '
+           'median time of one decoding step against a cache of the context\'s length '
+           '(experiments/sequence_mixers/decode.py); prefill: the median time of generate with '
+           '1 new token, after a compiling call. Cache: the nbytes of init_cache\'s leaves for '
+           'the context.', '']
   for title, cell in (('Decode tokens/s', lambda r: '' if r['decode_tokens_per_s'] in (None, '')
                         else f"{r['decode_tokens_per_s']:,.0f}"),
                       ('Cache (MiB)', lambda r: f"{r['cache_bytes'] / 2**20:,.2f}"),

@@ -10,14 +10,14 @@ linear_attention, mamba2 (state_dim 64) and gated_deltanet run it, and sparse_at
 causal attention (XLA einsums) and causal sliding window of 512 (blockwise, 128-token tiles).
 Full attention stops at 8k (its 16k scores need ~12 GiB > the 7.5 GiB limit).
 
-Measured 2026-12-04 on 2 CPU cores shared with other jobs (269 s for the whole command; the
-cores were loaded, so absolute times run high: full attention at 4k took 5.8 s here against
-~2 s expected from the sparse-attention study's 2-head 0.99 s): at 32k tokens, Mamba-2 0.57 s
-and linear attention 0.61 s (645 MiB each), Gated DeltaNet 2.21 s (1,251 MiB: its C x C solve
-and the delta rule's extra terms), the sliding window of 512 1.89 s (1,844 MiB). Every recurrent
-kernel grows about 2x per doubling (1.6-3.4x under the load) and its memory exactly 2x; full attention grows
-5.5-8.4x per doubling and needs 3.1 GiB at 8k (35.8 s), where the recurrent kernels take
-0.13-0.47 s and 161-313 MiB. Tables and figures: BENCHMARKS.md ("Sequence mixers") and
+Measured 2026-12-04 on 2 quiet CPU cores (137 s for the whole command): at 32k tokens,
+Mamba-2 0.46 s and linear attention 0.48 s (643-645 MiB), Gated DeltaNet 1.12 s (1,121 MiB:
+the delta rule's K K^T, block inverse and extra products), the sliding window of 512 1.58 s
+(1,844 MiB). Every recurrent kernel grows about 2x per doubling from 4k on (1.4-3.1x below,
+where fixed costs show) and its memory exactly 2x; full attention grows 4.4-5.4x per doubling
+and needs 3.1 GiB at 8k (8.1 s), where the recurrent kernels take 0.11-0.27 s and 161-280 MiB.
+(A first run, on loaded cores and with the earlier repeated-squaring inverse, had Gated
+DeltaNet at 2.21 s.) Tables and figures: BENCHMARKS.md ("Sequence mixers") and
 benchmarks/results/sequence_mixers_cost_cpu/.
 
 Variants: `:tiny` (lengths 256 and 512, one mixer, one repeat: a test of the command).
