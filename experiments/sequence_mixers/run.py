@@ -190,12 +190,7 @@ def cost_markdown(rows, env: dict, s, config) -> str:
     cells = [sparse_run.growth(rows, c, a, b) for c in cases]
     lines.append(f'| {a:,} -> {b:,} | ' + ' | '.join('' if g is None else f'{g:.2f}x'
                                                      for g in cells) + ' |')
-  notes = sorted({(r['case'], r['note']) for r in rows if r.get('note')})
-  if notes:
-    lines += ['', '## Notes', '']
-    for case, note in notes:
-      first = min(r['length'] for r in rows if r['case'] == case and r.get('note') == note)
-      lines.append(f'- {case}: {note} (from {first:,} tokens)')
+  lines += sparse_run.notes_lines(rows)
   lines += ['', '![time](time_vs_length.png)', '', '![memory](memory_vs_length.png)', '']
   return '\n'.join(lines)
 

@@ -270,14 +270,22 @@ def cost_markdown(rows, checks, env: dict, s, att) -> str:
     value = '' if ch['value'] is None else f"{ch['value']:.2f}x"
     met = 'not measured' if ch['ok'] is None else ('yes' if ch['ok'] else 'NO')
     lines.append(f"| {ch['check']} | {value} | {ch['target']} | {met} |")
-  notes = sorted({(r['case'], r['note']) for r in rows if r.get('note')})
-  if notes:
-    lines += ['', '## Notes', '']
-    for case, note in notes:
-      first = min(r['length'] for r in rows if r['case'] == case and r.get('note') == note)
-      lines.append(f'- {case}: {note} (from {first:,} tokens)')
+  lines += notes_lines(rows)
   lines += ['', '![time](time_vs_length.png)', '', '![memory](memory_vs_length.png)', '']
   return '\n'.join(lines)
+
+
+def notes_lines(rows) -> list[str]:
+  """A cost table's '## Notes' section: each case's note (a skip, a backend it cannot run
+  on) once, from the first length it applies to; nothing when no row has a note."""
+  notes = sorted({(r['case'], r['note']) for r in rows if r.get('note')})
+  if not notes:
+    return []
+  lines = ['', '## Notes', '']
+  for case, note in notes:
+    first = min(r['length'] for r in rows if r['case'] == case and r.get('note') == note)
+    lines.append(f'- {case}: {note} (from {first:,} tokens)')
+  return lines
 
 
 def run_cost(config, workdir: str, *, log: Callable[[str], None] = print) -> list[dict]:

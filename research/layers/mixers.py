@@ -45,6 +45,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from research.errors import ConfigError
+from research.layers import patterns
 from research.layers import peft as peft_lib
 from research.layers import recurrent
 
@@ -87,22 +88,8 @@ class MixerConfig:
 
 def parse_pattern(text: str) -> tuple[str, ...]:
   """'gated_deltanet*3,attention' -> ('gated_deltanet',) * 3 + ('attention',)."""
-  kinds = []
-  for part in str(text).split(','):
-    name, star, count = part.strip().partition('*')
-    name = name.strip()
-    try:
-      repeat = int(count) if star else 1
-    except ValueError:
-      repeat = 0
-    if repeat < 1:
-      raise ConfigError(f'{FIELD}.pattern', text, f"'{part.strip()}': write NAME or NAME*COUNT "
-                        "with COUNT >= 1, e.g. 'gated_deltanet*3,attention'")
-    if name not in KINDS:
-      raise ConfigError(f'{FIELD}.pattern', text, f"unknown mixer '{name}': choose from "
-                        f"{list(KINDS)}, interleaved as 'gated_deltanet*3,attention'")
-    kinds += [name] * repeat
-  return tuple(kinds)
+  return patterns.parse_cycle(text, KINDS, f'{FIELD}.pattern', "'gated_deltanet*3,attention'",
+                              'mixer')
 
 
 def check_mixer(mix, *, scan_layers: bool, seq_len: int) -> None:

@@ -114,9 +114,12 @@ class AttentionConfig:
     return len(set(self.pattern)) == 1
 
 
-def parse_pattern(text: str) -> tuple[str, ...]:
-  """'sliding*5,full' -> ('sliding',) * 5 + ('full',); raises ConfigError on bad syntax."""
-  kinds = []
+def parse_cycle(text: str, kinds, field: str, example: str, noun: str) -> tuple[str, ...]:
+  """A per-layer cycle, 'a*5,b' -> ('a',) * 5 + ('b',), of names from `kinds`; raises
+  ConfigError naming `field` on bad syntax or an unknown name. Attention patterns and sequence
+  mixers (research/layers/mixers.py) are both written this way; `example` shows the syntax and
+  `noun` names one entry in the error."""
+  names = []
   for part in str(text).split(','):
     name, star, count = part.strip().partition('*')
     name = name.strip()
@@ -125,14 +128,19 @@ def parse_pattern(text: str) -> tuple[str, ...]:
     except ValueError:
       repeat = 0
     if repeat < 1:
-      raise ConfigError(f'{FIELD}.pattern', text, f"'{part.strip()}': write NAME or NAME*COUNT "
-                        "with COUNT >= 1, e.g. 'sliding*5,full' (five local : one global)")
-    if name not in KINDS:
-      raise ConfigError(f'{FIELD}.pattern', text,
-                        f"unknown pattern '{name}': choose from {list(KINDS)}, interleaved as "
-                        "'sliding*5,full'")
-    kinds += [name] * repeat
-  return tuple(kinds)
+      raise ConfigError(field, text, f"'{part.strip()}': write NAME or NAME*COUNT with COUNT "
+                        f">= 1, e.g. {example}")
+    if name not in kinds:
+      raise ConfigError(field, text, f"unknown {noun} '{name}': choose from "
+                        f"{list(kinds)}, interleaved as {example}")
+    names += [name] * repeat
+  return tuple(names)
+
+
+def parse_pattern(text: str) -> tuple[str, ...]:
+  """'sliding*5,full' -> ('sliding',) * 5 + ('full',); raises ConfigError on bad syntax."""
+  return parse_cycle(text, KINDS, f'{FIELD}.pattern', "'sliding*5,full' (five local : one global)",
+                     'pattern')
 
 
 def check_attention(att, *, num_layers: int, scan_layers: bool, implementations) -> None:
