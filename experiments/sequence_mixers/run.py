@@ -83,6 +83,7 @@ def default_section() -> ml_collections.ConfigDict:
   s.recall.variants = ('attention', 'linear_attention', 'mamba2', 'gated_deltanet',
                        'gated_deltanet*3,attention', 'gated_deltanet*7,attention/8')
   s.recall.widths = (32, 64)  # model.d_model
+  s.recall.hybrid_widths = ()  # widths for variants mixing layer kinds; (): recall.widths
   s.recall.num_heads = 2
   s.recall.kv_pairs = (4, 8, 16, 32)
   s.recall.num_keys = 64
@@ -144,6 +145,11 @@ def section(config) -> ml_collections.ConfigDict:
                       f'each count must be at most recall.num_keys={r.num_keys} (keys are '
                       f'distinct) and {mqar.max_pairs(r.seq_len)} (4 tokens a pair and its '
                       f'query in recall.seq_len={r.seq_len})')
+  extra = sorted(set(r.hybrid_widths) - set(r.widths))
+  if extra:
+    raise ConfigError(f'{SECTION}.recall.hybrid_widths', r.hybrid_widths,
+                      f'{extra} not in recall.widths={tuple(r.widths)}: hybrids run at a subset '
+                      'of the widths (or () for all)')
   new, contexts = s.decode.new_tokens, s.decode.contexts
   if new < 2 or any(int(t) <= new for t in contexts):
     raise ConfigError(f'{SECTION}.decode.contexts', contexts,
@@ -432,7 +438,9 @@ def run_recall(config, workdir: str, *, log: Callable[[str], None] = print) -> l
   data = mqar.MQARDataset(kv_pairs=r.kv_pairs, num_keys=r.num_keys, num_values=r.num_values,
                           eval_examples=r.eval_examples, seed=config.seed)
   vocab = data.tokenizer.vocab_size
-  todo = [(variants.parse(v), int(w)) for w in r.widths for v in r.variants]
+  hybrid_widths = tuple(r.hybrid_widths) or tuple(r.widths)
+  todo = [(v, int(w)) for w in r.widths for v in map(variants.parse, r.variants)
+          if len(set(v.kinds)) == 1 or w in hybrid_widths]
   rows = []
   for i, (v, width) in enumerate(todo):
     directory = os.path.join(workdir, f'd{width}', v.slug)

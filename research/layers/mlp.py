@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,28 @@ ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu,
                'gelu_exact': lambda x: jax.nn.gelu(x, approximate=False),
                'swiglu': jax.nn.silu, 'geglu': jax.nn.gelu}
 GATED = {'swiglu', 'geglu'}
+
+
+# The activation (and a gated product) under jax.checkpoint: the backward recomputes it from its
+# inputs. Autodiff of tanh-GELU or SiLU would keep 4-5 intermediates the size of the hidden
+# layer, each written in the forward and read in the backward (research.plan, MLP_RESIDUALS).
+@functools.partial(jax.checkpoint, static_argnums=(1,))
+def activate(h_BTF, activation: str):
+  return ACTIVATIONS[activation](h_BTF)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2,))
+def _gated(g_BTF, h_BTF, activation: str):
+  return ACTIVATIONS[activation](g_BTF) * h_BTF
+
+
+def apply_activation(h_BTF, activation: str, gate_BTF=None):
+  """act(h), or act(gate) * h for the gated activations; any leading shape."""
+  if activation in GATED:
+    return _gated(gate_BTF, h_BTF, activation)
+  if activation == 'relu':
+    return jax.nn.relu(h_BTF)  # its autodiff keeps only a mask and the output
+  return activate(h_BTF, activation)
 
 
 def check_activation(name: str) -> None:
@@ -45,7 +69,6 @@ class MLP(nn.Module):
   def __call__(self, x_BTD):
     check_activation(self.activation)
     d = x_BTD.shape[-1]
-    act = ACTIVATIONS[self.activation]
     w_in_DF = self._dense('w_in', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
     h_BTF = self._matmul(x_BTD, 'w_in', w_in_DF)
     if self.use_bias:
@@ -53,9 +76,10 @@ class MLP(nn.Module):
                           (self.d_ff,), jnp.float32).astype(self.dtype)
     if self.activation in GATED:
       w_gate_DF = self._dense('w_gate', (d, self.d_ff), ('embed', 'mlp'), self.init_std)
-      h_BTF = act(self._matmul(x_BTD, 'w_gate', w_gate_DF)) * h_BTF
+      h_BTF = apply_activation(h_BTF, self.activation,
+                               self._matmul(x_BTD, 'w_gate', w_gate_DF))
     else:
-      h_BTF = act(h_BTF)
+      h_BTF = apply_activation(h_BTF, self.activation)
     h_BTF = nn.with_logical_constraint(h_BTF, ('batch', 'length', 'mlp'))
     w_out_FD = self._dense('w_out', (self.d_ff, d), ('mlp', 'embed'), self.out_init_std)
     y_BTD = self._matmul(h_BTF, 'w_out', w_out_FD)

@@ -413,14 +413,11 @@ class MoE(nn.Module):
 
   def _experts_dense(self, p, x_EBCD):
     """Every expert on its [B, C] slots (capacity and expert-choice routers)."""
-    act = mlp_lib.ACTIVATIONS[self.activation]
     h_EBCF = jnp.einsum('ebcd,edf->ebcf', x_EBCD, p['w_in'])
     if self.use_bias:
       h_EBCF += p['b_in'][:, None, None, :]
-    if 'w_gate' in p:
-      h_EBCF = act(jnp.einsum('ebcd,edf->ebcf', x_EBCD, p['w_gate'])) * h_EBCF
-    else:
-      h_EBCF = act(h_EBCF)
+    gate_EBCF = (jnp.einsum('ebcd,edf->ebcf', x_EBCD, p['w_gate']) if 'w_gate' in p else None)
+    h_EBCF = mlp_lib.apply_activation(h_EBCF, self.activation, gate_EBCF)
     h_EBCF = _constrain(h_EBCF, ('expert', 'expert_batch', None, 'mlp'))
     y_EBCD = jnp.einsum('ebcf,efd->ebcd', h_EBCF, p['w_out'])
     if self.use_bias:
@@ -429,14 +426,11 @@ class MoE(nn.Module):
 
   def _experts_ragged(self, p, x_MD, group_sizes_E, expert_M):
     """The experts as grouped matmuls over rows sorted by expert (dropless router)."""
-    act = mlp_lib.ACTIVATIONS[self.activation]
     h_MF = jax.lax.ragged_dot(x_MD, p['w_in'], group_sizes_E)
     if self.use_bias:
       h_MF += p['b_in'][expert_M]
-    if 'w_gate' in p:
-      h_MF = act(jax.lax.ragged_dot(x_MD, p['w_gate'], group_sizes_E)) * h_MF
-    else:
-      h_MF = act(h_MF)
+    gate_MF = (jax.lax.ragged_dot(x_MD, p['w_gate'], group_sizes_E) if 'w_gate' in p else None)
+    h_MF = mlp_lib.apply_activation(h_MF, self.activation, gate_MF)
     y_MD = jax.lax.ragged_dot(h_MF, p['w_out'], group_sizes_E)
     if self.use_bias:
       y_MD += p['b_out'][expert_M]

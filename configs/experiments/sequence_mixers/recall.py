@@ -36,15 +36,20 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.name = 'sequence_mixers/recall'
   c.model.family = 'decoder'
-  c.model.num_layers = 4
+  c.model.num_layers = 2
   c.model.activation = 'swiglu'
   c.model.position = 'rope'
   c.model.mixer.chunk_size = 64
   c.model.mixer.state_dim = 16
+  c.model.mixer.kernel_remat = False  # tiny models: memory is no concern, time is
   c.train.async_checkpoints = False
   run.with_section(c, kind='recall', **{
-      'recall.seq_len': 64, 'recall.kv_pairs': (2, 4, 8, 16), 'recall.num_keys': 32,
-      'recall.num_values': 32, 'recall.steps': 600, 'recall.lr': 1e-2})
+      'recall.variants': ('attention', 'linear_attention', 'mamba2', 'gated_deltanet',
+                          'mamba2*3,attention/4', 'mamba2*7,attention/8'),
+      'recall.widths': (32, 64), 'recall.hybrid_widths': (64,),
+      'recall.seq_len': 64, 'recall.kv_pairs': (2, 4, 8), 'recall.num_keys': 32,
+      'recall.num_values': 32, 'recall.steps': 1400, 'recall.batch_size': 64,
+      'recall.lr': 1e-3})
 
   if arg == 'tiny':
     c.model.num_layers = 2
@@ -52,6 +57,7 @@ def get_config(arg=None):
     r = c.sequence_mixers.recall
     r.variants = ('gated_deltanet*1,attention',)
     r.widths = (16,)
+    r.hybrid_widths = ()
     r.kv_pairs = (2, 4)
     r.seq_len = 32
     r.steps = 2
