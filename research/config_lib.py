@@ -190,6 +190,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.moe.z_loss_coef = 1e-3  # x router z-loss, mean logsumexp(logits)^2
   c.model.moe.bias_update_rate = 1e-3  # aux_free: bias += rate x sign(mean load - load)
   c.model.moe.allow_noncausal = False  # permit expert_choice (non-causal) in decoders
+  # Quantized matmuls through Qwix (research/layers/quantization.py has the details).
+  c.model.quantization = ml_collections.ConfigDict()
+  # 'none' | 'qat' (int8/fp8 matmuls in training, straight-through gradients) | 'ptq' (weights
+  # stored quantized, inference only: written by `python -m research.compress quantize`)
+  c.model.quantization.mode = 'none'
+  c.model.quantization.weight_qtype = 'int8'  # 'int8' | 'int4' | 'float8_e4m3fn' | 'float8_e5m2'
+  c.model.quantization.act_qtype = ''  # '' (weight-only) or a qtype for the matmul inputs too
+  c.model.quantization.bwd_qtype = ''  # qat: '' (float gradients) or a qtype for the backward
+  # Layer kinds, comma-separated: attention (projections), mlp, moe (experts), head (unembedding)
+  c.model.quantization.layers = 'attention,mlp,moe'
+  c.model.quantization.group_size = 0  # a scale per this many input features; 0: per channel
+  c.model.quantization.symmetric = True  # False: min-max scales and a zero point (int qtypes)
 
   c.objective = ml_collections.ConfigDict()
   # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo'
@@ -539,7 +551,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from research.parallel import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.check_config(c)
   from research import models  # validates the model section  pylint: disable=g-import-not-at-top
-  models.transformer_config(c.model, seq_len=c.data.seq_len)
+  model_cfg = models.transformer_config(c.model, seq_len=c.data.seq_len)
+  from research.layers import quantization  # pylint: disable=g-import-not-at-top
+  quantization.check_config(c.model, model_cfg)
   from research.training import optimizers  # pylint: disable=g-import-not-at-top
   optimizers.fill_effective_lr(c)
   from research.layers import context_parallel, mixers  # pylint: disable=g-import-not-at-top

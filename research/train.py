@@ -26,6 +26,10 @@ def main(config, argv):
   if not _WORKDIR.value:
     from research.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError('--workdir is required, e.g. --workdir=runs/shakespeare')
+  if config.model.quantization.mode == 'ptq':
+    from research.errors import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError('model.quantization.mode', 'ptq', "post-training quantized weights are "
+                      "for inference: train with 'qat' (or 'none'), then quantize")
   final = trainer.train(config, _WORKDIR.value)
   print(json.dumps(final, sort_keys=True), flush=True)
   if 'preempted_at' in final:  # saved, but not finished: a scheduler must not count it done

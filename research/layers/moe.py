@@ -547,7 +547,8 @@ class MoE(nn.Module):
       noise = jax.random.uniform(self.make_rng('dropout'), xr_BTD.shape, jnp.float32,
                                  1.0 - c.jitter, 1.0 + c.jitter)
       xr_BTD = xr_BTD * noise
-    logits_BTE = jnp.einsum('btd,de->bte', xr_BTD, router_DE)
+    # A matmul, not an einsum: quantization (Qwix intercepts einsums) leaves the router float32.
+    logits_BTE = jnp.matmul(xr_BTD, router_DE)
     probs_BTE = jax.nn.softmax(logits_BTE, axis=-1)
 
     routing = ROUTERS[c.router](self, p, x_BTD, logits_BTE, probs_BTE, bias_E)

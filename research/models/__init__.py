@@ -8,7 +8,7 @@ import importlib
 import flax
 
 from research.errors import ConfigError
-from research.layers import attention
+from research.layers import attention, quantization
 from research.parallel import pipeline
 from research.models.transformer import TransformerConfig, transformer_config
 
@@ -35,7 +35,8 @@ def build_model(config, *, decode: bool = False, deterministic: bool = True):
     cfg = dataclasses.replace(cfg, pipeline_stages=pipeline.stages_of(config),
                               pipeline_repeats=pipeline.repeats_of(config),
                               pipeline_micro_batches=pipeline.micro_batches_of(config))
-  return cls(cfg, decode=decode, deterministic=deterministic)
+  # config.model.quantization (Qwix): here, so training, evaluation and decoding all see it.
+  return quantization.build(cls(cfg, decode=decode, deterministic=deterministic), config.model)
 
 
 def attention_maps(model, params, *args, model_state=None, **kwargs) -> dict:

@@ -193,6 +193,11 @@ def make_optimizer(train_cfg, model_cfg=None) -> optax.GradientTransformation:
   (`lr_factors`: μP, train.lr_exponents, train.lr_multipliers) on top. Without any factor
   other than 1 the optimizer (and its state) is exactly the plain one."""
   t = train_cfg
+  quantization = model_cfg.get('quantization', None) if model_cfg is not None else None
+  if quantization is not None and quantization.mode == 'ptq':
+    # Post-training quantized weights (research/layers/quantization.py) are for inference: an
+    # optimizer with no state, so a quantized checkpoint holds no float copies.
+    return optax.set_to_zero()
   schedule = make_schedule(t)
   if t.optimizer == 'adamw':
     opt = optax.adamw(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
