@@ -119,6 +119,9 @@ def quantize_workdir(workdir: str, out: str, *, bits: int = 8, group_size: int =
   from research.data import hf_tokenizer, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   from research.layers import quantization  # pylint: disable=g-import-not-at-top
   from research.training import peft, trainer  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise UserError(f'--workdir={workdir}: not a workdir (no config.json): give one that '
+                    'research.train or research.convert wrote')
   _check_out(out)
   source_config = loading.load_config(workdir)  # checks the workdir before anything is loaded
   config = quantized_config(source_config, bits=bits, group_size=group_size,
