@@ -107,8 +107,8 @@ def init_from(run, state, workdir: str):
   if make_model_state is not None:
     model_state.update(jax.tree.map(jnp.copy, make_model_state(params)))
   if pruning.MASKS in model_state and pruning.MASKS in source.model_state:
-    model_state[pruning.MASKS] = trainer.move(source.model_state[pruning.MASKS],
-                                              run.stored_shardings.model_state[pruning.MASKS])
+    model_state[pruning.MASKS] = jax.device_put(source.model_state[pruning.MASKS],
+                                                run.stored_shardings.model_state[pruning.MASKS])
   params = trainer.move(params, run.stored_shardings.params)  # where train.offload keeps them
   return state.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                        model_state=model_state), report

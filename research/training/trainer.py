@@ -198,6 +198,13 @@ def abstract_state(run: Run):
   return checkpointing.abstract_like(shapes, run.stored_shardings)
 
 
+def logical_params(run: Run):
+  """The parameters' ShapeDtypeStructs boxed with their logical axis names (nn.Partitioned):
+  what tools that read parameters by their axes (research.compress prune) need."""
+  with run.context():
+    return jax.eval_shape(_state_initializer(run), _abstract_key()).params
+
+
 def loss_kwargs(run: Run) -> dict:
   """Config-derived keyword arguments of the objective's loss (DPO's beta), if it has any."""
   kwargs_of = getattr(run.objective, 'loss_kwargs', None)
