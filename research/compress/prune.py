@@ -200,7 +200,8 @@ def structured_plan(config, params, names, method: str, keep: int, *, flag: str 
     fields = {'num_heads': plan[0], 'num_kv_heads': plan[1], 'head_dim': cfg.head_dim}
   else:
     if not 1 <= keep < cfg.d_ff:
-      raise UserError(f'{flag or "--d_ff"}: keeps {keep} of model.d_ff={cfg.d_ff} channels per layer; '
+      raise UserError(f'{flag or "--d_ff"}: keeps {keep} of model.d_ff={cfg.d_ff} channels '
+                      'per layer; '
                       f'keep between 1 and {cfg.d_ff - 1}')
     kept = {m: _kept_channels(flat, names, b, keep) for m, b in _blocks(names, 'mlp').items()}
     fields = {'d_ff': keep}

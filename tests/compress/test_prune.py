@@ -245,7 +245,8 @@ def test_prune_command_then_sample_evaluate_and_fine_tune(trained, tmp_path):
 def test_bad_input_exits_with_one_line(trained, tmp_path, capsys):
   cases = [(['--method=random', '--sparsity=0.5'],
             "--method=random: choose one of ['magnitude', '2:4', 'heads', 'channels']"),
-           (['--method=magnitude', '--sparsity=0.5', '--steps=3'], 'unknown flag --steps'),(['--method=magnitude', '--sparsity=1.5'], '--sparsity=1.5: must be in (0, 1)'),
+           (['--method=magnitude', '--sparsity=0.5', '--steps=3'], 'unknown flag --steps'),
+           (['--method=magnitude', '--sparsity=1.5'], '--sparsity=1.5: must be in (0, 1)'),
            (['--method=heads', '--num_heads=3'], '--num_heads=3: keeping 3 query heads'),
            (['--method=heads', '--sparsity=0.9'], '--sparsity=0.9: keeps 0 of'),
            ([f'--out={trained}', '--method=2:4'], 'exists: give a new directory')]
