@@ -310,6 +310,21 @@ def base_config() -> ml_collections.ConfigDict:
   # One field, not two booleans: parameters without the optimizer state is not offered (the
   # optimizer state is the larger: AdamW's is twice the parameters). Needs pinned_host memory.
   c.train.offload = 'none'
+  # Gradual pruning (research/training/pruning.py; once, after training: python -m
+  # research.compress prune). Masks live in the train state and checkpoints; pruned weights
+  # stay exactly 0 through every optimizer step. Zhu & Gupta 2017's cubic schedule: sparsity
+  # rises from initial_sparsity at start_step to sparsity at end_step, the masks recomputed
+  # every update_every steps. Each attention and feed-forward matrix is pruned by itself;
+  # embeddings, norms, biases and routers never.
+  c.train.pruning = ml_collections.ConfigDict()
+  # 'none' | 'magnitude' (smallest |w| of each matrix) | '2:4' (2 of every 4 consecutive
+  # input weights, the pattern sparse tensor cores run; sparsity 0.5)
+  c.train.pruning.method = 'none'
+  c.train.pruning.sparsity = 0.5  # the target fraction of zeros in each pruned matrix
+  c.train.pruning.initial_sparsity = 0.0  # the schedule's value at start_step
+  c.train.pruning.start_step = 0  # first step whose masks are computed
+  c.train.pruning.end_step = 0  # the target is reached here (= start_step: at once)
+  c.train.pruning.update_every = 100  # steps between mask updates in [start_step, end_step]
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.preset = ''  # '' | 'dp' | 'fsdp' | 'fsdp_tp' | 'fsdp_ep' | 'ep' | 'fsdp_pp' | 'fsdp_cp'
@@ -546,6 +561,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if 'peft' in c:
     from research.training import peft  # pylint: disable=g-import-not-at-top
     peft.check_config(c)
+  from research.training import pruning  # pylint: disable=g-import-not-at-top
+  pruning.check_config(c)
   from research.parallel import mesh  # pylint: disable=g-import-not-at-top
   mesh.axis_sizes(c.mesh)  # validates the preset name
   from research.parallel import pipeline  # pylint: disable=g-import-not-at-top
@@ -574,6 +591,10 @@ def _inherit_model(c: ml_collections.ConfigDict) -> None:
     c.model.max_len = source.data.seq_len
   c.data.vocab_size = source.data.vocab_size
   c.data.num_sentinels = source.data.num_sentinels
+  if c.train.pruning.method == 'none' and source.train.pruning.method != 'none':
+    # A pruned model keeps its zeros: its masks come back (restore.init_from), fixed from step 0.
+    c.train.pruning = source.train.pruning
+    c.train.pruning.start_step = c.train.pruning.end_step = 0
   c.finetune.inherit_model = False  # done: the saved config.json stands on its own
 
 

@@ -21,7 +21,7 @@ from research.data import hf_tokenizer
 from research.data import tokenizer as tokenizer_lib
 from research.errors import UserError
 from research.layers import moe as moe_lib
-from research.training import peft, trainer
+from research.training import peft, pruning, trainer
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'a fine-tuning workdir written by research.train')
 _OUT = flags.DEFINE_string('out', None, 'the plain workdir to write')
@@ -40,8 +40,10 @@ def export(workdir: str, out: str) -> dict:
   config = config_lib.finalize(config)
   run = trainer.build_run(config)
   params = jax.device_put(params, run.state_shardings.params)
-  # Aux-free MoE selection biases stay; the DPO reference goes.
-  model_state = {k: v for k, v in lm.model_state.items() if k == moe_lib.STATE_COLLECTION}
+  # Aux-free MoE selection biases and sparsity masks (train.pruning) stay; the DPO reference
+  # goes.
+  model_state = {k: v for k, v in lm.model_state.items()
+                 if k in (moe_lib.STATE_COLLECTION, pruning.MASKS)}
   loading.save_workdir(out, config, run, params, model_state)
   if tokenizer_lib.find_tokenizer(workdir) is not None:
     hf_tokenizer.copy_tokenizer_files(workdir, out)

@@ -7,7 +7,8 @@ of this run is decided by `finetune.restore`, (regex, 'load' | 'init') pairs whe
 regex that matches the whole path wins: 'load' copies the source's array, which must exist with
 the same shape; 'init' keeps this run's fresh initialisation. Parameters that a PEFT method adds
 are always 'init'. The optimizer state is always fresh (built from the restored parameters), and
-the step is 0.
+the step is 0. A pruned source's sparsity masks come with its parameters when this run prunes
+(train.pruning, which a fine-tune inherits from a pruned source: config_lib._inherit_model).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from research.errors import ConfigError
-from research.training import peft
+from research.training import peft, pruning
 
 ACTIONS = ('load', 'init')
 
@@ -92,8 +93,8 @@ def init_from(run, state, workdir: str):
                       'research.train or research.convert wrote')
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   # Selected on the device, where the optimizer and the reference read them.
-  params, report = select(trainer.device_params(run, state.params),
-                          loading.load(workdir).params, rules)
+  source = loading.load(workdir)
+  params, report = select(trainer.device_params(run, state.params), source.params, rules)
   if report['unused_source']:
     logging.warning('init_from %s: %d source parameters are not used (first: %s)', workdir,
                     len(report['unused_source']), report['unused_source'][0])
@@ -105,6 +106,9 @@ def init_from(run, state, workdir: str):
   make_model_state = getattr(run.objective, 'init_model_state', None)
   if make_model_state is not None:
     model_state.update(jax.tree.map(jnp.copy, make_model_state(params)))
+  if pruning.MASKS in model_state and pruning.MASKS in source.model_state:
+    model_state[pruning.MASKS] = jax.device_put(source.model_state[pruning.MASKS],
+                                                run.stored_shardings.model_state[pruning.MASKS])
   params = trainer.move(params, run.stored_shardings.params)  # where train.offload keeps them
   return state.replace(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                        model_state=model_state), report

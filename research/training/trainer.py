@@ -29,7 +29,7 @@ from research.errors import ConfigError, UserError
 from research.data import loader
 from research.layers import moe as moe_lib
 from research.parallel import mesh as mesh_lib, pipeline
-from research.training import checkpointing, flops as flops_lib, optimizers, peft
+from research.training import checkpointing, flops as flops_lib, optimizers, peft, pruning
 from research.training import guards, metrics as metrics_lib, resume_check, workdir_lock
 from research.training.metrics import MetricsWriter
 
@@ -40,7 +40,9 @@ class TrainState:
   params: Any
   opt_state: Any
   # Non-gradient model variables updated by the forward pass ({'moe_state': ...} for MoE
-  # models with aux-free balancing; {} otherwise).
+  # models with aux-free balancing), an objective's own state (DPO's frozen reference) and the
+  # sparsity masks of pruned runs ({'pruning_masks': ...}, research/training/pruning.py);
+  # {} otherwise.
   model_state: Any = dataclasses.field(default_factory=dict)
 
 
@@ -61,6 +63,8 @@ class Run:
   stored_shardings: Any = None
   # PEFT (config.peft): True per trainable parameter; None when every parameter trains.
   trainable: Any = None
+  # train.pruning: {path: pruning.Layout} of the pruned parameters; None without pruning.
+  prunable: Any = None
   # Jitted programs built once per run (the eval step): evaluations during training and the
   # evaluation tasks that share the run then reuse one compiled program.
   programs: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
@@ -72,16 +76,19 @@ class Run:
       yield
 
 
-def init_state_fn(model, tx, init_args, rng, objective=None) -> TrainState:
+def init_state_fn(model, tx, init_args, rng, objective=None, prune=False) -> TrainState:
   """The initial TrainState from a PRNG key: what init_state jits and planners trace.
 
-  An objective with `init_model_state(params)` (DPO: the frozen reference) adds its entries.
+  An objective with `init_model_state(params)` (DPO: the frozen reference) adds its entries;
+  `prune` adds all-True sparsity masks (train.pruning).
   """
   variables = model.init({'params': rng}, *init_args)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k == moe_lib.STATE_COLLECTION}
   if objective is not None and hasattr(objective, 'init_model_state'):
     model_state.update(objective.init_model_state(params))
+  if prune:
+    model_state[pruning.MASKS] = pruning.init_masks(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     model_state=model_state)
 
@@ -97,7 +104,8 @@ def _state_initializer(run: 'Run') -> Callable:
   # this process cannot touch (an ahead-of-time compile for a TPU topology).
   init_args = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: run.objective.init_args(divisor, run.config)))
-  return functools.partial(init_state_fn, run.model, run.tx, init_args, objective=run.objective)
+  return functools.partial(init_state_fn, run.model, run.tx, init_args, objective=run.objective,
+                           prune=pruning.enabled(run.config))
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -131,6 +139,8 @@ def build_run(config, *, devices=None) -> Run:
   with run.context():
     abstract = jax.eval_shape(_state_initializer(run), _abstract_key())
     run.state_shardings = mesh_lib.logical_shardings(abstract, mesh, rules)
+  if pruning.enabled(config):
+    run.prunable = pruning.layouts(abstract.params)
   run.stored_shardings = _stored_shardings(run.state_shardings, config.train.get('offload',
                                                                                 'none'), mesh)
   if peft_cfg is not None and peft_cfg.method != 'none':
@@ -188,6 +198,13 @@ def abstract_state(run: Run):
   return checkpointing.abstract_like(shapes, run.stored_shardings)
 
 
+def logical_params(run: Run):
+  """The parameters' ShapeDtypeStructs boxed with their logical axis names (nn.Partitioned):
+  what tools that read parameters by their axes (research.compress prune) need."""
+  with run.context():
+    return jax.eval_shape(_state_initializer(run), _abstract_key()).params
+
+
 def loss_kwargs(run: Run) -> dict:
   """Config-derived keyword arguments of the objective's loss (DPO's beta), if it has any."""
   kwargs_of = getattr(run.objective, 'loss_kwargs', None)
@@ -203,6 +220,7 @@ def make_train_step(run: Run) -> Callable:
   schedule = optimizers.make_schedule(run.config.train)
   base_rng = jax.random.key(run.config.seed + 1)
   offloaded = config_lib.OFFLOAD[run.config.train.get('offload', 'none')]
+  prunable = run.prunable
 
   def fetch(state: TrainState, field: str) -> TrainState:
     # An offloaded field comes to device memory where the step first reads it (the optimizer
@@ -223,6 +241,8 @@ def make_train_step(run: Run) -> Callable:
 
   def step_fn(state: TrainState, batch):
     state = fetch(state, 'params')
+    if prunable:  # masks updated on the schedule; the forward pass sees the pruned weights
+      state = pruning.prune_state(run.config.train.pruning, prunable, state)
     rng = jax.random.fold_in(base_rng, state.step)
     if m == 1:
       grads, aux = grads_of(state.params, state.model_state, batch, rng)
@@ -246,13 +266,19 @@ def make_train_step(run: Run) -> Callable:
     if trainable is not None:  # PEFT: frozen parameters' gradients are never used
       grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     state = fetch(state, 'opt_state')
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if prunable:  # pruned weights stay exactly 0: no gradient, momentum or decay reaches them
+      params, opt_state = pruning.masked_update(tx, grads, state.opt_state, state.params,
+                                                state.model_state[pruning.MASKS])
+    else:
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = {'loss': aux['loss_sum'] / weight_sum, 'accuracy': aux['correct'] / weight_sum,
                'grad_norm': optax.tree_utils.tree_norm(grads), 'lr': schedule(state.step),
                'target_tokens': aux['weight_sum']}
     # Objective-specific sums (DPO's rewards), per unit of weight like the loss.
     metrics.update({k: v / weight_sum for k, v in aux.get('metrics', {}).items()})
+    if prunable:
+      metrics['pruning/sparsity'] = pruning.sparsity_of(params, prunable)
     model_state = state.model_state
     if 'moe_loss_sum' in aux:  # MoE: 'loss' stays the cross-entropy; the aux loss beside it
       metrics['moe/aux_loss_total'] = aux['moe_loss_sum'] / weight_sum
