@@ -17,6 +17,7 @@ import pytest
 from research import config_lib, loading
 from research.data import sft, tokenizer as tokenizer_lib
 from research.errors import ConfigError
+from research.evaluation import validation
 from research.objectives import distill
 from research.training import trainer
 from tests.finetune.conftest import ONE_DEVICE, copy_task, source_config
@@ -232,6 +233,11 @@ def test_command_line_end_to_end_then_resume_equals_uninterrupted(tmp_path, teac
       assert resumed[r['step']][key] == pytest.approx(r[key], rel=1e-5), (r['step'], key)
   evals = [r['eval/loss'] for r in rows if r['step'] == 4 and 'eval/loss' in r]
   assert final['eval/loss'] == pytest.approx(evals[0], rel=1e-5)
+  # research.evaluate's path: the student's loss and the distill/ terms, the teacher from the
+  # student's checkpoint.
+  again = validation.validation(whole)
+  assert again['loss'] == pytest.approx(ev['eval/loss'], rel=1e-5)
+  assert again['distill/kl'] == pytest.approx(ev['eval/distill/kl'], rel=1e-5)
 
 
 def test_bad_field_is_one_line_and_exit_2(teacher, copy_files, tmp_path):
