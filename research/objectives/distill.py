@@ -117,7 +117,8 @@ def _teacher_tokenizer(config):
 
 def _check_tokenizers(config) -> None:
   """The student's tokenizer sources (data.tokenizer, init_from's) must be the teacher's."""
-  from research.data import pipeline, tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from research.data import pipeline, tokenizer as tokenizer_lib
   teacher = _teacher_tokenizer(config)
   if teacher is None:
     return  # nothing to compare: the vocabulary sizes agree (check_config)
