@@ -204,7 +204,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.quantization.symmetric = True  # False: min-max scales and a zero point (int qtypes)
 
   c.objective = ml_collections.ConfigDict()
-  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo'
+  # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo' |
+  # 'distill' (knowledge distillation from distill.teacher)
   c.objective.name = 'causal_lm'
   c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
   c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
@@ -248,6 +249,14 @@ def base_config() -> ml_collections.ConfigDict:
   # JSONL glob of preference rows; experiments.finetune.build_data --preferences builds some.
   c.dpo.train_data = ''
   c.dpo.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
+  # Knowledge distillation (research/objectives/distill.py), with objective.name='distill':
+  # loss = alpha x T^2 x KL(teacher_T || student_T) + (1 - alpha) x cross-entropy, over target
+  # tokens, the teacher frozen in the train state. Data: finetune.train_data (JSONL rows, the
+  # response tokens scored) when set, else the token stream of data.source.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ''  # the teacher's workdir (a decoder run or import with its tokenizer)
+  c.distill.alpha = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
+  c.distill.temperature = 2.0  # T, > 0: both softmaxes at logits / T (Hinton et al. 2015)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000  # optimizer steps in total (a resumed run continues to this)
@@ -576,6 +585,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from research.layers import context_parallel, mixers  # pylint: disable=g-import-not-at-top
   context_parallel.check_config(c)
   mixers.check_config(c)
+  if c.objective.name == 'distill':
+    from research.objectives import distill  # pylint: disable=g-import-not-at-top
+    distill.check_config(c)  # the teacher: its workdir, family, vocabulary and tokenizer
   return c
 
 

@@ -10,8 +10,10 @@ Each objective is a module in this package with four functions:
       `loss_sum`, `weight_sum` and `correct`, so micro-batches and hosts add up before dividing.
 Optional: load_dataset(config, workdir) when the objective reads its own data (sft, dpo);
 init_model_state(params) for non-gradient state it needs (DPO's frozen reference);
-loss_kwargs(config) for config values its loss takes (DPO's beta); aux['metrics'] for extra
-sums the trainer logs per unit of weight.
+loss_kwargs(config) for config values its loss takes (DPO's beta, distill's teacher module);
+aux['metrics'] for extra sums the trainer logs per unit of weight; init_frozen_state(config,
+init_args) and load_frozen_state(run, state) for a frozen model of another workdir held in the
+model state (distill's teacher: placeholders traced with the state, filled at a fresh start).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ OBJECTIVES = {
     'span_corruption': 'research.objectives.span_corruption',
     'sft': 'research.objectives.sft',
     'dpo': 'research.objectives.dpo',
+    'distill': 'research.objectives.distill',
 }
 
 Objective = types.ModuleType  # an objective is its module

@@ -76,18 +76,22 @@ class Run:
       yield
 
 
-def init_state_fn(model, tx, init_args, rng, objective=None, prune=False) -> TrainState:
+def init_state_fn(model, tx, init_args, rng, objective=None, config=None) -> TrainState:
   """The initial TrainState from a PRNG key: what init_state jits and planners trace.
 
   An objective with `init_model_state(params)` (DPO: the frozen reference) adds its entries;
-  `prune` adds all-True sparsity masks (train.pruning).
+  one with `init_frozen_state(config, init_args)` (distill: the teacher) adds placeholders of a
+  frozen model's variables, which `load_frozen_state` fills at a fresh start. A config with
+  train.pruning adds all-True sparsity masks.
   """
   variables = model.init({'params': rng}, *init_args)
   params = variables['params']
   model_state = {k: v for k, v in variables.items() if k == moe_lib.STATE_COLLECTION}
   if objective is not None and hasattr(objective, 'init_model_state'):
     model_state.update(objective.init_model_state(params))
-  if prune:
+  if objective is not None and hasattr(objective, 'init_frozen_state'):
+    model_state.update(objective.init_frozen_state(config, init_args))
+  if config is not None and pruning.enabled(config):
     model_state[pruning.MASKS] = pruning.init_masks(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     model_state=model_state)
@@ -105,7 +109,7 @@ def _state_initializer(run: 'Run') -> Callable:
   init_args = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
       lambda: run.objective.init_args(divisor, run.config)))
   return functools.partial(init_state_fn, run.model, run.tx, init_args, objective=run.objective,
-                           prune=pruning.enabled(run.config))
+                           config=run.config)
 
 
 def build_run(config, *, devices=None) -> Run:
@@ -567,6 +571,8 @@ def _train_locked(run: Run, workdir: str, *, dataset, hooks) -> dict[str, float]
     if c.get('init_from', ''):
       from research.training import restore  # pylint: disable=g-import-not-at-top
       state, _ = restore.init_from(run, state, c.init_from)
+    if hasattr(run.objective, 'load_frozen_state'):  # distill: the teacher's checkpoint
+      state = run.objective.load_frozen_state(run, state)
   else:
     logging.info('resumed from step %d', int(state.step))
     saver.last_good = int(state.step)
