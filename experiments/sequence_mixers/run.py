@@ -302,12 +302,7 @@ def matching_d_ff(config, variant, target: int, extra: dict) -> int:
 
 
 def _check_finished(final: dict, steps: int, directory: str) -> None:
-  """Stops the study where the trainer returned early (SIGTERM saves a checkpoint and returns):
-  a run cut short must not be recorded as finished."""
-  if final.get('preempted_at') is not None:
-    raise UserError(f"the run in {directory} stopped at step {final['preempted_at']} of "
-                    f"{steps} ({final.get('preempted_by', 'a signal')}): rerun the same command "
-                    'to resume it')
+  sparse_run.check_finished(final, steps, directory)
 
 
 def _read_json(path):

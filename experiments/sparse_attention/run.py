@@ -367,6 +367,15 @@ def _run_config(config, overrides: dict, name: str, study: str = 'sparse_attenti
   return config_lib.finalize(c)
 
 
+def check_finished(final: dict, steps: int, directory: str) -> None:
+  """Stops the study where the trainer returned early (SIGTERM saves a checkpoint and returns):
+  a run cut short must not be recorded as finished."""
+  if final.get('preempted_at') is not None:
+    raise UserError(f"the run in {directory} stopped at step {final['preempted_at']} of "
+                    f"{steps} ({final.get('preempted_by', 'a signal')}): rerun the same command "
+                    'to resume it')
+
+
 def _read_json(path):
   try:
     with open(path) as f:
@@ -417,6 +426,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
           f'{c.train.batch_size} x {c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
+      check_finished(final, c.train.steps, directory)
       loss = final.get('eval/loss')
       if loss is None:
         loss = _evaluate_checkpoint(directory, dataset,
@@ -460,6 +470,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
           f'{rf if math.isinf(rf) else int(rf)} vs distance >= {distance}; {r.steps} steps')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=probe)
+      check_finished(final, r.steps, directory)
       if final.get('eval/accuracy') is None or final.get('step') != r.steps:
         final = _evaluate_checkpoint(directory, probe)
       done = {'task': 'retrieval', 'variant': v.name, 'pattern': v.pattern, 'window': v.window,

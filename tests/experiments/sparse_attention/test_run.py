@@ -118,3 +118,12 @@ def test_quality_command_trains_evaluates_and_resumes(tmp_path):
   logs.clear()
   again = run.run_quality(config, str(tmp_path), dataset=dataset, log=logs.append)
   assert again == rows and not any('steps' in line for line in logs)
+
+
+def test_a_run_stopped_by_a_signal_is_not_recorded_as_finished():
+  """The trainer returns after saving on SIGTERM; the study must stop there (and rerun to
+  resume), not score the partly trained model."""
+  from research.errors import UserError  # pylint: disable=g-import-not-at-top
+  run.check_finished({'step': 10, 'eval/loss': 2.0}, 10, '/w')  # finished: no error
+  with pytest.raises(UserError, match=r'/w stopped at step 4 of 10 \(SIGTERM\): rerun'):
+    run.check_finished({'step': 4, 'preempted_at': 4, 'preempted_by': 'SIGTERM'}, 10, '/w')
