@@ -83,7 +83,9 @@ def default_section() -> ml_collections.ConfigDict:
   s.recall.variants = ('attention', 'linear_attention', 'mamba2', 'gated_deltanet',
                        'gated_deltanet*3,attention', 'gated_deltanet*7,attention/8')
   s.recall.widths = (32, 64)  # model.d_model
-  s.recall.hybrid_widths = ()  # widths for variants mixing layer kinds; (): recall.widths
+  # Widths for the hybrids and for variants of their own depth (PATTERN/LAYERS, e.g. a hybrid's
+  # attention-only control); (): recall.widths.
+  s.recall.hybrid_widths = ()
   s.recall.num_heads = 2
   s.recall.kv_pairs = (4, 8, 16, 32)
   s.recall.num_keys = 64
@@ -435,7 +437,7 @@ def run_recall(config, workdir: str, *, log: Callable[[str], None] = print) -> l
   vocab = data.tokenizer.vocab_size
   hybrid_widths = tuple(r.hybrid_widths) or tuple(r.widths)
   todo = [(v, int(w)) for w in r.widths for v in map(variants.parse, r.variants)
-          if len(set(v.kinds)) == 1 or w in hybrid_widths]
+          if (len(set(v.kinds)) == 1 and not v.num_layers) or w in hybrid_widths]
   rows = []
   for i, (v, width) in enumerate(todo):
     directory = os.path.join(workdir, f'd{width}', v.slug)

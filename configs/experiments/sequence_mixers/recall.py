@@ -45,7 +45,7 @@ def get_config(arg=None):
   c.train.async_checkpoints = False
   run.with_section(c, kind='recall', **{
       'recall.variants': ('attention', 'linear_attention', 'mamba2', 'gated_deltanet',
-                          'mamba2*3,attention/4', 'mamba2*7,attention/8'),
+                          'attention/4', 'mamba2*3,attention/4', 'mamba2*7,attention/8'),
       'recall.widths': (32, 64), 'recall.hybrid_widths': (64,),
       'recall.seq_len': 64, 'recall.kv_pairs': (2, 4, 8), 'recall.num_keys': 32,
       'recall.num_values': 32, 'recall.steps': 1400, 'recall.batch_size': 64,
