@@ -31,6 +31,7 @@ is written again.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
@@ -219,10 +220,9 @@ def _fresh(directory: str) -> None:
     shutil.rmtree(directory)
 
 
-def _count_params(directory: str) -> int:
-  import research  # pylint: disable=g-import-not-at-top
+def _count(params) -> int:
   from research.compress import prune  # pylint: disable=g-import-not-at-top
-  return prune._count(research.load(directory).params)  # pylint: disable=protected-access
+  return prune._count(params)  # pylint: disable=protected-access
 
 
 def _latest_checkpoint_bytes(directory: str) -> int:
@@ -265,7 +265,7 @@ def run_base(config, workdir: str, dataset, log) -> dict:
     import research  # pylint: disable=g-import-not-at-top
     params = research.load(directory).params
     return {'part': 'base', 'case': 'float32', 'method': 'none', 'bits': 32,
-            'steps': c.train.steps, 'eval_loss': loss, 'params': _count_params(directory),
+            'steps': c.train.steps, 'eval_loss': loss, 'params': _count(params),
             'param_bytes': quantize.tree_bytes(params),
             'checkpoint_bytes': _latest_checkpoint_bytes(directory), 'directory': 'base'}
 
@@ -286,7 +286,7 @@ def _ptq_name(case) -> str:
   return f"int{case['bits']}-{scale}-{'sym' if case['symmetric'] else 'asym'}"
 
 
-def run_ptq(config, workdir: str, dataset, log) -> list[dict]:
+def run_ptq(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
   from research.compress import quantize  # pylint: disable=g-import-not-at-top
   s = config[SECTION]
   base = os.path.join(workdir, 'base')
@@ -304,7 +304,7 @@ def run_ptq(config, workdir: str, dataset, log) -> list[dict]:
                                           asymmetric=not case['symmetric'], layers=s.ptq.layers)
       return {'part': 'ptq', 'case': name, 'method': 'ptq', **case,
               'eval_loss': _evaluate(directory, dataset, config),
-              'params': _count_params(directory),
+              'params': base_row['params'],  # the same weights, stored in fewer bits
               'param_bytes': summary['param_bytes_quantized'],
               'checkpoint_bytes': summary['checkpoint_bytes_quantized'],
               'directory': os.path.join('ptq', name)}
@@ -335,7 +335,7 @@ def _finetune(config, source: str, directory: str, dataset, name: str) -> float:
   return _train(c, directory, dataset)
 
 
-def run_prune(config, workdir: str, dataset, log) -> list[dict]:
+def run_prune(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
   from research.compress import prune  # pylint: disable=g-import-not-at-top
   s = config[SECTION]
   base = os.path.join(workdir, 'base')
@@ -351,7 +351,7 @@ def run_prune(config, workdir: str, dataset, log) -> list[dict]:
               'finetuned': True, 'steps': steps,
               'eval_loss': _finetune(config, base, directory, dataset,
                                      f'{config.name}/prune/control'),
-              'params': _count_params(directory), 'directory': 'prune/control'}
+              'params': base_row['params'], 'directory': 'prune/control'}
 
     rows.append(_cached(directory, control, log, 'control'))
   for i, case in enumerate(cases):
@@ -368,16 +368,18 @@ def run_prune(config, workdir: str, dataset, log) -> list[dict]:
               'steps': 0, 'eval_loss': _evaluate(oneshot, dataset, config),
               'params': summary['params_after'], 'directory': os.path.relpath(oneshot, workdir)}
 
-    def make_tuned(case=case, name=name, oneshot=oneshot, tuned=tuned, i=i):
+    def make_tuned(case=case, name=name, oneshot=oneshot, tuned=tuned, i=i, params=None):
       log(f"[prune {i + 1}/{len(cases)}] {case['method']} at {case['sparsity']:g}: "
           f'fine-tune {steps} steps')
       return {'part': 'prune', 'case': f'{name} finetuned', **case, 'finetuned': True,
               'steps': steps, 'eval_loss': _finetune(config, oneshot, tuned, dataset,
                                                      f'{config.name}/prune/{name}'),
-              'params': _count_params(tuned), 'directory': os.path.relpath(tuned, workdir)}
+              'params': params, 'directory': os.path.relpath(tuned, workdir)}
 
     rows.append(_cached(oneshot, make_oneshot, log, f'{name} one-shot'))
-    rows.append(_cached(tuned, make_tuned, log, f'{name} finetuned'))
+    # Fine-tuning keeps the pruned model's shapes (and masks): its parameter count.
+    rows.append(_cached(tuned, functools.partial(make_tuned, params=rows[-1]['params']), log,
+                        f'{name} finetuned'))
   return rows
 
 
@@ -395,7 +397,8 @@ def _student(config, distilled: bool, workdir: str):
   return _config_for(config, overrides, f'{config.name}/distill/{kind}')
 
 
-def run_distill(config, workdir: str, dataset, log) -> list[dict]:
+def run_distill(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
+  del base_row
   d = config[SECTION].distill
   rows = []
   for distilled in (True, False):
@@ -410,7 +413,7 @@ def run_distill(config, workdir: str, dataset, log) -> list[dict]:
           'steps')
       return {'part': 'distill', 'case': kind, 'method': 'distill' if distilled else 'scratch',
               'steps': d.steps, 'eval_loss': _train(c, directory, dataset),
-              'params': _count_params(directory), 'directory': f'distill/{kind}'}
+              'params': mixers_run.count_params(c), 'directory': f'distill/{kind}'}
 
     rows.append(_cached(directory, make, log, kind))
   return rows
@@ -458,7 +461,7 @@ def run_study(config, workdir: str, *, dataset=None, log: Callable[[str], None] 
   rows = [run_base(config, workdir, dataset, log)]
   base_loss = rows[0]['eval_loss']
   for part in (run_ptq, run_prune, run_distill):
-    rows += part(config, workdir, dataset, log)
+    rows += part(config, workdir, dataset, log, rows[0])
     write_csv(csv_path, _with_perplexity(rows, base_loss), COLUMNS)
   env = environment(_command())
   env['seconds'] = round(time.perf_counter() - start_all, 1)
