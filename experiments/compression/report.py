@@ -22,7 +22,7 @@ def ptq_table(rows) -> list[str]:
   lines = ['## 1. Post-training quantization', '',
            'Weight-only (research.compress.quantize_workdir); activations stay float. Parameter '
            'bytes count int4 at half a byte and include the float parameters left (embeddings, '
-           'norms) and the scales; checkpoint bytes are the files on disk (the base\'s newest '
+           'norms) and the scales; checkpoint bytes are the Orbax files on disk (the base\'s newest '
            'step includes its AdamW moments, the quantized workdirs hold parameters only).', '',
            '| case | bits | scales | symmetric | perplexity | vs base | parameter KiB | '
            'checkpoint KiB |', '|---|---:|---|---|---:|---:|---:|---:|',

@@ -52,9 +52,12 @@ PRUNE_METHODS = ('magnitude', '2:4', 'heads', 'channels')
 COLUMNS = ('part', 'case', 'method', 'bits', 'group_size', 'symmetric', 'sparsity', 'finetuned',
            'steps', 'eval_loss', 'perplexity', 'perplexity_vs_base', 'params', 'param_bytes',
            'checkpoint_bytes', 'seconds', 'directory')
+# pylint: disable=protected-access
 write_csv, environment = sparse_run.write_csv, sparse_run.environment
-_atomic_write, _read_json = sparse_run._atomic_write, sparse_run._read_json  # pylint: disable=protected-access
-_save_json, _check_finished = mixers_run._save_json, mixers_run._check_finished  # pylint: disable=protected-access
+_atomic_write, _read_json = sparse_run._atomic_write, sparse_run._read_json
+_save_json, _check_finished = mixers_run._save_json, mixers_run._check_finished
+_run_config = sparse_run._run_config
+# pylint: enable=protected-access
 
 
 def define_flags() -> None:
@@ -189,7 +192,7 @@ def _kept(total: int, sparsity: float) -> int:
 
 
 def _config_for(config, overrides: dict, name: str):
-  return sparse_run._run_config(config, overrides, name, study=SECTION)  # pylint: disable=protected-access
+  return _run_config(config, overrides, name, study=SECTION)
 
 
 def _short(config, steps: int, eval_every: int | None = None) -> dict:
@@ -362,8 +365,8 @@ def run_prune(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
     def make_oneshot(case=case, name=name, oneshot=oneshot, i=i):
       log(f"[prune {i + 1}/{len(cases)}] {case['method']} at {case['sparsity']:g}: one-shot")
       _fresh(oneshot)
-      summary = prune.prune_workdir(base, oneshot, case['method'],
-                                    sparsity=None if case['method'] == '2:4' else case['sparsity'])
+      sparsity = None if case['method'] == '2:4' else case['sparsity']  # 2:4 takes none
+      summary = prune.prune_workdir(base, oneshot, case['method'], sparsity=sparsity)
       return {'part': 'prune', 'case': f'{name} one-shot', **case, 'finetuned': False,
               'steps': 0, 'eval_loss': _evaluate(oneshot, dataset, config),
               'params': summary['params_after'], 'directory': os.path.relpath(oneshot, workdir)}

@@ -25,10 +25,13 @@ within 5 %, groups vs channels, asymmetric vs symmetric, fine-tune recovery, dis
 scratch), ptq.png, pruning.png, distill.png and environment.json. Rerunning skips every
 finished run (its result.json).
 
-How long: an estimate, not a measurement of this command: about 25-30 minutes on 2 CPU cores
-(timed pieces on 2 shared cores, load ~3: the base at ~0.47 s a step, so ~5 minutes for 600
-steps; 13 evaluations of ~15 s; 11 fine-tunes of 100 steps at ~1 minute each; the two students
-~4 minutes together).
+How long: an estimate, not a measurement of this command: about 21 minutes on 2 CPU cores,
+plus the one-time preparation of the corpus when the data cache is cold (not timed). From short
+timed runs on 2 cores shared with other jobs (load ~3.5): the base ~0.47 s a step (600 steps,
+~5 minutes); a quantization or pruning ~2 s and each evaluation ~3 s (16 cases, ~1.5 minutes);
+a 100-step fine-tune ~65 s (0.46 s a step + ~19 s of compiling, restoring and evaluating; 11 of
+them, ~12 minutes); the distilled student ~0.19 s a step with its teacher and the scratch one
+~0.11 s (~2.5 minutes together). Idle cores should be faster; 45 minutes is the budget.
 
 Measured: not yet run.
 

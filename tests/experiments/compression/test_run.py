@@ -21,6 +21,7 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~17 tiny runs, each compiled: ~80 s on 2 busy cores
 def test_tiny_study_runs_every_part_and_resumes(tmp_path):
   config = config_lib.load_config(CONFIG + ':tiny', [('data.vocab_size', '128')])
   dataset = helpers.PatternDataset(vocab_size=128, num_tokens=20_000)
