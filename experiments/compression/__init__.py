@@ -1,0 +1,1 @@
+"""Compression study (issue 23): PTQ, pruning and distillation of one Shakespeare decoder."""
