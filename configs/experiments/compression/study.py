@@ -25,15 +25,19 @@ within 5 %, groups vs channels, asymmetric vs symmetric, fine-tune recovery, dis
 scratch), ptq.png, pruning.png, distill.png and environment.json. Rerunning skips every
 finished run (its result.json).
 
-How long: an estimate, not a measurement of this command: about 21 minutes on 2 CPU cores,
-plus the one-time preparation of the corpus when the data cache is cold (not timed). From short
-timed runs on 2 cores shared with other jobs (load ~3.5): the base ~0.47 s a step (600 steps,
-~5 minutes); a quantization or pruning ~2 s and each evaluation ~3 s (16 cases, ~1.5 minutes);
-a 100-step fine-tune ~65 s (0.46 s a step + ~19 s of compiling, restoring and evaluating; 11 of
-them, ~12 minutes); the distilled student ~0.19 s a step with its teacher and the scratch one
-~0.11 s (~2.5 minutes together). Idle cores should be faster; 45 minutes is the budget.
+How long: 19.9 minutes measured on 2 CPU cores shared with other jobs (below); the heaviest
+part is the eleven 100-step fine-tunes (25-110 s each, compile and restore included).
 
-Measured: not yet run.
+Measured 2026-12-04 on 2 CPU cores shared with other jobs (load about 4; 19.9 minutes for the
+whole command; benchmarks/results/compression_shakespeare_cpu/, BENCHMARKS.md "Compression"):
+the base reaches perplexity 11.192. PTQ: int8 per channel 11.193 (+0.01 %), int4 per channel
+11.292 (+0.89 %), int4 groups of 32 11.260 (+0.60 %); asymmetric scales did not help at 4 bits
+(11.306 / 11.264); parameter bytes 4,356 KiB float, 1,310 int8, 798 int4. Pruning at 0.5,
+one-shot -> after 100 fine-tuning steps (the unpruned control fine-tuned alike: 10.939):
+magnitude 11.834 -> 11.084, 2:4 13.558 -> 11.235, heads 15.719 -> 12.296, channels 17.055 ->
+11.506; at 0.75 magnitude 18.2 -> 12.0, channels 44.9 -> 12.7. Distillation: the 2 x 64 student
+distilled for 400 steps reaches validation loss 2.907 against 2.877 from scratch, so at this
+budget (alpha 0.5, T 2, one seed) distillation did not beat training from scratch.
 
 Variants: `:tiny` (a 2 x 32 base, 2 steps a run, one sparsity: a test of the command).
 """
