@@ -77,7 +77,11 @@ _ALWAYS_ACCEPTED = frozenset({'help', 'helpshort', 'helpfull', 'helpxml', 'flagf
 def _command_name() -> str:
   main = sys.modules.get('__main__')
   spec = getattr(main, '__spec__', None)
-  return f'python -m {spec.name}' if spec and spec.name else os.path.basename(sys.argv[0])
+  if not (spec and spec.name):
+    return os.path.basename(sys.argv[0])
+  name = spec.name.removesuffix('.__main__')  # a package run as a command: research.compress
+  subcommand = sys.argv[1:2] if name != spec.name and sys.argv[1:2] else []
+  return ' '.join([f'python -m {name}'] + subcommand)
 
 
 def command_help(*, uses_config: bool, config_spec: str | None = None) -> str:
@@ -115,20 +119,26 @@ def _flag_name(arg: str) -> str | None:
   return arg.lstrip('-').split('=', 1)[0]
 
 
-def check_flags(argv: Sequence[str], *, uses_config: bool, config=None) -> None:
+def check_flags(argv: Sequence[str], *, uses_config: bool, config=None,
+                flag_values: flags.FlagValues | None = None) -> None:
   """Raises UserError naming the first flag this command does not define, with what was
   probably meant: a config field of that name (--steps -> --config.train.steps) or a flag
-  spelt alike. Called before absl parses, whose own message offers no hint."""
-  known = set(flags.FLAGS) | _ALWAYS_ACCEPTED
+  spelt alike. Called before absl parses, whose own message offers no hint. `flag_values`: a
+  subcommand's own flags (research.compress), instead of the process's."""
+  registry = flags.FLAGS if flag_values is None else flag_values
+  known = set(registry) | _ALWAYS_ACCEPTED
   for arg in argv:
     name = _flag_name(arg)
     if name is None or name in known:
       continue
     if name.startswith('no') and name[2:] in known and isinstance(
-        flags.FLAGS[name[2:]].value, bool):
+        registry[name[2:]].value, bool):
       continue  # absl's --noflag form of a boolean
-    own = sorted(f for f in flags.FLAGS.get_key_flags_for_module(sys.modules.get('__main__'))
-                 ) if sys.modules.get('__main__') else []
+    if flag_values is not None:
+      own = [registry[f] for f in registry]
+    else:
+      own = sorted(f for f in flags.FLAGS.get_key_flags_for_module(sys.modules.get('__main__'))
+                   ) if sys.modules.get('__main__') else []
     candidates = config_docs.suggest(name, [f.name for f in own] + [
         'coordinator_address', 'num_processes', 'process_id'],
                                      config if uses_config else None)

@@ -270,11 +270,9 @@ def _axis_split(logical: str, mesh, rules) -> int:
 # ---------------------------------------------------------------------------------------------
 # Activations: bytes per sequence (row) on one device; see the module docstring.
 
-# MLP hidden residuals per element of F: (arrays in the compute dtype, extra bytes). The
-# activations run under jax.checkpoint (research.layers.mlp): GELU keeps its input and output,
-# a gated one both inputs and the product; ReLU (plain autodiff) its output and a mask.
-MLP_RESIDUALS = {'relu': (1, 1), 'gelu': (2, 0), 'gelu_exact': (2, 0), 'swiglu': (3, 0),
-                 'geglu': (3, 0)}
+# MLP hidden residuals per element of F: (arrays in the compute dtype, extra bytes).
+MLP_RESIDUALS = {'relu': (1, 1), 'gelu': (6, 0), 'gelu_exact': (4, 0), 'swiglu': (6, 0),
+                 'geglu': (8, 0)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +307,7 @@ class _Dims:
   head_dim: int
   f: int
   v: int
-  norm: float  # bytes per element of D that one norm keeps (its input and output)
+  norm: float  # bytes per element of D that one norm keeps
   post_norm: bool = False  # a second norm on each sublayer's output (norm_position='sandwich')
   qk_norm: bool = False  # a norm over head_dim of each query and key head (model.qk_norm)
   tile: int = 0  # context-parallel attention's tile (0: not context-parallel)
@@ -320,7 +318,7 @@ class _Dims:
     return cls(a=a, d=_cdiv(cfg.d_model, split.embed), heads=_cdiv(cfg.num_heads, split.heads),
                kv_heads=_cdiv(cfg.num_kv_heads, split.kv_heads), head_dim=cfg.head_dim,
                f=_cdiv(cfg.d_ff, split.mlp), v=_cdiv(cfg.vocab_size, split.vocab),
-               norm=2 * a,  # a norm keeps its input and output (research.layers.norms)
+               norm=(12 if cfg.norm == 'layernorm' else 8) + a,
                post_norm=cfg.norm_position == 'sandwich', qk_norm=cfg.qk_norm)
 
 
@@ -560,12 +558,8 @@ def _layer_saved_and_working(stack: _Stack, policy: str, m: _Dims, impl: str,
   gated = cfg.activation in ('swiglu', 'geglu')
   rope = cfg.position == 'rope'
   residuals = [sum(h.values()) for _, h, _ in stack.halves]
-  # Each sublayer's backward also recomputes its norm (jax.checkpoint, research.layers.norms):
-  # the float32 input and normalised value, live at once.
-  norm_recompute = 8 * stack.tokens * m.d
-  temps = [norm_recompute + (_mixer_backward_temp(m, cfg, kind, stack.tokens)
-                             if kind in mixers.RECURRENT
-                             else _backward_temp(kind, h, m, impl, stack.tokens, s))
+  temps = [_mixer_backward_temp(m, cfg, kind, stack.tokens) if kind in mixers.RECURRENT
+           else _backward_temp(kind, h, m, impl, stack.tokens, s)
            for kind, h, s in stack.halves]
   if policy == 'none':
     return sum(residuals), max(temps)
@@ -721,8 +715,7 @@ def _head(config, m: _Dims, rows: int, t: int, sizes: StateSizes) -> tuple[float
     return rows * t * m.d * m.a + sizes.head_param_bytes, 3 * 4 * rows * min(chunk, t) * m.v
   saved = rows * t * m.v * 4  # exp(logits - logsumexp), float32
   if config.model.get('head_transform', False):
-    # The dense's input, the activation's (under jax.checkpoint), the norm's input and output.
-    saved += rows * t * m.d * (2 * m.a + m.norm)
+    saved += rows * t * m.d * (m.a + MLP_RESIDUALS[config.model.activation][0] * m.a + m.norm)
   # d logits in float32, and its compute-dtype copy that the unembedding's backward reads.
   return saved, (4 + m.a) * rows * t * m.v
 

@@ -54,12 +54,13 @@ from research.layers import moe as moe_lib
 from research.training import pruning, trainer
 
 METHODS = ('magnitude', '2:4', 'heads', 'channels')
-FLAGS = flags.FLAGS
+# The subcommand's own flags: research.compress runs prune and quantize in one process too.
+FLAGS = flags.FlagValues()
 
 
 def _define(define, name, default, help_text, **kwargs) -> None:
-  if name not in FLAGS:  # other commands imported into one process may define --workdir
-    define(name, default, help_text, module_name=__name__, **kwargs)
+  if name not in FLAGS:
+    define(name, default, help_text, flag_values=FLAGS, **kwargs)
 
 
 def define_flags() -> None:
@@ -363,7 +364,7 @@ def main(argv: Sequence[str]) -> int:
 
   @exit_on_user_error
   def run():
-    cli.check_flags(args, uses_config=False)
+    cli.check_flags(args, uses_config=False, flag_values=FLAGS)
     for name in ('workdir', 'out', 'method', 'sparsity', 'num_heads', 'd_ff'):
       FLAGS[name].unparse()  # main may run more than once in a process (tests, notebooks)
     try:

@@ -34,7 +34,8 @@ from absl import flags
 from research import cli, config_lib, loading
 from research.errors import UserError
 
-FLAGS = flags.FLAGS
+# The subcommand's own flags: research.compress runs prune and quantize in one process too.
+FLAGS = flags.FlagValues()
 BITS = {8: 'int8', 4: 'int4'}
 DEFAULT_LAYERS = 'attention,mlp,moe'
 
@@ -43,15 +44,18 @@ def define_flags() -> None:
   """The subcommand's flags, defined when it runs (once per process)."""
   if 'bits' in FLAGS:
     return
-  flags.DEFINE_string('workdir', None, 'the trained workdir to quantize (read only)')
-  flags.DEFINE_string('out', None, 'the new, quantized workdir (must not exist)')
-  flags.DEFINE_integer('bits', 8, 'weight bits: 8 (int8) or 4 (int4)')
+  own = {'flag_values': FLAGS}
+  flags.DEFINE_string('workdir', None, 'the trained workdir to quantize (read only)', **own)
+  flags.DEFINE_string('out', None, 'the new, quantized workdir (must not exist)', **own)
+  flags.DEFINE_integer('bits', 8, 'weight bits: 8 (int8) or 4 (int4)', **own)
   flags.DEFINE_integer('group_size', 0, 'a scale per this many input features of each output '
-                       'channel; 0: one per output channel')
-  flags.DEFINE_bool('asymmetric', False, 'min-max scales with a zero point (default: symmetric)')
+                       'channel; 0: one per output channel', **own)
+  flags.DEFINE_bool('asymmetric', False, 'min-max scales with a zero point (default: symmetric)',
+                    **own)
   flags.DEFINE_string('layers', DEFAULT_LAYERS, 'comma-separated layer kinds to quantize: '
-                      'attention, mlp, moe, head')
-  flags.DEFINE_integer('step', None, 'the checkpoint step to quantize (default: the latest)')
+                      'attention, mlp, moe, head', **own)
+  flags.DEFINE_integer('step', None, 'the checkpoint step to quantize (default: the latest)',
+                       **own)
 
 
 def _check_out(out: str) -> None:
@@ -167,7 +171,7 @@ def _parse(argv: list[str]) -> None:
     name = arg.lstrip('-').split('=', 1)[0] if arg.startswith('-') else None
     if name is None:
       raise UserError(f'unexpected argument {arg!r}: flags are written --name=value')
-  cli.check_flags(rest, uses_config=False)
+  cli.check_flags(rest, uses_config=False, flag_values=FLAGS)
   FLAGS.unparse_flags()  # a second call in one process starts from the defaults
   try:
     FLAGS([argv[0]] + rest)

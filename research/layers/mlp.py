@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,26 +17,10 @@ ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': jax.nn.gelu,
 GATED = {'swiglu', 'geglu'}
 
 
-# The activation (and a gated product) under jax.checkpoint: the backward recomputes it from its
-# inputs. Autodiff of tanh-GELU or SiLU would keep 4-5 intermediates the size of the hidden
-# layer, each written in the forward and read in the backward (research.plan, MLP_RESIDUALS).
-@functools.partial(jax.checkpoint, static_argnums=(1,))
-def activate(h_BTF, activation: str):
-  return ACTIVATIONS[activation](h_BTF)
-
-
-@functools.partial(jax.checkpoint, static_argnums=(2,))
-def _gated(g_BTF, h_BTF, activation: str):
-  return ACTIVATIONS[activation](g_BTF) * h_BTF
-
-
 def apply_activation(h_BTF, activation: str, gate_BTF=None):
-  """act(h), or act(gate) * h for the gated activations; any leading shape."""
-  if activation in GATED:
-    return _gated(gate_BTF, h_BTF, activation)
-  if activation == 'relu':
-    return jax.nn.relu(h_BTF)  # its autodiff keeps only a mask and the output
-  return activate(h_BTF, activation)
+  """act(h), or act(gate) * h for the gated activations; any leading shape (MLP and experts)."""
+  act = ACTIVATIONS[activation]
+  return act(gate_BTF) * h_BTF if activation in GATED else act(h_BTF)
 
 
 def check_activation(name: str) -> None:

@@ -66,7 +66,7 @@ class HeadTransform(nn.Module):
     b_D = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)),
                      (d,), jnp.float32)
     h_BTD = jnp.dot(x_BTD, w_DD.astype(self.dtype)) + b_D.astype(self.dtype)
-    h_BTD = mlp.activate(h_BTD, self.activation)
+    h_BTD = mlp.ACTIVATIONS[self.activation](h_BTD)
     return norms.make_norm(self.norm, eps=self.norm_eps, dtype=self.dtype,
                            module_name='norm')(h_BTD)
 

@@ -81,67 +81,6 @@ def test_norms_normalise():
   np.testing.assert_allclose(jnp.std(ln, -1), 1.0, rtol=1e-3)
 
 
-def _plain_layer_norm(x, scale, bias, eps, dtype):
-  x = x.astype(jnp.float32)
-  x = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + eps)
-  return (x * scale + bias).astype(dtype)
-
-
-def _plain_rms_norm(x, scale, eps, dtype, plus_one):
-  x = x.astype(jnp.float32)
-  x = x / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + eps)
-  return (x * (1.0 + scale if plus_one else scale)).astype(dtype)
-
-
-_RECOMPUTED = {  # name: (lmforge's function, a plain autodiff reference, number of inputs)
-    'gelu': (lambda h: mlp.apply_activation(h, 'gelu'),
-             lambda h: jax.nn.gelu(h, approximate=True), 1),
-    'gelu_exact': (lambda h: mlp.apply_activation(h, 'gelu_exact'),
-                   lambda h: jax.nn.gelu(h, approximate=False), 1),
-    'swiglu': (lambda g, h: mlp.apply_activation(h, 'swiglu', g),
-               lambda g, h: jax.nn.silu(g) * h, 2),
-    'geglu': (lambda g, h: mlp.apply_activation(h, 'geglu', g),
-              lambda g, h: jax.nn.gelu(g) * h, 2),
-    'layernorm': (lambda x: norms.layer_norm(x, 1.5, 0.25, 1e-6, x.dtype),
-                  lambda x: _plain_layer_norm(x, 1.5, 0.25, 1e-6, x.dtype), 1),
-    'rmsnorm_plus_one': (lambda x: norms.rms_norm(x, 0.5, 1e-6, x.dtype, True),
-                         lambda x: _plain_rms_norm(x, 0.5, 1e-6, x.dtype, True), 1),
-}
-
-
-@pytest.mark.parametrize('name', _RECOMPUTED)
-def test_recomputed_elementwise_layers_equal_autodiff_and_keep_only_inputs(name):
-  """Norms and MLP activations run under jax.checkpoint: values and gradients are autodiff's,
-  and the backward keeps only their inputs (research.plan counts 2 bytes, not 10-12, per
-  element in bfloat16)."""
-  fn, reference, n = _RECOMPUTED[name]
-  xs = [_rand(2, 5, 16) * 3 + i for i in range(n)]
-  weights = _rand(2, 5, 16)
-
-  def loss(f):
-    return lambda *a: jnp.sum(f(*a).astype(jnp.float32) * weights)
-
-  np.testing.assert_allclose(fn(*xs), reference(*xs), rtol=1e-6, atol=1e-6)
-  grads = jax.grad(loss(fn), argnums=tuple(range(n)))(*xs)
-  expected = jax.grad(loss(reference), argnums=tuple(range(n)))(*xs)
-  for g, e in zip(grads, expected):
-    np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
-  from jax._src.ad_checkpoint import saved_residuals  # pylint: disable=g-import-not-at-top
-  bf16 = [x.astype(jnp.bfloat16) for x in xs]
-  saved = saved_residuals(loss(fn), *bf16)
-
-  def full_size(residuals):  # (the loss's `weights` is a closed-over constant: not counted)
-    return [(aval, source) for aval, source in residuals
-            if aval.size == xs[0].size and source != 'from a constant']
-
-  def nbytes(residuals):
-    return sum(aval.size * aval.dtype.itemsize for aval, _ in residuals)
-
-  kept = full_size(saved)
-  assert kept and all('from the argument' in source for _, source in kept), saved
-  assert nbytes(full_size(saved_residuals(loss(reference), *bf16))) > nbytes(kept)
-
-
 @pytest.mark.parametrize('overrides', [
     {}, {'model.position': 'learned', 'model.tie_embeddings': False},
     {'model.position': 'sinusoidal', 'model.norm': 'layernorm', 'model.activation': 'gelu'},
