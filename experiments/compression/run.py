@@ -55,7 +55,7 @@ COLUMNS = ('part', 'case', 'method', 'bits', 'group_size', 'symmetric', 'sparsit
 # pylint: disable=protected-access
 write_csv, environment = sparse_run.write_csv, sparse_run.environment
 _atomic_write, _read_json = sparse_run._atomic_write, sparse_run._read_json
-_save_json, _check_finished = mixers_run._save_json, mixers_run._check_finished
+_save_json = mixers_run._save_json
 _run_config = sparse_run._run_config
 # pylint: enable=protected-access
 
@@ -211,7 +211,7 @@ def _train(c, directory: str, dataset) -> float:
   """Trains (or resumes) `c` in `directory`; the final validation loss."""
   from research.training import trainer  # pylint: disable=g-import-not-at-top
   final = trainer.train(c, directory, dataset=dataset)
-  _check_finished(final, c.train.steps, directory)
+  sparse_run.check_finished(final, c.train.steps, directory)
   if final.get('eval/loss') is None or final.get('step') != c.train.steps:
     return _evaluate(directory, dataset, c)
   return float(final['eval/loss'])

@@ -303,10 +303,6 @@ def matching_d_ff(config, variant, target: int, extra: dict) -> int:
   return max(8, int(round(d_ff / 8)) * 8)
 
 
-def _check_finished(final: dict, steps: int, directory: str) -> None:
-  sparse_run.check_finished(final, steps, directory)
-
-
 def _read_json(path):
   return sparse_run._read_json(path)  # pylint: disable=protected-access
 
@@ -345,7 +341,7 @@ def run_quality(config, workdir: str, *, dataset=None, log: Callable[[str], None
           f'{c.data.seq_len} tokens')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=dataset)
-      _check_finished(final, c.train.steps, directory)
+      sparse_run.check_finished(final, c.train.steps, directory)
       loss = final.get('eval/loss')
       if loss is None:
         loss = sparse_run._evaluate_checkpoint(directory, dataset,  # pylint: disable=protected-access
@@ -456,7 +452,7 @@ def run_recall(config, workdir: str, *, log: Callable[[str], None] = print) -> l
           f'{_describe_state(floats)}; {r.steps} steps')
       start = time.perf_counter()
       final = trainer.train(c, directory, dataset=data)
-      _check_finished(final, r.steps, directory)
+      sparse_run.check_finished(final, r.steps, directory)
       if final.get('eval/accuracy') is None or final.get('step') != r.steps:
         final = sparse_run._evaluate_checkpoint(directory, data)  # pylint: disable=protected-access
       done = {'variant': v.name, 'd_model': width, 'num_layers': c.model.num_layers,
