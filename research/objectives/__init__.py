@@ -31,6 +31,8 @@ OBJECTIVES = {
     'sft': 'research.objectives.sft',
     'dpo': 'research.objectives.dpo',
     'distill': 'research.objectives.distill',
+    'grpo': 'research.objectives.grpo',
+    'ppo': 'research.objectives.ppo',
 }
 
 Objective = types.ModuleType  # an objective is its module
