@@ -164,6 +164,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0
+  # A Dense(1) on the final-normed hidden states: a reward model's score or PPO's value head
+  # (decoder, encoder: the `scalars` method, one float32 value per position). Objective
+  # 'reward' sets it; a fine-tune keeps it when init_from's model has one.
+  c.model.scalar_head = False
   # Encoder (BERT) extras; see research/models/encoder.py.
   c.model.type_vocab_size = 0  # token-type (segment A/B) embeddings: BERT 2; 0: none
   c.model.embed_norm = False  # norm (model.norm) on the summed input embeddings
@@ -205,8 +209,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict()
   # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo' |
-  # 'distill' (knowledge distillation from distill.teacher) | 'grpo' | 'ppo' (RL from feedback:
-  # the rl section)
+  # 'reward' (a reward model on preference pairs) | 'distill' (knowledge distillation from
+  # distill.teacher) | 'grpo' | 'ppo' (RL from feedback: the rl section)
   c.objective.name = 'causal_lm'
   c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
   c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
@@ -250,6 +254,16 @@ def base_config() -> ml_collections.ConfigDict:
   # JSONL glob of preference rows; experiments.finetune.build_data --preferences builds some.
   c.dpo.train_data = ''
   c.dpo.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
+  # Reward models (research/objectives/reward.py), with objective.name='reward': a scalar head
+  # (model.scalar_head, set for this objective) on a decoder or encoder, trained on the same
+  # JSONL rows {"prompt", "chosen", "rejected"} with the Bradley-Terry loss
+  # -log sigmoid(r(chosen) - r(rejected) - margin); research.load(workdir).rewards scores texts.
+  c.reward = ml_collections.ConfigDict()
+  c.reward.train_data = ''  # JSONL glob of preference rows (as dpo.train_data)
+  c.reward.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
+  # Llama 2's margin loss: r(chosen) must beat r(rejected) by this much before the loss
+  # flattens; 0: plain Bradley-Terry. A row's own "margin" number, if it has one, replaces it.
+  c.reward.margin = 0.0
   # Knowledge distillation (research/objectives/distill.py), with objective.name='distill':
   # loss = alpha x T^2 x KL(teacher_T || student_T) + (1 - alpha) x cross-entropy, over target
   # tokens, the teacher frozen in the train state. Data: finetune.train_data (JSONL rows, the
@@ -594,6 +608,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = config
   if c.get('init_from', '') and c.finetune.inherit_model:
     _inherit_model(c)
+  if c.objective.name == 'reward':
+    from research.objectives import reward  # pylint: disable=g-import-not-at-top
+    reward.check_config(c)  # a decoder or encoder; sets model.scalar_head
   if c.model.vocab_size == 0:
     c.model.vocab_size = c.data.vocab_size
   if c.objective.name in ('grpo', 'ppo'):  # derives train.batch_size, train.steps, seq_len
@@ -655,7 +672,11 @@ def _inherit_model(c: ml_collections.ConfigDict) -> None:
     raise ConfigError('init_from', c.init_from, 'has no config.json: give a workdir that '
                       'research.train or research.convert wrote')
   source = load_saved_config(path)
+  # A scalar head is this run's addition to the source's model (a reward model or a value
+  # head on an LM), or the source's own (a reward workdir): kept in either case.
+  scalar_head = c.model.get('scalar_head', False) or source.model.scalar_head
   c.model = source.model
+  c.model.scalar_head = scalar_head
   if not c.model.max_len:  # the source's position table, not this run's seq_len
     c.model.max_len = source.data.seq_len
   c.data.vocab_size = source.data.vocab_size
