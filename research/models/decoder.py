@@ -68,6 +68,11 @@ class DecoderLM(nn.Module):
     x_BTD = self.hidden(tokens_BT, positions_BT, segment_ids_BT)
     if self.is_initializing():
       self.logits(x_BTD)  # `init` through this method still creates the whole model
+    return self.scalar_readout(x_BTD)
+
+  def scalar_readout(self, x_BTD):
+    """x_BTD (final-normed hidden states, any positions) -> float32 values_BT: `scalars`'
+    second half, as `logits` is the logits' (PPO reads both off one `hidden` pass)."""
     return scale_readout(self.cfg, self.scalar_head(x_BTD))
 
   def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None, prefix_BT=None):

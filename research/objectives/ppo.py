@@ -39,9 +39,8 @@ def loss_fn(model, params, batch, *, rngs=None, model_state=None, vf_coef: float
   old_values)."""
   from research.rl import losses  # pylint: disable=g-import-not-at-top
   del model_state
-  loss_BN, aux = rl_policy.policy_terms(model, params, batch, rngs=rngs, **kwargs)
-  mask_BN = aux['mask']
-  values_BN = rl_policy.response_values(model, params, batch, rngs=rngs)
+  loss_BN, aux = rl_policy.policy_terms(model, params, batch, rngs=rngs, values=True, **kwargs)
+  mask_BN, values_BN = aux['mask'], aux['values']
   value_BN = losses.clipped_value_loss(values_BN, batch['old_values'], batch['returns'], mask_BN,
                                        clip=value_clip)
   value_sum, weight_sum = losses.aggregate(value_BN, mask_BN, kwargs['aggregation'],

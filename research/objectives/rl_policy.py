@@ -144,42 +144,47 @@ def common_loss_kwargs(config) -> dict:
           'aggregation': rl.loss_aggregation, 'max_len': int(rl.max_new_tokens)}
 
 
-def _response_logits(module, tokens_BL, positions_BL, segment_ids_BL, n: int):
-  """float32 logits of the last `n` input columns: those that predict the completion."""
-  x_BLD = module.hidden(tokens_BL, positions_BL, segment_ids_BL)
-  return module.logits(x_BLD[:, -n:])
+def _response_outputs(module, tokens_BL, positions_BL, segment_ids_BL, n: int, values: bool):
+  """One pass over the inputs; the last `n` columns (those that predict the completion) go to
+  the unembedding (float32 logits) and, for PPO, to the value head (float32 values)."""
+  x_BND = module.hidden(tokens_BL, positions_BL, segment_ids_BL)[:, -n:]
+  return module.logits(x_BND), module.scalar_readout(x_BND) if values else None
 
 
-def response_logprobs(model, params, batch, *, temperature: float, rngs=None):
-  """(logp_BN of the targets, entropy_BN), both of softmax(logits / temperature)."""
+def response_outputs(model, params, batch, *, temperature: float, values: bool = False,
+                     rngs=None):
+  """(logp_BN of the targets, entropy_BN, values_BN or None): log-probabilities and entropy of
+  softmax(logits / temperature); values (PPO, model.scalar_head) of the state before each
+  completion token, from the same forward pass."""
   from research.rl import losses  # pylint: disable=g-import-not-at-top
   n = batch['targets'].shape[1]
-  logits_BNV = model.apply({'params': params}, batch['tokens'], batch['positions'],
-                           batch['segment_ids'], n, method=_response_logits, rngs=rngs)
+  logits_BNV, values_BN = model.apply({'params': params}, batch['tokens'], batch['positions'],
+                                      batch['segment_ids'], n, values,
+                                      method=_response_outputs, rngs=rngs)
   logits_BNV = logits_BNV.astype(jnp.float32) / temperature
   logp_BNV = jax.nn.log_softmax(logits_BNV, axis=-1)
   logp_BN = jnp.take_along_axis(logp_BNV, batch['targets'][..., None], axis=-1)[..., 0]
-  return logp_BN, losses.entropy(logits_BNV)
+  return logp_BN, losses.entropy(logits_BNV), values_BN
 
 
-def response_values(model, params, batch, *, rngs=None):
-  """PPO's value head at the last N input columns: the value of the state before each
-  completion token, float32 [B, N]."""
-  n = batch['targets'].shape[1]
-  values_BL = model.apply({'params': params}, batch['tokens'], batch['positions'],
-                          batch['segment_ids'], method='scalars', rngs=rngs)
-  return values_BL[:, -n:].astype(jnp.float32)
+def response_logprobs(model, params, batch, *, temperature: float, rngs=None):
+  """(logp_BN of the targets, entropy_BN) of softmax(logits / temperature)."""
+  logp_BN, entropy_BN, _ = response_outputs(model, params, batch, temperature=temperature,
+                                            rngs=rngs)
+  return logp_BN, entropy_BN
 
 
-def policy_terms(model, params, batch, *, rngs=None, temperature: float, clip_low: float,
-                 clip_high: float, kl_coef: float, kl_estimator: str, entropy_coef: float,
-                 aggregation: str, max_len: int):
-  """The policy part of both losses: (loss_BN per token, aux) with aux's loss_sum,
-  weight_sum, correct (0: RL has no labels to be right about) and per-token metric sums."""
+def policy_terms(model, params, batch, *, rngs=None, values: bool = False,
+                 temperature: float, clip_low: float, clip_high: float, kl_coef: float,
+                 kl_estimator: str, entropy_coef: float, aggregation: str, max_len: int):
+  """The policy part of both losses: (loss_BN per token, aux) with aux's weight_sum, correct
+  (0: RL has no labels to be right about), per-token metric sums, the mask and (values=True,
+  PPO) the value head's values_BN from the same forward pass."""
   from research.rl import advantages as adv_lib, losses  # pylint: disable=g-import-not-at-top
   mask_BN = batch['mask'].astype(jnp.float32)
-  logp_BN, entropy_BN = response_logprobs(model, params, batch, temperature=temperature,
-                                          rngs=rngs)
+  logp_BN, entropy_BN, values_BN = response_outputs(model, params, batch,
+                                                    temperature=temperature, values=values,
+                                                    rngs=rngs)
   pg_BN, clipped_BN = losses.clipped_policy_loss(logp_BN, batch['old_logp'],
                                                  batch['advantages'], mask_BN,
                                                  clip_low=clip_low, clip_high=clip_high)
@@ -201,7 +206,7 @@ def policy_terms(model, params, batch, *, rngs=None, temperature: float, clip_lo
       'rl/approx_kl': approx_sum * per_token,
   }
   aux = dict(weight_sum=weight_sum, correct=jnp.zeros((), jnp.float32), metrics=metrics,
-             mask=mask_BN)
+             mask=mask_BN, values=values_BN)
   return loss_BN, aux
 
 
@@ -209,6 +214,7 @@ def finish(loss_BN, aux, *, aggregation: str, max_len: int):
   """(loss_sum, aux) from the per-token total loss, in the trainer's convention."""
   from research.rl import losses  # pylint: disable=g-import-not-at-top
   mask_BN = aux.pop('mask')
+  aux.pop('values')
   loss_sum, _ = losses.aggregate(loss_BN, mask_BN, aggregation, max_len=max_len)
   aux['loss_sum'] = loss_sum
   return loss_sum, aux

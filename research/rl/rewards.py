@@ -91,9 +91,9 @@ class ModelReward:
                         'one that research.train wrote with configs/finetune/reward.py')
     self.workdir = workdir
     self.lm = research.load(workdir)
-    if not hasattr(self.lm, 'rewards'):
-      raise ConfigError('rl.reward_model', workdir, 'this lmforge cannot score with reward '
-                        'models (LanguageModel.rewards is missing)')
+    if not self.lm.config.model.get('scalar_head', False):
+      raise ConfigError('rl.reward_model', workdir, 'has no scalar head (model.scalar_head is '
+                        'false): give a reward model, trained with configs/finetune/reward.py')
 
   def __call__(self, prompts, completions, rows) -> np.ndarray:
     del rows

@@ -107,12 +107,14 @@ def make_scorer(run):
   with_values = run.config.objective.name == 'ppo'
 
   def score(params, reference, batch):
-    logp_BN, _ = rl_policy.response_logprobs(model, params, batch, temperature=temperature)
+    logp_BN, _, values_BN = rl_policy.response_outputs(model, params, batch,
+                                                       temperature=temperature,
+                                                       values=with_values)
     ref_logp_BN, _ = rl_policy.response_logprobs(model, reference, batch,
                                                  temperature=temperature)
     out = {'old_logp': logp_BN, 'ref_logp': ref_logp_BN}
     if with_values:
-      out['old_values'] = rl_policy.response_values(model, params, batch)
+      out['old_values'] = values_BN
     return out
 
   with run.context():

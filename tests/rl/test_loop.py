@@ -15,9 +15,10 @@ import pytest
 from research import config_lib, models
 from research.errors import ConfigError
 from research.objectives import rl_policy
-from research.rl import loop
+from research.rl import loop, rewards as rewards_lib
 from research.training import metrics as metrics_lib
 from tests.helpers import subprocess_env
+from tests.finetune.conftest import make_source_workdir
 from tests.rl.conftest import BANDIT_PROMPT, ONE_DEVICE, rl_config, source_config, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -123,6 +124,24 @@ def test_resume_after_sigterm_repeats_the_uninterrupted_run(grpo_bandit, decoder
   rows = strip(metrics_lib.read_metrics(straight_dir))
   assert strip(metrics_lib.read_metrics(workdir)) == rows
   assert [r['step'] for r in rows if 'eval/accuracy' in r] == [0, 40, 80]
+
+
+def test_reward_model_scores_the_rollouts(tmp_path, copy_prompts, decoder_source,
+                                          tokenizer_path):
+  """rl.reward_model: a reward-model workdir (here an untrained decoder with a scalar head)
+  scores each completion through research.load(...).rewards; its scores vary, so no group is
+  without signal; a workdir without a scalar head is refused naming rl.reward_model."""
+  reward_model, _ = make_source_workdir(
+      tmp_path / 'rm', source_config(**{'objective.name': 'reward'}), tokenizer_path, seed=1)
+  config = rl_config(decoder_source[0], copy_prompts, **{
+      'rl.reward': '', 'rl.reward_model': reward_model, 'rl.iterations': 2})
+  final = loop.train(config, str(tmp_path / 'run'), devices=ONE_DEVICE())
+  assert final['rl/reward_std'] > 0 and final['rl/zero_std_groups'] == 0.0
+  assert np.isfinite(final['rl/reward_mean']) and final['train/grad_norm'] > 0
+  with pytest.raises(ConfigError) as e:
+    rewards_lib.make_reward(rl_config(decoder_source[0], copy_prompts, **{
+        'rl.reward': '', 'rl.reward_model': decoder_source[0]}))
+  assert e.value.field == 'rl.reward_model'
 
 
 def test_config_errors_name_the_field(tmp_path, copy_prompts, decoder_source):
