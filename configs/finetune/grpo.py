@@ -25,9 +25,15 @@ rl/kl (to the reference, per response token), rl/clip_fraction, rl/entropy,
 rl/response_length, rl/zero_std_groups, train/loss, train/grad_norm; eval/reward_mean and
 eval/accuracy (reward >= rl.success_threshold) at the start and every rl.eval_every iterations.
 
-Expected (tests/rl/test_loop.py, a tiny decoder on a one-token bandit: one fixed prompt, reward
-1 for one target token of a 96-token vocabulary): the target's probability goes from about
-0.01 to above 0.9 within 25 iterations of 4 x 8 samples at lr 3e-2, with rl/kl rising from 0.
+Expected. No study has run this program on a real task yet (experiments/rl will); what has
+been measured is tests/rl/test_loop.py's one-token bandit: an untrained 1-layer, 32-wide
+decoder, one fixed prompt, reward 1 for one target token of a 96-token vocabulary, 4 x 8
+samples per iteration, 2 epochs x 2 minibatches, lr 2e-2. The target's probability went 0.010,
+0.014, 0.017, 0.043, 0.10, 0.26, 0.49, 0.80, 0.94 (iteration 9), 0.976, ... 0.998 (iteration
+20); rl/reward_mean 0 -> 1, rl/kl 0 -> 3.6 nats per token (log 1/p_ref of the target is 4.6),
+rl/entropy 4.55 -> 0.02, rl/clip_fraction up to 0.13 while it moved and 0 once it had. The
+`:tiny` command on that untrained model (4 iterations) runs in about 25 s on 2 CPU cores,
+mostly compiling; its rewards stay 0 (it cannot spell an answer yet).
 
 Variants: `:dapo` (clip-higher 0.28, no KL term: Yu et al. 2025), `:drgrpo` (no std
 normalisation, sum over tokens / max_new_tokens: Liu et al. 2025), `:tiny` (4 prompts x 4

@@ -24,9 +24,12 @@ rl/response_length, rl/value_loss, rl/value_clip_fraction, rl/explained_variance
 rl/value_mean, rl/return_mean, train/loss, train/grad_norm; eval/reward_mean and
 eval/accuracy at the start and every rl.eval_every iterations.
 
-Expected (tests/rl/test_loop.py, the one-token bandit of configs/finetune/grpo.py): the target
-token's probability goes from about 0.01 to above 0.9 within 25 iterations; rl/clip_fraction
-is 0 on each iteration's first minibatch and grows over its epochs.
+Expected. No study has run this program on a real task yet; tests/rl/test_loop.py's one-token
+bandit (configs/finetune/grpo.py's docstring; here with kl_in_reward, k1, a fresh value head,
+lr 2e-2): the target's probability stays near 0.01 for 10 iterations (the rewards are all 0,
+and whitening turns the random head's values into unit-scale noise advantages), then goes
+0.037, 0.067, 0.14, 0.28, 0.59, 0.87, 0.97 (iteration 17), 0.998 (iteration 20);
+rl/explained_variance reaches 0.99 once the rewards are all 1.
 
 Variants: `:tiny` (4 prompts x 4 samples, 16 new tokens, 4 iterations of 2 x 2 steps).
 """

@@ -17,6 +17,7 @@ a pure function of (seed, i), so a resumed run samples the prompts the uninterru
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -96,5 +97,17 @@ def load(config, tokenizer) -> Prompts:
     held = []
   if not train:
     raise UserError(f'rl.prompts={rl.prompts}: no usable prompt ({train_stats.describe()})')
-  sft._report(stats)  # pylint: disable=protected-access
+  _report(stats, len(train), len(held))
   return Prompts(train=train, eval=held, stats=stats)
+
+
+def _report(stats: dict[str, sft.Stats], train: int, held: int) -> None:
+  for split, s in stats.items():
+    message = (f'rl prompts, {split}: {s.examples} prompts from {s.lines} lines in {s.files} '
+               f'files; {s.bad_lines} bad lines, {s.too_long} longer than rl.max_prompt_len'
+               + (f' (first: {s.first_problem})' if s.first_problem else ''))
+    logging.info(message)
+    if s.bad_lines or s.too_long:
+      logging.warning(message)
+      print(f'warning: {message}', flush=True)
+  logging.info('rl prompts: %d for training, %d held out', train, held)

@@ -10,7 +10,7 @@ from research.inference import decoding
 from research.objectives import rl_policy
 from research.rl import prompts as prompts_lib, rollout as rollout_lib
 from research.training import restore, trainer
-from tests.rl.conftest import ONE_DEVICE, rl_config
+from tests.rl.conftest import ONE_DEVICE, rl_config, write_jsonl
 
 
 def test_layout_positions_segments_and_mask():
@@ -25,6 +25,29 @@ def test_layout_positions_segments_and_mask():
   np.testing.assert_array_equal(out['targets'], completion_BN)
   # The first eos is an action (the policy chose to stop); what follows it is not.
   np.testing.assert_array_equal(out['mask'], [[1, 1, 0], [1, 1, 1]])
+
+
+def test_prompts_held_out_and_ordered(tmp_path, copy_prompts, decoder_source, tokenizer):
+  config = rl_config(decoder_source[0], copy_prompts, **{'rl.num_eval_prompts': 5,
+                                                          'rl.max_prompt_len': 8})
+  prompts = prompts_lib.load(config, tokenizer)
+  assert len(prompts.train) + len(prompts.eval) == 40 and len(prompts.eval) == 5
+  assert not {p.text for p in prompts.eval} & {p.text for p in prompts.train}
+  assert all(p.row['answer'] and len(p.ids) <= 8 for p in prompts.train)
+  # An epoch of 35 prompts is 35 iterations of 1, each prompt once; the order is a function of
+  # (seed, iteration) only.
+  epoch = [prompts.for_iteration(0, i, 1)[0].text for i in range(35)]
+  assert sorted(epoch) == sorted(p.text for p in prompts.train)
+  again = prompts_lib.load(config, tokenizer)
+  assert prompts.for_iteration(0, 3, 4) == again.for_iteration(0, 3, 4)
+  assert prompts.for_iteration(1, 3, 4) != prompts.for_iteration(0, 3, 4)
+  # Bad rows and long prompts are counted, not silently dropped.
+  path = write_jsonl(tmp_path / 'p.jsonl', [{'prompt': 'copy ab ='}, {'text': 'x'},
+                                            {'prompt': 'copy ' + 'abcd ' * 20 + '='}])
+  config = rl_config(decoder_source[0], path)
+  loaded = prompts_lib.load(config, tokenizer)
+  assert len(loaded.train) == 1 and loaded.stats['train'].bad_lines == 1
+  assert loaded.stats['train'].too_long == 1
 
 
 def test_rollout_is_generate_and_full_forward(copy_prompts, decoder_source, tokenizer):
