@@ -7,9 +7,10 @@ Run:
       --config.rl.reward=research.rl.rewards:exact_match --workdir=runs/shakespeare_ppo
 
 rl.prompts, rl.reward and rl.reward_model as in configs/finetune/grpo.py. The value head is
-model.scalar_head (turned on for ppo whatever the source has): a Dense(1) on the final hidden
-states, initialised afresh unless init_from has one (a reward model's head is a common start
-for the values); finetune.restore below loads everything else from init_from.
+model.scalar_head (turned on for ppo whatever the source has): a Dense(1) on the policy's final
+hidden states, so the value loss also trains the shared backbone (TRL's value-head model; a
+separate critic is not offered). finetune.restore below initialises the head afresh and loads
+everything else from init_from.
 
 Each iteration samples 4 completions of each of 32 prompts (128 rows, up to 64 new tokens),
 gives every response token the reward -0.05 x the k1 KL estimate to the frozen reference and
