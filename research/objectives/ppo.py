@@ -21,11 +21,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from research.objectives import rl_policy
-from research.objectives.rl_policy import (REFERENCE, init_args, init_model_state, make_batch,
-                                           window_len)
+from research.objectives.rl_policy import (REFERENCE, init_args, init_model_state, load_dataset,
+                                           make_batch, window_len)
 
-__all__ = ['REFERENCE', 'init_args', 'init_model_state', 'loss_fn', 'loss_kwargs', 'make_batch',
-           'window_len']
+__all__ = ['REFERENCE', 'init_args', 'init_model_state', 'load_dataset', 'loss_fn',
+           'loss_kwargs', 'make_batch', 'window_len']
 
 
 def loss_kwargs(config) -> dict:

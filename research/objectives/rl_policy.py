@@ -43,7 +43,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from research.errors import ConfigError
+from research.errors import ConfigError, UserError
 
 REFERENCE = 'rl_reference'
 ALGORITHMS = ('grpo', 'ppo')
@@ -114,6 +114,15 @@ def steps_per_iteration(config) -> int:
 
 
 # ----------------------------------------------------------------------------- the objective
+
+
+def load_dataset(config, workdir: str):
+  """An RL run reads prompts, not examples (research/rl/loop.py): research.evaluate's default
+  task, which scores a run's own validation split, has none to score."""
+  del workdir
+  raise UserError(f'an RL run (objective {config.objective.name}) has no validation split: its '
+                  'held-out reward is eval/reward_mean in its metrics.jsonl; use research.evaluate '
+                  '--task=generation, --task=perplexity or --task=few_shot')
 
 
 def window_len(config) -> int:
