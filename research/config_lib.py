@@ -164,6 +164,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Loss over this many sequence positions at a time: never [B, T, V] float32 logits in memory
   # (decoder); 0: the whole logits at once. See research/objectives/causal_lm.py.
   c.model.loss_chunk_size = 0
+  # A Dense(1) on the final-normed hidden states: a reward model's score or PPO's value head
+  # (decoder, encoder: the `scalars` method, one float32 value per position). Objective
+  # 'reward' sets it; a fine-tune keeps it when init_from's model has one.
+  c.model.scalar_head = False
   # Encoder (BERT) extras; see research/models/encoder.py.
   c.model.type_vocab_size = 0  # token-type (segment A/B) embeddings: BERT 2; 0: none
   c.model.embed_norm = False  # norm (model.norm) on the summed input embeddings
@@ -205,7 +209,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.objective = ml_collections.ConfigDict()
   # 'causal_lm' | 'prefix_lm' | 'mlm' | 'span_corruption' | 'sft' (fine-tuning) | 'dpo' |
-  # 'distill' (knowledge distillation from distill.teacher)
+  # 'reward' (a reward model on preference pairs) | 'distill' (knowledge distillation from
+  # distill.teacher) | 'grpo' | 'ppo' (RL from feedback: the rl section)
   c.objective.name = 'causal_lm'
   c.objective.mask_rate = 0.15  # mlm: fraction of eligible (non-special) tokens chosen per row
   c.objective.mask_token_rate = 0.8  # mlm: of the chosen, the fraction shown as [MASK]
@@ -249,6 +254,16 @@ def base_config() -> ml_collections.ConfigDict:
   # JSONL glob of preference rows; experiments.finetune.build_data --preferences builds some.
   c.dpo.train_data = ''
   c.dpo.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
+  # Reward models (research/objectives/reward.py), with objective.name='reward': a scalar head
+  # (model.scalar_head, set for this objective) on a decoder or encoder, trained on the same
+  # JSONL rows {"prompt", "chosen", "rejected"} with the Bradley-Terry loss
+  # -log sigmoid(r(chosen) - r(rejected) - margin); research.load(workdir).rewards scores texts.
+  c.reward = ml_collections.ConfigDict()
+  c.reward.train_data = ''  # JSONL glob of preference rows (as dpo.train_data)
+  c.reward.eval_data = ''  # '' holds out finetune.eval_fraction of train_data
+  # Llama 2's margin loss: r(chosen) must beat r(rejected) by this much before the loss
+  # flattens; 0: plain Bradley-Terry. A row's own "margin" number, if it has one, replaces it.
+  c.reward.margin = 0.0
   # Knowledge distillation (research/objectives/distill.py), with objective.name='distill':
   # loss = alpha x T^2 x KL(teacher_T || student_T) + (1 - alpha) x cross-entropy, over target
   # tokens, the teacher frozen in the train state. Data: finetune.train_data (JSONL rows, the
@@ -257,6 +272,59 @@ def base_config() -> ml_collections.ConfigDict:
   c.distill.teacher = ''  # the teacher's workdir (a decoder run or import with its tokenizer)
   c.distill.alpha = 0.5  # weight of the soft (teacher) term; 1 - alpha weighs the hard labels
   c.distill.temperature = 2.0  # T, > 0: both softmaxes at logits / T (Hinton et al. 2015)
+  # Reinforcement learning from feedback (research/rl/loop.py), with objective.name='grpo' or
+  # 'ppo' (research/objectives/rl_policy.py): each iteration samples rl.samples_per_prompt
+  # completions of rl.prompts_per_iteration prompts from the policy (KV-cache decoding), scores
+  # them with the reward, then makes rl.epochs x rl.minibatches optimizer steps on them. The
+  # policy starts from init_from; the reference is that model, frozen in the train state.
+  # Derived by finalize (values given are replaced): train.batch_size = prompts_per_iteration x
+  # samples_per_prompt / minibatches rows, train.steps = iterations x epochs x minibatches, and
+  # data.seq_len = max_prompt_len + max_new_tokens - 1. train.checkpoint_every counts
+  # iterations; train.log_every and train.eval_every are unused (every iteration is logged).
+  c.rl = ml_collections.ConfigDict()
+  # JSONL glob of {"prompt": str, ...} rows; the whole row goes to the reward function.
+  c.rl.prompts = ''
+  c.rl.eval_prompts = ''  # JSONL glob of held-out prompts; '' holds out prompts of rl.prompts
+  # Held-out prompts scored every rl.eval_every iterations and at the start (the first N of
+  # eval_prompts, or N taken out of rl.prompts when eval_prompts is ''); 0: no evaluation.
+  c.rl.num_eval_prompts = 32
+  # The reward, one of two: 'module:function' or 'path/to/file.py:function', called as
+  # function(prompt: str, completion: str, row: dict) -> float (a bool counts as 0/1), the
+  # completion cut before eos; or rl.reward_model, a reward-model workdir (its scalar head).
+  c.rl.reward = ''
+  c.rl.reward_model = ''  # a reward-model workdir instead of rl.reward (exactly one of the two)
+  c.rl.success_threshold = 1.0  # eval/accuracy: the fraction of held-out rewards >= this
+  c.rl.missing_eos_penalty = 0.0  # subtracted from the reward of a completion without eos
+  c.rl.max_prompt_len = 64  # prompt tokens at most (longer prompts are skipped and counted)
+  c.rl.max_new_tokens = 64  # tokens sampled per completion (its eos included)
+  c.rl.samples_per_prompt = 8  # G: completions of each prompt (GRPO's group)
+  c.rl.prompts_per_iteration = 16  # prompts per rollout batch: x G rows
+  # Sampling; log-probabilities, ratios, KL and entropy are of softmax(logits / temperature).
+  c.rl.temperature = 1.0  # > 0
+  c.rl.top_k = 0  # 0: off
+  c.rl.top_p = 1.0  # 1: off
+  c.rl.eval_temperature = 0.0  # held-out completions: 0 is greedy
+  c.rl.epochs = 1  # passes over each rollout batch (rows reshuffled per pass)
+  c.rl.minibatches = 1  # optimizer steps per pass; each takes rows / minibatches rows
+  c.rl.iterations = 100  # rollout batches in total (a resumed run continues to this)
+  c.rl.eval_every = 10  # iterations between held-out evaluations (and at the last)
+  c.rl.kl_coef = 0.04  # weight of the KL to the reference (in the loss, or in the reward)
+  c.rl.kl_estimator = 'k3'  # 'k1' | 'k2' | 'k3' (Schulman's estimators; research/rl/advantages.py)
+  # True: -kl_coef x KL per token in the reward (PPO); False: kl_coef x KL as a loss term (GRPO).
+  c.rl.kl_in_reward = False
+  c.rl.clip_low = 0.2  # ratio clipped below at 1 - clip_low
+  c.rl.clip_high = 0.2  # ... and above at 1 + clip_high (DAPO's clip-higher: 0.28)
+  c.rl.value_clip = 0.2  # PPO: values move at most this far from the rollout's per update
+  c.rl.vf_coef = 0.1  # PPO: weight of the value loss
+  c.rl.gamma = 1.0  # PPO: discount per token
+  c.rl.lam = 0.95  # PPO: GAE lambda
+  c.rl.whiten_advantages = True  # PPO: advantages normalised over the batch's response tokens
+  # GRPO: 'std' (score - group mean) / group std; 'none' (Dr. GRPO) score - group mean.
+  c.rl.advantage_normalization = 'std'
+  # 'token' (DAPO: mean over response tokens) | 'sequence' (GRPO: mean per response, then over
+  # responses) | 'constant' (Dr. GRPO: sum per response / max_new_tokens, mean over responses)
+  c.rl.loss_aggregation = 'token'
+  c.rl.entropy_coef = 0.0  # entropy bonus: - entropy_coef x entropy per token in the loss
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000  # optimizer steps in total (a resumed run continues to this)
@@ -540,8 +608,14 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c = config
   if c.get('init_from', '') and c.finetune.inherit_model:
     _inherit_model(c)
+  if c.objective.name == 'reward':
+    from research.objectives import reward  # pylint: disable=g-import-not-at-top
+    reward.check_config(c)  # a decoder or encoder; sets model.scalar_head
   if c.model.vocab_size == 0:
     c.model.vocab_size = c.data.vocab_size
+  if c.objective.name in ('grpo', 'ppo'):  # derives train.batch_size, train.steps, seq_len
+    from research.objectives import rl_policy  # pylint: disable=g-import-not-at-top
+    rl_policy.check_config(c)
   if c.model.vocab_size < c.data.vocab_size:
     raise ConfigError('model.vocab_size', c.model.vocab_size,
                       f'must be >= data.vocab_size={c.data.vocab_size} (0 copies it)')
@@ -598,7 +672,11 @@ def _inherit_model(c: ml_collections.ConfigDict) -> None:
     raise ConfigError('init_from', c.init_from, 'has no config.json: give a workdir that '
                       'research.train or research.convert wrote')
   source = load_saved_config(path)
+  # A scalar head is this run's addition to the source's model (a reward model or a value
+  # head on an LM), or the source's own (a reward workdir): kept in either case.
+  scalar_head = c.model.get('scalar_head', False) or source.model.scalar_head
   c.model = source.model
+  c.model.scalar_head = scalar_head
   if not c.model.max_len:  # the source's position table, not this run's seq_len
     c.model.max_len = source.data.seq_len
   c.data.vocab_size = source.data.vocab_size

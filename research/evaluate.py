@@ -6,8 +6,8 @@ Prints one JSON line of metrics. Tasks (research/evaluation/, each an importable
       loss (nats/token), perplexity, next-token accuracy and target tokens over the whole
       validation split (or --batches batches) of the run's own data source; "covers" says
       which. This is the validation loss to quote: the trainer's eval/loss covers only
-      train.eval_batches batches. SFT/DPO runs are scored on their held-out examples (DPO:
-      preference accuracy and reward margin over pairs, no perplexity).
+      train.eval_batches batches. SFT/DPO/reward runs are scored on their held-out examples
+      (DPO, reward models: preference accuracy and reward margin over pairs, no perplexity).
   python -m research.evaluate --workdir=runs/shakespeare --task=perplexity \
       --source=text:'notes/*.txt' --split=validation
       the same on any source ('shakespeare' | 'tfds:NAME' | 'text:GLOB'; default the run's),

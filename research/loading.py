@@ -7,6 +7,8 @@
   logp_BT = lm.score(tokens_BT)                    # log p(token t | tokens before t); [:, 0] = 0
   lm.generate('ROMEO:', max_new_tokens=32)         # text in, text out; token ids in, ids out
   lm.generate(['ROMEO:', 'JULIET: O'], stop='\n')  # one batch of mixed lengths, each cut at a line
+  rm = research.load('runs/shakespeare_reward')    # a reward model (configs/finetune/reward.py)
+  rm.rewards('Q: ...', ['good answer', 'bad answer'])  # float32 scores, one per pair
 
 A workdir is what research.train or research.convert wrote: config.json, checkpoints/ and (for
 runs trained here) the tokenizer. `load` reads config.json with `overrides` (only fields that
@@ -220,6 +222,27 @@ def _compiled_score(model, family: str):
   return jax.jit(score)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_rewards(model):
+  """jit(variables, tokens, positions, segment_ids) -> float32 scores_B: the scalar head at each
+  row's last real token, as the reward objective scores (see LanguageModel.rewards)."""
+  from research.objectives import reward  # pylint: disable=g-import-not-at-top
+
+  def rewards(variables, tokens_BT, positions_BT, segment_ids_BT):
+    return reward.last_token_scores(model, variables, tokens_BT, positions_BT, segment_ids_BT)[0]
+
+  return jax.jit(rewards)
+
+
+def _as_texts(value, name: str) -> list[str] | str:
+  if isinstance(value, str):
+    return value
+  texts = list(value)
+  if not texts or not all(isinstance(t, str) for t in texts):
+    raise UserError(f'{name}: give a str or a non-empty list of str')
+  return texts
+
+
 @dataclasses.dataclass(repr=False)
 class LanguageModel:
   """A run restored for inference (`research.load`), sharded on this host's mesh.
@@ -325,6 +348,68 @@ class LanguageModel:
                       'lm(tokens_BT), e.g. at masked positions')
     tokens_BT, targets_BT = self._inputs(tokens_BT, targets_BT)
     return _compiled_score(self.model, self.family)(self.variables, tokens_BT, targets_BT)
+
+  # ------------------------------------------------------------------------- rewards
+
+  def rewards(self, prompts, responses, *, batch_size: int = 64) -> np.ndarray:
+    """float32 scores [N] of N (prompt, response) pairs by a reward model (a workdir with
+    model.scalar_head: configs/finetune/reward.py), exactly as its training scored each side of
+    a preference pair (research/objectives/reward.py): the text is tokenised as the training
+    rows were (research.data.sft: prompt + response + eos, bos first where the tokenizer adds
+    one) and scored by the scalar head at that eos. Higher is preferred.
+
+    prompts, responses: a str or a list of str each; a str pairs with every item of the other
+      (one prompt and several responses: best-of-n), two lists pair up in order.
+    batch_size: rows per compiled call. Rows are right-padded to a multiple of
+      research.inference.decoding.BUCKET tokens, sorted by length when they need several
+      batches, and the last batch is filled with copies of its first row: one program per
+      length bucket. Padding never reaches a row's eos, so a score does not depend on the
+      batching (to float rounding).
+
+    Raises:
+      UserError: a model without a scalar head, a workdir without a tokenizer, lists of
+        different lengths or empty, a pair longer than a position table.
+    """
+    from research.data import sft  # pylint: disable=g-import-not-at-top
+    if not self.config.model.get('scalar_head', False):
+      raise UserError(f'{self.workdir} has no scalar head (model.scalar_head is false; objective '
+                      f'{self.config.objective.name!r}): rewards() needs a reward model, trained '
+                      'with configs/finetune/reward.py')
+    if batch_size <= 0:
+      raise UserError(f'batch_size={batch_size}: must be a positive integer')
+    tokenizer = self.require_tokenizer()
+    prompts, responses = _as_texts(prompts, 'prompts'), _as_texts(responses, 'responses')
+    if isinstance(prompts, str) and isinstance(responses, str):
+      prompts, responses = [prompts], [responses]
+    elif isinstance(prompts, str):
+      prompts = [prompts] * len(responses)
+    elif isinstance(responses, str):
+      responses = [responses] * len(prompts)
+    if len(prompts) != len(responses):
+      raise UserError(f'{len(prompts)} prompts and {len(responses)} responses: give one '
+                      'response per prompt, or one prompt (a str) for all the responses')
+    examples = [sft.encode_pieces(sft.preference_pieces(p, r), tokenizer)
+                for p, r in zip(prompts, responses)]
+    cfg = self.model.cfg
+    longest = max(len(ids) for ids, _ in examples)
+    if cfg.position in _ABSOLUTE_POSITIONS and longest > cfg.max_len:
+      raise UserError(f'a prompt and response take {longest} tokens, more than the model context '
+                      f'(model.max_len={cfg.max_len}, {cfg.position} positions): shorten it')
+    rows = min(batch_size, len(examples))
+    order = list(range(len(examples)))
+    if len(examples) > rows:
+      order.sort(key=lambda i: len(examples[i][0]))
+    scores = np.zeros(len(examples), np.float32)
+    score = _compiled_rewards(self.model)
+    for first in range(0, len(order), rows):
+      index = order[first:first + rows]
+      filled = index + [index[0]] * (rows - len(index))
+      width = decoding.prompt_bucket(max(len(examples[i][0]) for i in filled))
+      batch = sft.decoder_rows([examples[i] for i in filled], width, pack=False,
+                               pad_id=tokenizer.pad_id)
+      out = score(self.variables, batch['inputs'], batch['positions'], batch['segment_ids'])
+      scores[index] = decoding.to_host(out)[:len(index)]
+    return scores
 
   # ------------------------------------------------------------------------- generate
 

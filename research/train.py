@@ -1,7 +1,9 @@
 """Train a model: python -m research.train --config=configs/decoder/shakespeare.py --workdir=DIR.
 
 Any config field can be overridden (--config.train.steps=200). Rerunning with the same workdir
-resumes from its newest intact checkpoint.
+resumes from its newest intact checkpoint. objective.name 'grpo' and 'ppo' run the RL loop
+(research/rl/loop.py; configs/finetune/grpo.py, configs/finetune/ppo.py) instead of the
+trainer's.
 
 Exit status: 0 when the run reached train.steps; train.preemption_exit_code (143) after SIGTERM
 and 130 after SIGINT, each once a checkpoint is saved; 2 with one line on stderr when the run
@@ -30,7 +32,11 @@ def main(config, argv):
     from research.errors import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError('model.quantization.mode', 'ptq', "post-training quantized weights are "
                       "for inference: train with 'qat' (or 'none'), then quantize")
-  final = trainer.train(config, _WORKDIR.value)
+  if config.objective.name in ('grpo', 'ppo'):  # RL from feedback: rollouts, then updates
+    from research.rl import loop  # pylint: disable=g-import-not-at-top
+    final = loop.train(config, _WORKDIR.value)
+  else:
+    final = trainer.train(config, _WORKDIR.value)
   print(json.dumps(final, sort_keys=True), flush=True)
   if 'preempted_at' in final:  # saved, but not finished: a scheduler must not count it done
     from research.training import guards  # pylint: disable=g-import-not-at-top

@@ -99,3 +99,6 @@ def test_readme_blocks_run_in_order_on_a_fresh_directory(tmp_path):
   dpo = next(out for cmd, out in outputs.items()
              if 'research.evaluate' in cmd and 'dpo' in cmd)
   assert '"dpo/reward_margin"' in dpo and 'perplexity' not in dpo, dpo
+  rm = next(out for cmd, out in outputs.items()
+            if 'research.evaluate' in cmd and 'shakespeare_reward' in cmd)
+  assert '"reward/margin"' in rm and '"pairs"' in rm and 'perplexity' not in rm, rm

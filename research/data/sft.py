@@ -4,7 +4,8 @@ Row formats (one JSON object per line):
   {"prompt": P, "response": R}            supervised fine-tuning (objective 'sft')
   {"messages": [{"role", "content"}...]}  multi-turn chat: the tokenizer's chat template, if any,
                                           else lmforge's format (below)
-  {"prompt": P, "chosen": C, "rejected": X}  preferences (objective 'dpo')
+  {"prompt": P, "chosen": C, "rejected": X}  preferences (objectives 'dpo' and 'reward'; a
+                                          reward row may add "margin": a number)
 
 Tokens. A prompt/response pair is `encode(P) + encode(R) + [eos]` with no text in between (put any
 separator in P); the loss covers R and its eos only. A chat renders each message as
@@ -237,11 +238,14 @@ def encoder_decoder_fits(ids, flags, seq_len: int) -> bool:
 
 
 def preference_rows(pairs, seq_len: int, *, pad_id: int) -> dict[str, np.ndarray]:
-  """(chosen, rejected) examples -> chosen_* and rejected_* decoder rows, one pair per row."""
+  """(chosen, rejected[, margin]) examples -> chosen_* and rejected_* decoder rows, one pair per
+  row, and `margin` [rows, 1] float32 when the pairs carry one (rank 2, as every batch array)."""
   out = {}
   for side, k in (('chosen', 0), ('rejected', 1)):
     rows = decoder_rows([pair[k] for pair in pairs], seq_len, pack=False, pad_id=pad_id)
     out.update({f'{side}_{name}': value for name, value in rows.items()})
+  if pairs and len(pairs[0]) > 2:
+    out['margin'] = np.array([[pair[2]] for pair in pairs], np.float32)
   return out
 
 
@@ -381,30 +385,57 @@ def load_sft(config, tokenizer) -> Dataset:
   return Dataset(tokenizer=tokenizer, train_rows=build(train), eval_rows=build(held), stats=stats)
 
 
-def load_preferences(config, tokenizer) -> Dataset:
-  """The dpo objective's dataset for `config` (dpo.train_data / eval_data)."""
+def preference_pieces(prompt: str, response: str) -> list[tuple[str, bool]]:
+  """The pieces of one side of a preference pair: `encode_pieces` makes it prompt + response +
+  eos (bos first where the tokenizer adds one). Training rows and research.load's `rewards`
+  both tokenise with it."""
+  return [(prompt, False), (response, True)]
+
+
+def _margin_problem(value) -> str | None:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+    return f'"margin" must be a finite number, not {value!r}'
+  return None
+
+
+def load_preferences(config, tokenizer, section: str = 'dpo', *, max_tokens: int | None = None,
+                     margin: float | None = None) -> Dataset:
+  """Preference pairs of `section.train_data` / `section.eval_data` ('dpo', 'reward').
+
+  max_tokens: the longest example (prompt + response + eos) kept; default data.seq_len + 1, as
+    DPO scores the eos as the last target only. A reward model reads its head at the eos, an
+    input: it passes data.seq_len.
+  margin: None, no margins (DPO); else each pair's `margin` column is its row's "margin" number
+    when it has one, else this value.
+  """
   c = config
   seq_len = c.data.seq_len
-  if not c.dpo.train_data:
-    raise ConfigError('dpo.train_data', '', 'give a JSONL path or glob of '
+  max_tokens = seq_len + 1 if max_tokens is None else max_tokens
+  fields = {split: f'{section}.{split}_data' for split in ('train', 'eval')}
+  train_data, eval_data = c[section].train_data, c[section].eval_data
+  if not train_data:
+    raise ConfigError(fields['train'], '', 'give a JSONL path or glob of '
                       '{"prompt", "chosen", "rejected"} rows')
 
   def encode(row):
     if not all(isinstance(row.get(k), str) for k in ('prompt', 'chosen', 'rejected')):
       return 'expected "prompt", "chosen" and "rejected" strings'
-    return tuple(encode_pieces([(row['prompt'], False), (row[k], True)], tokenizer)
+    pair = tuple(encode_pieces(preference_pieces(row['prompt'], row[k]), tokenizer)
                  for k in ('chosen', 'rejected'))
+    if margin is None:
+      return pair
+    value = row.get('margin', margin)
+    return _margin_problem(value) or (*pair, float(value))
 
-  keep = lambda pair: all(len(ids) <= seq_len + 1 for ids, _ in pair)
-  train, train_stats = _tokenized(c.dpo.train_data, 'dpo.train_data', tokenizer, keep, encode)
+  keep = lambda pair: all(len(ids) <= max_tokens for ids, _ in pair[:2])
+  train, train_stats = _tokenized(train_data, fields['train'], tokenizer, keep, encode)
   stats = {'train': train_stats}
   held = None
-  if c.dpo.eval_data:
-    held, stats['eval'] = _tokenized(c.dpo.eval_data, 'dpo.eval_data', tokenizer, keep, encode)
-  train, held = _split(train, held, c.finetune.eval_fraction, 'dpo.eval_data')
-  _check_examples(train, 'dpo.train_data', c.dpo.train_data, train_stats)
-  _check_examples(held, 'dpo.eval_data', c.dpo.eval_data or c.dpo.train_data,
-                  stats.get('eval', train_stats))
+  if eval_data:
+    held, stats['eval'] = _tokenized(eval_data, fields['eval'], tokenizer, keep, encode)
+  train, held = _split(train, held, c.finetune.eval_fraction, fields['eval'])
+  _check_examples(train, fields['train'], train_data, train_stats)
+  _check_examples(held, fields['eval'], eval_data or train_data, stats.get('eval', train_stats))
   _report(stats)
   build = lambda ex: preference_rows(ex, seq_len, pad_id=tokenizer.pad_id)
   return Dataset(tokenizer=tokenizer, train_rows=build(train), eval_rows=build(held), stats=stats)

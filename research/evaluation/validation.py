@@ -1,8 +1,8 @@
 """The run's own validation metrics over its whole validation split (research.evaluate's default
 task): the loss to quote, since the trainer's eval/loss covers only train.eval_batches batches.
 
-SFT and DPO runs are scored on their own held-out examples (trainer.load_dataset: DPO reports
-preference accuracy and reward margin over pairs, no perplexity).
+SFT, DPO and reward runs are scored on their own held-out examples (trainer.load_dataset: DPO
+and reward models report preference accuracy and reward margin over pairs, no perplexity).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Token embedding and (tied or untied) unembedding."""
+"""Token embedding, (tied or untied) unembedding, and the scalar head."""
 
 from __future__ import annotations
 
@@ -40,3 +40,19 @@ class Unembed(nn.Module):
                                                              ('embed', 'vocab')),
                       (x_BTD.shape[-1], self.vocab_size), jnp.float32)
     return jnp.einsum('btd,dv->btv', x_BTD, w_DV.astype(self.dtype))
+
+
+class ScalarHead(nn.Module):
+  """A Dense(D -> 1) with bias on the final-normed hidden states, in float32: one value per
+  position (a reward model's score, PPO's value head). Kernel [D, 1] ('embed', None), sharded
+  like the residual stream's side of the unembedding; bias [1], replicated."""
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    w_D1 = self.param('kernel', nn.with_logical_partitioning(nn.initializers.normal(self.init_std),
+                                                             ('embed', None)),
+                      (x_BTD.shape[-1], 1), jnp.float32)
+    b_1 = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, (None,)), (1,),
+                     jnp.float32)
+    return jnp.einsum('btd,do->bto', x_BTD.astype(jnp.float32), w_D1)[..., 0] + b_1[0]

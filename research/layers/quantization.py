@@ -53,7 +53,7 @@ MODES = ('none', 'qat', 'ptq')
 QTYPES = {'int8': 'int8', 'int4': 'int4', 'float8_e4m3fn': 'float8_e4m3fn',
           'e4m3': 'float8_e4m3fn', 'float8_e5m2': 'float8_e5m2', 'e5m2': 'float8_e5m2'}
 INT_QTYPES = ('int8', 'int4')
-ENTRY_METHODS = ('__call__', 'hidden', 'logits', 'encode', 'decode_logits')
+ENTRY_METHODS = ('__call__', 'hidden', 'logits', 'scalars', 'encode', 'decode_logits')
 
 # Layer kind -> regex over Qwix's module path ('stack/layer_0/attn', 'stack/layers/mlp',
 # 'unembed'); a tied head is the embedding table's own einsum ('embed').

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from research.errors import ConfigError
 from research.layers import attention, embeddings, norms, positions as positions_lib
 from research.layers.softcap import soft_cap
 from research.models.transformer import Stack, TransformerConfig, scale_readout
@@ -13,7 +14,9 @@ from research.models.transformer import Stack, TransformerConfig, scale_readout
 class DecoderLM(nn.Module):
   """tokens_BT -> float32 logits_BTV, in two halves that a chunked loss calls separately:
   `hidden` (tokens -> final-normed hidden states x_BTD, compute dtype) and `logits`
-  (x_BTD -> float32 logits_BTV, the tied or untied unembedding).
+  (x_BTD -> float32 logits_BTV, the tied or untied unembedding). With `model.scalar_head`,
+  `scalars` reads one float32 value per position off the same hidden states (a reward model's
+  score, PPO's value head): a Dense(D -> 1) with bias, parameters 'scalar_head'.
 
   `segment_ids_BT` (0 = padding) keeps packed examples apart; `positions_BT` restart per
   segment. `prefix_BT` marks prefix-LM tokens that attend bidirectionally within the prefix.
@@ -44,12 +47,33 @@ class DecoderLM(nn.Module):
     self.final_norm = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype)
     if not c.tie_embeddings:
       self.unembed = embeddings.Unembed(c.vocab_size, init_std=c.init_std, dtype=c.dtype)
+    if c.scalar_head:
+      self.scalar_head = embeddings.ScalarHead(init_std=c.init_std)
     if c.peft.prompt_tokens:  # prompt tuning: learned embeddings ahead of every sequence
       self.soft_prompt = self.param('soft_prompt', nn.initializers.normal(c.init_std),
                                     (c.peft.prompt_tokens, c.d_model), jnp.float32)
 
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, prefix_BT=None):
-    return self.logits(self.hidden(tokens_BT, positions_BT, segment_ids_BT, prefix_BT))
+    x_BTD = self.hidden(tokens_BT, positions_BT, segment_ids_BT, prefix_BT)
+    if self.cfg.scalar_head and self.is_initializing():
+      self.scalar_head(x_BTD)  # `init` runs __call__ only: create the head's parameters too
+    return self.logits(x_BTD)
+
+  def scalars(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+    """float32 values_BT: the scalar head (model.scalar_head) at every position of the
+    final-normed hidden states; position t has seen tokens 0..t (causal)."""
+    if not self.cfg.scalar_head:
+      raise ConfigError('model.scalar_head', False, 'this model has no scalar head: train one '
+                        'with objective.name=reward (configs/finetune/reward.py)')
+    x_BTD = self.hidden(tokens_BT, positions_BT, segment_ids_BT)
+    if self.is_initializing():
+      self.logits(x_BTD)  # `init` through this method still creates the whole model
+    return self.scalar_readout(x_BTD)
+
+  def scalar_readout(self, x_BTD):
+    """x_BTD (final-normed hidden states, any positions) -> float32 values_BT: `scalars`'
+    second half, as `logits` is the logits' (PPO reads both off one `hidden` pass)."""
+    return scale_readout(self.cfg, self.scalar_head(x_BTD))
 
   def hidden(self, tokens_BT, positions_BT=None, segment_ids_BT=None, prefix_BT=None):
     """Final-normed hidden states x_BTD in the compute dtype (what the unembedding reads)."""

@@ -76,8 +76,10 @@ class EncoderLM(nn.Module):
 
   `segment_ids_BT` (0 = padding; default: one segment) keeps packed examples apart;
   `positions_BT` (default 0..T-1) restart per segment; `token_types_BT` (default 0) index the
-  token-type table when the model has one. `decode` exists for `build_model`'s signature only:
-  an encoder has no KV cache.
+  token-type table when the model has one. With `model.scalar_head`, `scalars` reads one
+  float32 value per position off the final hidden states instead of the MLM head (a reward
+  model's score): a Dense(D -> 1) with bias, parameters 'scalar_head'. `decode` exists for
+  `build_model`'s signature only: an encoder has no KV cache.
   """
   cfg: TransformerConfig
   decode: bool = False
@@ -137,8 +139,22 @@ class EncoderLM(nn.Module):
           nn.initializers.zeros, ('vocab',)), (c.vocab_size,), jnp.float32)
     return nn.with_logical_constraint(logits_BTV, ('batch', 'length', 'vocab'))
 
-  @nn.compact
   def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, token_types_BT=None):
+    return self._forward(tokens_BT, positions_BT, segment_ids_BT, token_types_BT, 'logits')
+
+  def scalars(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+    """float32 values_BT: the scalar head (model.scalar_head) at every position of the
+    final-normed hidden states; every position has seen its whole segment (bidirectional)."""
+    if not self.cfg.scalar_head:
+      raise ConfigError('model.scalar_head', False, 'this model has no scalar head: train one '
+                        'with objective.name=reward (configs/finetune/reward.py)')
+    return self._forward(tokens_BT, positions_BT, segment_ids_BT, None, 'scalars')
+
+  @nn.compact
+  def _forward(self, tokens_BT, positions_BT, segment_ids_BT, token_types_BT, output: str):
+    """The one compact method (its submodules are the parameter tree): `output` 'logits' or
+    'scalars'. `init` (through either) creates the MLM head and, with model.scalar_head, the
+    scalar head."""
     c = self.cfg
     self._check(token_types_BT)
     b, t = tokens_BT.shape
@@ -153,4 +169,10 @@ class EncoderLM(nn.Module):
     if c.norm_position == 'pre':  # post-norm blocks already end normalised
       x_BTD = norms.make_norm(c.norm, eps=c.norm_eps, dtype=c.dtype,
                               module_name='final_norm')(x_BTD)
-    return self._logits(embed, x_BTD)
+    values_BT = logits_BTV = None
+    if c.scalar_head and (output == 'scalars' or self.is_initializing()):
+      values_BT = scale_readout(c, embeddings.ScalarHead(init_std=c.init_std,
+                                                         name='scalar_head')(x_BTD))
+    if output == 'logits' or self.is_initializing():
+      logits_BTV = self._logits(embed, x_BTD)
+    return values_BT if output == 'scalars' else logits_BTV

@@ -87,6 +87,9 @@ class TransformerConfig:
   encoder_layers: int = 0  # encoder-decoder depths; 0: num_layers
   decoder_layers: int = 0
   loss_chunk_size: int = 0  # read by the objectives: positions per loss chunk; 0: whole logits
+  # A Dense(D -> 1) on the final-normed hidden states (`scalars`: a reward model's score, PPO's
+  # value head); decoder and encoder.
+  scalar_head: bool = False
   # Mixture of experts (`model.moe`; research/layers/moe.py): num_experts=0 is a dense model.
   moe: moe_lib.MoEConfig = dataclasses.field(default_factory=moe_lib.MoEConfig)
   # Attention patterns and implementation (`model.attention`; research/layers/patterns.py).
@@ -163,6 +166,9 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
     if m.get(field) and family != 'decoder':
       raise ConfigError(f'model.{field}', m[field], f'is a decoder option; model.family is '
                         f'{family!r}: leave it unset')
+  if m.get('scalar_head', False) and family not in ('decoder', 'encoder'):
+    raise ConfigError('model.scalar_head', m.scalar_head, f"is for 'decoder' and 'encoder' "
+                      f'models; model.family is {family!r}: leave it unset')
   for field in ('encoder_layers', 'decoder_layers'):
     if m[field] < 0:
       raise ConfigError(f'model.{field}', m[field], 'must be >= 0 (0: model.num_layers)')
@@ -207,7 +213,7 @@ def transformer_config(model_cfg, *, seq_len: int, peft_cfg=None) -> Transformer
       final_softcap=float(m.get('final_softcap', 0.0)), embed_scale=m.get('embed_scale', False),
       embed_norm=m.embed_norm, head_transform=m.head_transform, output_bias=m.output_bias,
       encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
-      loss_chunk_size=m.get('loss_chunk_size', 0),
+      loss_chunk_size=m.get('loss_chunk_size', 0), scalar_head=bool(m.get('scalar_head', False)),
       moe=moe_lib.resolve(moe_cfg, d_ff=d_ff), attention=attention_cfg, mixer=mixer_cfg,
       peft=peft_section(peft_cfg), mup_width=mup_width)
 

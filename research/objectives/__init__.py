@@ -8,9 +8,11 @@ Each objective is a module in this package with four functions:
   init_args(batch_size, config) -> positional model arguments for initialisation;
   loss_fn(model, params, batch, *, rngs=None) -> (loss_sum, aux), aux holding the summed
       `loss_sum`, `weight_sum` and `correct`, so micro-batches and hosts add up before dividing.
-Optional: load_dataset(config, workdir) when the objective reads its own data (sft, dpo);
-init_model_state(params) for non-gradient state it needs (DPO's frozen reference);
-loss_kwargs(config) for config values its loss takes (DPO's beta, distill's teacher module);
+Optional: load_dataset(config, workdir) when the objective reads its own data (sft, dpo,
+reward); init_model_state(params) for non-gradient state it needs (DPO's frozen reference);
+loss_kwargs(config) for config values its loss takes (DPO's beta, the reward margin, distill's
+teacher module); eval_metrics(totals, prefix) for its own evaluation summary (dpo, reward:
+per pair, no perplexity);
 aux['metrics'] for extra sums the trainer logs per unit of weight; init_frozen_state(config,
 init_args) and load_frozen_state(run, state) for a frozen model of another workdir held in the
 model state (distill's teacher: placeholders traced with the state, filled at a fresh start).
@@ -30,7 +32,10 @@ OBJECTIVES = {
     'span_corruption': 'research.objectives.span_corruption',
     'sft': 'research.objectives.sft',
     'dpo': 'research.objectives.dpo',
+    'reward': 'research.objectives.reward',
     'distill': 'research.objectives.distill',
+    'grpo': 'research.objectives.grpo',
+    'ppo': 'research.objectives.ppo',
 }
 
 Objective = types.ModuleType  # an objective is its module

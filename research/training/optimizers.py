@@ -51,15 +51,16 @@ def param_class(path, leaf) -> str:
   """'embedding', 'hidden', 'unembedding' or 'vector' (norm scales and biases), by name, as
   rank misleads: a scanned stack adds a layer axis ([L, D] norm scales) and experts an expert
   axis ([E, F] expert biases). Tables named 'embedding' (tokens, positions, token types, the
-  relative position bias) and the soft prompt are embeddings; the untied 'unembed' matrix is
-  the unembedding; every other matrix is hidden (experts and the MoE router included)."""
+  relative position bias) and the soft prompt are embeddings; the untied 'unembed' matrix and
+  the scalar head (a readout too) are unembeddings; every other matrix is hidden (experts and
+  the MoE router included)."""
   names = [str(getattr(k, 'key', k)) for k in path]
   name = names[-1] if names else ''
   if name == 'scale' or name.endswith('bias') or name.startswith('b_') or len(leaf.shape) < 2:
     return 'vector'
   if name in ('embedding', 'soft_prompt'):
     return 'embedding'
-  if 'unembed' in names:
+  if 'unembed' in names or 'scalar_head' in names:
     return 'unembedding'
   return 'hidden'
 

@@ -12,7 +12,8 @@ Methods (`peft.method`):
   adapter  bottleneck adapters after every attention and MLP sublayer train; the rest is frozen.
 
 `peft.train_also` (a regex on parameter paths) adds base parameters to the trainable set (e.g.
-'.*norm.*'). Frozen parameters go through optax.set_to_zero inside optax.multi_transform, so the
+'.*norm.*'). A scalar head (model.scalar_head: a reward model's) trains under every method: it
+is new to the run, and frozen it would stay at its initialisation. Frozen parameters go through optax.set_to_zero inside optax.multi_transform, so the
 optimizer keeps no state for them, and their gradients are dropped before the update (XLA then
 skips computing them where nothing else needs them).
 """
@@ -81,7 +82,7 @@ def _is_bias(path: str) -> bool:
 
 def is_trainable(path: str, peft_cfg) -> bool:
   method = peft_cfg.method
-  if method == 'none':
+  if method == 'none' or path.split('/', 1)[0] == 'scalar_head':
     return True
   if peft_cfg.train_also and re.fullmatch(peft_cfg.train_also, path):
     return True

@@ -1,9 +1,10 @@
 """Sparsity masks: magnitude and 2:4 pruning, the gradual schedule, and masked optimizer steps.
 
 What is pruned: the hidden weight matrices (attention and feed-forward projections, experts),
-never embeddings, the unembedding, norms, biases, MoE routers or PEFT parameters. Each matrix is
-pruned by itself (per layer, per expert: a scanned stack's layer axis and an expert axis index
-separate matrices), so every one ends at exactly the target sparsity, as in Zhu & Gupta 2017.
+never embeddings, the unembedding, a scalar head, norms, biases, MoE routers or PEFT
+parameters. Each matrix is pruned by itself (per layer, per expert: a scanned stack's layer axis
+and an expert axis index separate matrices), so every one ends at exactly the target sparsity,
+as in Zhu & Gupta 2017.
 
 - magnitude: the round(sparsity x n) entries of smallest |w| in each matrix are zero.
 - 2:4: in every group of 4 consecutive *input* weights (along the axes the matrix contracts

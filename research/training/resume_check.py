@@ -30,6 +30,9 @@ RESUMABLE = (
     'data.cache_dir', 'data.data_dir',  # where caches live, not what they hold
     'data.workers',  # how batches are built (they stay a function of (seed, step)), not which
     'sample.', 'eval.',  # read by research.sample / research.evaluate, not by training
+    # RL (research/rl/loop.py): how long it runs (rl.iterations derives train.steps) and how it
+    # is evaluated; nothing that changes a rollout or an update.
+    'rl.iterations', 'rl.eval_every', 'rl.eval_temperature', 'rl.success_threshold',
 )
 
 # What fixes the shapes of a checkpoint: research.sample / research.evaluate compare these

@@ -439,10 +439,11 @@ def evaluate(run: Run, params, dataset, eval_step=None, *, num_batches: int | No
   bits per byte (`scored_bytes`) for objectives that score the text's own tokens.
 
   A mixture reports each source as eval/NAME/... and their total as eval/... The objective's
-  `eval_metrics(totals, prefix)` summarises when it has one (DPO: preference accuracy and reward
-  margin over pairs, no perplexity); else `token_eval_metrics`. `eval/batches` and
-  `eval/split_batches` say what the numbers cover: the trainer scores train.eval_batches of the
-  split, research.evaluate all of it, so the two losses of one checkpoint differ.
+  `eval_metrics(totals, prefix)` summarises when it has one (DPO, reward models: preference
+  accuracy and reward margin over pairs, no perplexity); else `token_eval_metrics`.
+  `eval/batches` and `eval/split_batches` say what the numbers cover: the trainer scores
+  train.eval_batches of the split, research.evaluate all of it, so the two losses of one
+  checkpoint differ.
   """
   c = run.config
   eval_step = eval_step or make_eval_step(run)
@@ -492,7 +493,8 @@ def describe_eval(ev: dict[str, float]) -> str:
   if 'eval/bpb' in ev:
     head += f", {ev['eval/bpb']:.3f} bits/byte"
   head += ''.join(f", {k.split('/')[-1].replace('_', ' ')} {ev[k]:.3f}"
-                  for k in sorted(ev) if k.startswith('eval/dpo/') and k.endswith('margin'))
+                  for k in sorted(ev)
+                  if k.startswith(('eval/dpo/', 'eval/reward/')) and k.endswith('margin'))
   unit = 'pairs' if 'eval/pairs' in ev else 'tokens'
   n, total = int(ev['eval/batches']), int(ev['eval/split_batches'])
   amount = f"{ev.get(f'eval/{unit}', 0):,.0f} {unit}"
@@ -504,7 +506,7 @@ def describe_eval(ev: dict[str, float]) -> str:
 
 def load_dataset(run: Run, workdir: str):
   """The run's data: the token streams of `config.data`, or the objective's own examples when it
-  reads them itself (sft, dpo: JSONL files)."""
+  reads them itself (sft, dpo, reward: JSONL files)."""
   if hasattr(run.objective, 'load_dataset'):
     return run.objective.load_dataset(run.config, workdir)
   from research.data import pipeline  # pylint: disable=g-import-not-at-top
