@@ -293,6 +293,10 @@ def base_config() -> ml_collections.ConfigDict:
   # completion cut before eos; or rl.reward_model, a reward-model workdir (its scalar head).
   c.rl.reward = ''
   c.rl.reward_model = ''  # a reward-model workdir instead of rl.reward (exactly one of the two)
+  # The held-out evaluation's reward, a 'module:function' like rl.reward; '' scores with the
+  # training reward. A reward model is a learned proxy: its policy is best judged by the rule
+  # (or the people) it was learned from.
+  c.rl.eval_reward = ''
   c.rl.success_threshold = 1.0  # eval/accuracy: the fraction of held-out rewards >= this
   c.rl.missing_eos_penalty = 0.0  # subtracted from the reward of a completion without eos
   c.rl.max_prompt_len = 64  # prompt tokens at most (longer prompts are skipped and counted)

@@ -1,6 +1,9 @@
 """Every test sees 8 simulated CPU devices (set before JAX initialises its backend)."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests compile hundreds of tiny programs and run each a few times, so LLVM's optimisations
 # cost more than they save: without them the suite takes about a third less CPU time. Commands
@@ -13,6 +16,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # libtpu (the ahead-of-time TPU compile tests) locks /tmp/libtpu_lockfile for a process's whole
 # life; test processes only describe TPU topologies, so several may load it at once.
 os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+
+# Many tests compile the same tiny programs (one config's train step, its evaluation, its
+# decoding loop): JAX's persistent compilation cache, in a directory of this session's own that
+# the xdist workers and the commands tests run (they inherit the environment) share, compiles
+# each once. The controller makes it before the workers start; nothing outlives the session.
+if 'PYTEST_XDIST_WORKER' not in os.environ and 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='lmforge-test-jax-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -90,9 +90,11 @@ def holds(rows) -> list[str]:
   """Statements checked against the numbers: each says yes/no and the value behind it."""
   ptq = {r['case']: r for r in rows if r['part'] == 'ptq'}
   out = ['## What holds', '']
-  int8 = ptq.get('int8-channel-sym')
+  int8 = ptq.get('int8-channel-sym') or next((r for r in ptq.values() if r['bits'] == 8), None)
   if int8:
-    out.append(f"- int8 PTQ (per channel, symmetric) within 1 % perplexity of float: "
+    scales = 'per channel' if not int8['group_size'] else f"groups of {int8['group_size']}"
+    symmetric = 'symmetric' if int8['symmetric'] else 'asymmetric'
+    out.append(f"- int8 PTQ ({scales}, {symmetric}) within 1 % perplexity of float: "
                f"{_yes(abs(int8['perplexity_vs_base']) <= 0.01)} ({_vs(int8)})")
   int4 = [r for r in ptq.values() if r['bits'] == 4]
   if int4:

@@ -73,7 +73,7 @@ def default_section() -> ml_collections.ConfigDict:
   s.samples_per_prompt = 8
   s.eval_every = 10
   s.num_eval_prompts = 128
-  s.lr = 3e-5
+  s.lr = 2e-4
   s.kl_coef = 0.04
   s.ppo_epochs = 2  # PPO's passes over a rollout (GRPO stays on-policy: one step per rollout)
   s.ppo_minibatches = 2
@@ -83,7 +83,7 @@ def default_section() -> ml_collections.ConfigDict:
   s.reward_steps = 300
   s.reward_lr = 3e-4
   s.dpo_steps = 150
-  s.dpo_lr = 3e-5
+  s.dpo_lr = 1e-4
   s.dpo_beta = 0.1
   s.pair_batch_size = 16
   s.num_pairs = 2048  # training pairs (tasks.build: prefs.jsonl)
@@ -249,7 +249,7 @@ def run_reward_model(config, workdir: str, base: str, data: str, log) -> dict:
   def make():
     from research.training import trainer  # pylint: disable=g-import-not-at-top
     c = _finetune_config('reward', {
-        'init_from': base, 'seed': config.seed, 'data.seq_len': 64,
+        'init_from': base, 'seed': config.seed, 'data.seq_len': 96,
         'reward.train_data': os.path.join(data, 'prefs.jsonl'),
         'reward.eval_data': os.path.join(data, 'prefs_eval.jsonl'),
         'train.steps': s.reward_steps, 'train.lr': s.reward_lr,
@@ -271,7 +271,7 @@ def run_dpo(config, workdir: str, base: str, data: str, log) -> dict:
   def make():
     from research.training import trainer  # pylint: disable=g-import-not-at-top
     c = _finetune_config('dpo', {
-        'init_from': base, 'seed': config.seed, 'data.seq_len': 64, 'dpo.beta': s.dpo_beta,
+        'init_from': base, 'seed': config.seed, 'data.seq_len': 96, 'dpo.beta': s.dpo_beta,
         'dpo.train_data': os.path.join(data, 'prefs.jsonl'),
         'dpo.eval_data': os.path.join(data, 'prefs_eval.jsonl'),
         'train.steps': s.dpo_steps, 'train.lr': s.dpo_lr, 'train.batch_size': s.pair_batch_size,
@@ -281,8 +281,9 @@ def run_dpo(config, workdir: str, base: str, data: str, log) -> dict:
         f'{c.dpo.beta}')
     final = trainer.train(c, directory)
     sparse_run.check_finished(final, c.train.steps, directory)
-    ev = _generation_eval(config, directory, data, 'question')
-    start = _generation_eval(config, base, data, 'question')
+    reward_dir = os.path.join(workdir, 'reward')
+    ev = _generation_eval(config, directory, data, 'question', reward_dir)
+    start = _generation_eval(config, base, data, 'question', reward_dir)
     return {'task': 'question', 'method': 'dpo', 'reward': 'pairs (no rollouts)',
             'iterations': c.train.steps, 'start_accuracy': start['eval/accuracy'],
             'accuracy': ev['eval/accuracy'], 'start_reward': start['eval/reward_mean'],
@@ -292,12 +293,11 @@ def run_dpo(config, workdir: str, base: str, data: str, log) -> dict:
   return _cached(directory, make, log, 'question/dpo')
 
 
-def _generation_eval(config, directory: str, data: str, task: str) -> dict:
+def _generation_eval(config, directory: str, data: str, task: str, reward_dir: str) -> dict:
   """The RL runs' held-out evaluation (greedy completions of the task's evaluation prompts,
   scored by its rule) of any decoder workdir."""
   from research.rl import loop  # pylint: disable=g-import-not-at-top
-  s = section(config)
-  overrides = _rl_overrides(config, task, 'grpo', directory, data, reward='')
+  overrides = _rl_overrides(config, task, 'grpo', directory, data, reward_dir)
   return loop.evaluate_workdir(_finetune_config('grpo', overrides, f'{config.name}/eval'),
                                directory)
 
@@ -305,15 +305,19 @@ def _generation_eval(config, directory: str, data: str, task: str) -> dict:
 # ------------------------------------------------------------------------------ the study
 
 
-def run_study(config, workdir: str, *, log: Callable[[str], None] = print) -> list[dict]:
-  """Runs (or resumes) every part and writes the results; returns the rows of results.csv."""
+def run_study(config, workdir: str, *, base: str | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+  """Runs (or resumes) every part and writes the results; returns the rows of results.csv.
+  `base`: a decoder workdir (with its tokenizer) to start every run from instead of
+  pre-training one (part 2)."""
   from experiments.rl import plot, report  # pylint: disable=g-import-not-at-top
   s = section(config)
   os.makedirs(workdir, exist_ok=True)
   start_all = time.perf_counter()
   data = run_data(config, workdir, log)
-  run_base(config, workdir, log)
-  base = os.path.join(workdir, 'base')
+  if base is None:
+    run_base(config, workdir, log)
+    base = os.path.join(workdir, 'base')
   rows, curves = [], {}
   csv_path = os.path.join(workdir, 'results.csv')
   reward_dir = os.path.join(workdir, 'reward')

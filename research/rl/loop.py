@@ -39,7 +39,7 @@ rl/value_mean, rl/return_mean; rl/rollout_time_s, rl/update_time_s and rl/iterat
 Held-out evaluation, at the start (step 0) and every rl.eval_every iterations: one completion
 per held-out prompt at rl.eval_temperature (0: greedy) -> eval/reward_mean (the raw reward),
 eval/accuracy (the fraction with reward >= rl.success_threshold), eval/response_length and
-eval/prompts.
+eval/prompts; rl.eval_reward, when given, scores these instead of the training reward.
 """
 
 from __future__ import annotations
@@ -182,6 +182,24 @@ def evaluate(run, state, prompts: Sequence[prompts_lib.Prompt], reward, tokenize
           'eval/prompts': float(len(prompts))}
 
 
+def evaluate_workdir(config, workdir: str) -> dict[str, float]:
+  """`evaluate` of any decoder workdir (its newest checkpoint) on `config`'s held-out prompts
+  and evaluation reward, at iteration 0's key: how a run that did not use the RL loop (the base
+  model, a DPO run) scores on the same footing as the RL runs."""
+  from research import loading  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  with c.ignore_type():
+    c.init_from = workdir
+  c = config_lib.finalize(c)
+  run = trainer.build_run(c)
+  lm = loading.load(workdir)
+  prompt_set = prompts_lib.load(c, lm.tokenizer)
+  reward = rewards_lib.make_eval_reward(c, None) or rewards_lib.make_reward(c)
+  state = trainer.TrainState(step=0, params=lm.params, opt_state=None,
+                             model_state=lm.model_state)
+  return evaluate(run, state, prompt_set.eval, reward, lm.tokenizer, iteration=0)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -240,6 +258,7 @@ def _train_locked(run, workdir: str, *, hooks) -> dict[str, float]:
   rl = c.rl
   check_math(c)
   reward = rewards_lib.make_reward(c)  # an import error stops the run before anything is written
+  eval_reward = rewards_lib.make_eval_reward(c, reward)
   os.makedirs(workdir, exist_ok=True)
   from research.data import sft  # pylint: disable=g-import-not-at-top
   tokenizer = sft.tokenizer_for(c, workdir)
@@ -273,7 +292,7 @@ def _train_locked(run, workdir: str, *, hooks) -> dict[str, float]:
   final: dict = {}
 
   def run_eval(iteration: int, step: int):
-    ev = evaluate(run, state, prompt_set.eval, reward, tokenizer, iteration=iteration)
+    ev = evaluate(run, state, prompt_set.eval, eval_reward, tokenizer, iteration=iteration)
     writer.write(step, ev)
     final.update(ev)
     bar.write(f"iteration {iteration}: held-out reward {ev['eval/reward_mean']:.4f}, accuracy "

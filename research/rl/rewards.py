@@ -11,6 +11,10 @@ JSONL row, so a task module can keep its answers there ({"prompt": "2+3=", "answ
 score against them. A bool counts as 0/1. The function runs on the host, on every process, and
 must be deterministic for a resumed run to repeat the one it continues.
 
+rl.eval_reward = 'module:function' scores the held-out evaluation instead (a policy trained on
+a reward model's scores is then judged by the rule the model learned; default: the training
+reward).
+
 rl.reward_model = a workdir of a reward model (configs/finetune/reward.py: a decoder with
 model.scalar_head), scored through research.load(workdir).rewards(prompts, completions).
 
@@ -33,16 +37,16 @@ import numpy as np
 from research.errors import ConfigError, UserError
 
 
-def load_function(spec: str) -> Callable:
-  """The function that rl.reward names; a one-line ConfigError when it cannot be imported."""
+def load_function(spec: str, field: str = 'rl.reward') -> Callable:
+  """The function that `field` names; a one-line ConfigError when it cannot be imported."""
   target, _, name = spec.rpartition(':')
   fix = ("give 'module:function' with the module on PYTHONPATH, or 'path/to/file.py:function'")
   if not target or not name:
-    raise ConfigError('rl.reward', spec, fix)
+    raise ConfigError(field, spec, fix)
   try:
     if target.endswith('.py'):
       if not os.path.isfile(target):
-        raise ConfigError('rl.reward', spec, f'{target}: no such file; {fix}')
+        raise ConfigError(field, spec, f'{target}: no such file; {fix}')
       module_name = f'lmforge_reward_{abs(hash(os.path.abspath(target)))}'
       module_spec = importlib.util.spec_from_file_location(module_name, target)
       module = importlib.util.module_from_spec(module_spec)
@@ -51,19 +55,19 @@ def load_function(spec: str) -> Callable:
     else:
       module = importlib.import_module(target)
   except ImportError as e:
-    raise ConfigError('rl.reward', spec, f'cannot import {target!r} ({e}); {fix}') from None
+    raise ConfigError(field, spec, f'cannot import {target!r} ({e}); {fix}') from None
   fn = getattr(module, name, None)
   if not callable(fn):
-    raise ConfigError('rl.reward', spec, f'{target} has no function {name!r}; {fix}')
+    raise ConfigError(field, spec, f'{target} has no function {name!r}; {fix}')
   return fn
 
 
 class FunctionReward:
   """rl.reward: the function called on each (prompt, completion, row)."""
 
-  def __init__(self, spec: str):
-    self.spec = spec
-    self.fn = load_function(spec)
+  def __init__(self, spec: str, field: str = 'rl.reward'):
+    self.spec, self.field = spec, field
+    self.fn = load_function(spec, field)
 
   def __call__(self, prompts: Sequence[str], completions: Sequence[str],
                rows: Sequence[dict]) -> np.ndarray:
@@ -73,10 +77,10 @@ class FunctionReward:
       try:
         out[i] = float(value)
       except (TypeError, ValueError):
-        raise UserError(f'rl.reward={self.spec!r} returned {value!r} for prompt {prompt!r}: '
+        raise UserError(f'{self.field}={self.spec!r} returned {value!r} for prompt {prompt!r}: '
                         'return a number (or a bool)') from None
       if not math.isfinite(out[i]):
-        raise UserError(f'rl.reward={self.spec!r} returned {value!r} for prompt {prompt!r}: '
+        raise UserError(f'{self.field}={self.spec!r} returned {value!r} for prompt {prompt!r}: '
                         'return a finite number')
     return out
 
@@ -105,6 +109,13 @@ def make_reward(config):
   if config.rl.reward:
     return FunctionReward(config.rl.reward)
   return ModelReward(config.rl.reward_model)
+
+
+def make_eval_reward(config, train_reward):
+  """The held-out evaluation's reward: rl.eval_reward's function, else `train_reward`."""
+  if config.rl.get('eval_reward', ''):
+    return FunctionReward(config.rl.eval_reward, 'rl.eval_reward')
+  return train_reward
 
 
 # ----------------------------------------------------------------------------- ready-made rewards
