@@ -359,7 +359,8 @@ class LanguageModel:
     one) and scored by the scalar head at that eos. Higher is preferred.
 
     prompts, responses: a str or a list of str each; a str pairs with every item of the other
-      (one prompt and several responses: best-of-n), two lists pair up in order.
+      (one prompt and several responses: best-of-n), two lists pair up in order, two strs are
+      one pair (scores of shape [1]).
     batch_size: rows per compiled call. Rows are right-padded to a multiple of
       research.inference.decoding.BUCKET tokens, sorted by length when they need several
       batches, and the last batch is filled with copies of its first row: one program per

@@ -36,10 +36,16 @@ the loss, the held-out preference accuracy (eval/accuracy), the margin and eval/
 perplexity.
 
 Expected: train/loss starts near ln 2 = 0.693 (the fresh head scores both sides alike) and
-falls, and accuracy rises from about 0.5 on a learnable preference. On the synthetic
-copy-vs-reversal task of tests/finetune/test_reward.py (a 1-layer, 32-wide decoder; 40 steps
-of 16 pairs, lr 1e-2) the held-out preference accuracy ends above 0.8 (measured: see the test);
-this file's `:tiny` variant is a smoke test (20 steps) and learns little.
+falls, and accuracy rises from about 0.5 on a learnable preference. Measured 2026-12-04 on the
+README chain above (runs/shakespeare from configs/decoder/shakespeare.py, 300 steps; SFT :lora,
+200 steps; exported), 2 shared CPU cores, about 6.5 minutes: train/loss 0.69 at step 20, 0.45
+at 120, 0.27 at 200; on the 240 held-out pairs eval/accuracy 0.742 and margin 0.81 at step
+100, eval/accuracy 0.796, eval/loss 0.452 and margin 1.53 at step 200 (lr 1e-3 instead: 0.800,
+but eval/loss 0.557, margin 2.83: it overfits sooner). research.load(...).rewards on those pairs
+gives the same 0.796. tests/finetune/test_reward.py checks, on a synthetic preference that
+needs prompt and response together (1-layer, 32-wide decoder; 30 steps of 16 pairs, lr 5e-3),
+a held-out preference accuracy above 0.8 (it reaches 1.0). The `:tiny` variant is a smoke test
+(20 steps at seq_len 64, where only 103 of build_data's 1,200 pairs fit) and learns nothing.
 
 Variants: `:tiny`.
 """

@@ -13,9 +13,10 @@ Methods (`peft.method`):
 
 `peft.train_also` (a regex on parameter paths) adds base parameters to the trainable set (e.g.
 '.*norm.*'). A scalar head (model.scalar_head: a reward model's) trains under every method: it
-is new to the run, and frozen it would stay at its initialisation. Frozen parameters go through optax.set_to_zero inside optax.multi_transform, so the
-optimizer keeps no state for them, and their gradients are dropped before the update (XLA then
-skips computing them where nothing else needs them).
+is new to the run, and frozen it would stay at its initialisation. Frozen parameters go through
+optax.set_to_zero inside optax.multi_transform, so the optimizer keeps no state for them, and
+their gradients are dropped before the update (XLA then skips computing them where nothing else
+needs them).
 """
 
 from __future__ import annotations
