@@ -301,6 +301,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl.missing_eos_penalty = 0.0  # subtracted from the reward of a completion without eos
   c.rl.max_prompt_len = 64  # prompt tokens at most (longer prompts are skipped and counted)
   c.rl.max_new_tokens = 64  # tokens sampled per completion (its eos included)
+  # A completion also ends at the first token that completes this string (kept in the text the
+  # reward reads; later tokens are not trained on): '\n' for one-line tasks. '': eos only.
+  c.rl.stop = ''
   c.rl.samples_per_prompt = 8  # G: completions of each prompt (GRPO's group)
   c.rl.prompts_per_iteration = 16  # prompts per rollout batch: x G rows
   # Sampling; log-probabilities, ratios, KL and entropy are of softmax(logits / temperature).
@@ -589,6 +592,19 @@ def _parse_value(text: str, current, field: str):
   if current is not None and not isinstance(value, type(current)):
     raise ConfigError(field, text, f'expected a {type(current).__name__}')
   return value
+
+
+def set_fields(config: ml_collections.ConfigDict, fields: dict) -> ml_collections.ConfigDict:
+  """Sets each 'a.b.c' -> value of `fields` in `config` (any type: a study's derived runs);
+  returns `config`. Command-line text goes through `apply_override` instead."""
+  for key, value in fields.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[leaf] = value
+  return config
 
 
 def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:

@@ -38,14 +38,7 @@ def tiny_config(**overrides):
   c.train.eval_every = 5
   c.train.eval_batches = 2
   c.train.checkpoint_every = 5
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[leaf] = value
-  return config_lib.finalize(c)
+  return config_lib.finalize(config_lib.set_fields(c, overrides))
 
 
 class SyntheticTokenizer:

@@ -236,8 +236,15 @@ def _latest_checkpoint_bytes(directory: str) -> int:
   return quantize.dir_bytes(os.path.join(root, max(steps, key=int))) if steps else 0
 
 
-def _cached(directory: str, make: Callable[[], dict], log, label: str) -> dict:
-  """result.json of `directory`, or `make()`'s result (timed) saved there."""
+def _loss_line(done: dict) -> str:
+  return (f"validation loss {done['eval_loss']:.4f}, perplexity "
+          f"{math.exp(done['eval_loss']):.3f}")
+
+
+def cached(directory: str, make: Callable[[], dict], log, label: str,
+           describe: Callable[[dict], str] = _loss_line) -> dict:
+  """result.json of `directory`, or `make()`'s result (timed) saved there: a study's finished
+  part is never redone. `describe(result)` is what the log line says of a new result."""
   path = os.path.join(directory, 'result.json')
   done = _read_json(path)
   if done is not None:
@@ -248,8 +255,7 @@ def _cached(directory: str, make: Callable[[], dict], log, label: str) -> dict:
   done['seconds'] = round(time.perf_counter() - start, 1)
   os.makedirs(directory, exist_ok=True)
   _save_json(path, done)
-  log(f"  {label}: validation loss {done['eval_loss']:.4f}, perplexity "
-      f"{math.exp(done['eval_loss']):.3f} ({done['seconds']} s)")
+  log(f"  {label}: {describe(done)} ({done['seconds']} s)")
   return done
 
 
@@ -272,7 +278,7 @@ def run_base(config, workdir: str, dataset, log) -> dict:
             'param_bytes': quantize.tree_bytes(params),
             'checkpoint_bytes': _latest_checkpoint_bytes(directory), 'directory': 'base'}
 
-  return _cached(directory, make, log, 'base')
+  return cached(directory, make, log, 'base')
 
 
 def ptq_cases(s) -> list[dict]:
@@ -312,7 +318,7 @@ def run_ptq(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
               'checkpoint_bytes': summary['checkpoint_bytes_quantized'],
               'directory': os.path.join('ptq', name)}
 
-    rows.append(_cached(directory, make, log, name))
+    rows.append(cached(directory, make, log, name))
   return rows
 
 
@@ -356,7 +362,7 @@ def run_prune(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
                                      f'{config.name}/prune/control'),
               'params': base_row['params'], 'directory': 'prune/control'}
 
-    rows.append(_cached(directory, control, log, 'control'))
+    rows.append(cached(directory, control, log, 'control'))
   for i, case in enumerate(cases):
     name = _prune_name(case)
     oneshot = os.path.join(workdir, 'prune', name, 'oneshot')
@@ -379,9 +385,9 @@ def run_prune(config, workdir: str, dataset, log, base_row: dict) -> list[dict]:
                                                      f'{config.name}/prune/{name}'),
               'params': params, 'directory': os.path.relpath(tuned, workdir)}
 
-    rows.append(_cached(oneshot, make_oneshot, log, f'{name} one-shot'))
+    rows.append(cached(oneshot, make_oneshot, log, f'{name} one-shot'))
     # Fine-tuning keeps the pruned model's shapes (and masks): its parameter count.
-    rows.append(_cached(tuned, functools.partial(make_tuned, params=rows[-1]['params']), log,
+    rows.append(cached(tuned, functools.partial(make_tuned, params=rows[-1]['params']), log,
                         f'{name} finetuned'))
   return rows
 
@@ -418,7 +424,7 @@ def run_distill(config, workdir: str, dataset, log, base_row: dict) -> list[dict
               'steps': d.steps, 'eval_loss': _train(c, directory, dataset),
               'params': mixers_run.count_params(c), 'directory': f'distill/{kind}'}
 
-    rows.append(_cached(directory, make, log, kind))
+    rows.append(cached(directory, make, log, kind))
   return rows
 
 

@@ -8,8 +8,10 @@ from experiments.sparse_attention import plot as sparse_plot
 
 plt = sparse_plot.plt
 
-_TITLES = {'speaker': 'Next speaker (reward: a Python function)',
-           'question': 'Questions (reward: a reward model; accuracy: the hidden rule)'}
+_TITLES = {'speaker': 'Next speaker (reward: a Python function of the answer)',
+           'question': 'Finish the line as a question (reward: the rule, a Python function)',
+           'preference': 'Questions learned from preferences (reward: a reward model; accuracy: '
+                         'the rule)'}
 _STYLE = {'grpo': 'C0', 'ppo': 'C1', 'dpo': 'C2'}
 
 

@@ -28,7 +28,7 @@ def table(rows) -> list[str]:
 def what_holds(rows) -> list[str]:
   out = ['## What holds', '']
   by = {(r['task'], r['method']): r for r in rows}
-  for task in ('speaker', 'question'):
+  for task in ('speaker', 'question', 'preference'):
     for method in ('grpo', 'ppo', 'dpo'):
       r = by.get((task, method))
       if r is None:
@@ -39,11 +39,18 @@ def what_holds(rows) -> list[str]:
                  f"{'improves' if gain > 0.02 else 'does not improve'} on the base.")
     pair = [by.get((task, m)) for m in ('grpo', 'ppo')]
     if all(pair):
-      better = max(pair, key=lambda r: float(r['accuracy']))
-      out.append(f"- {task}: {better['method'].upper()} ends higher ({float(pair[0]['accuracy']):.3f}"
-                 f" GRPO vs {float(pair[1]['accuracy']):.3f} PPO), at KL "
+      grpo, ppo = (float(r['accuracy']) for r in pair)
+      verdict = ('GRPO and PPO end level' if grpo == ppo else
+                 f"{'GRPO' if grpo > ppo else 'PPO'} ends higher")
+      out.append(f"- {task}: {verdict} ({grpo:.3f} GRPO vs {ppo:.3f} PPO), at KL "
                  f"{float(pair[0]['kl']):.4f} vs {float(pair[1]['kl']):.4f} nats per token.")
-  rm = by.get(('question', 'reward model'))
+  for method in ('grpo', 'ppo'):
+    rule, proxy = by.get(('question', method)), by.get(('preference', method))
+    if rule and proxy:
+      out.append(f"- {method.upper()} on the reward model's scores reaches "
+                 f"{float(proxy['accuracy']):.3f} held-out accuracy against "
+                 f"{float(rule['accuracy']):.3f} on the rule itself.")
+  rm = by.get(('preference', 'reward model'))
   if rm is not None:
     out.append(f"- The reward model ranks {float(rm['accuracy']):.1%} of held-out pairs right "
                '(chance 50 %).')
@@ -56,9 +63,10 @@ def markdown(rows, env, config) -> str:
            f"`{env['command']}` on {env['device']} ({env['date']}; {env['seconds'] / 60:.1f} "
            'minutes for the whole command).', '',
            'Held-out accuracy: greedy completions of the evaluation prompts (works pre-training '
-           'never reads), scored by the task\'s rule (speaker: the right tag; question: a finished '
-           'line ending in "?"); "start" is the base decoder. KL: the k3 estimate of KL(policy || '
-           'reference) per response token at the last rollout.', '']
-  lines += table(rows) + ['', '![speaker](speaker.png)', '', '![question](question.png)', '']
+           'never reads), scored by the task\'s rule (speaker: the right tag; question and '
+           'preference: a finished line ending in "?"); "start" is the base decoder. KL: the k3 '
+           'estimate of KL(policy || reference) per response token at the last rollout.', '']
+  lines += table(rows) + ['']
+  lines += [f'![{t}]({t}.png)\n' for t in dict.fromkeys(r['task'] for r in rows)]
   lines += what_holds(rows)
   return '\n'.join(lines) + '\n'

@@ -9,14 +9,17 @@ The config's model, data and train sections define the base decoder; `config.rl_
 
 1. data/: the two tasks' JSONL files (experiments/rl/tasks.py).
 2. base/: the decoder pre-trained on the corpus (research.training.trainer.train).
-3. speaker/grpo and speaker/ppo: the verifiable task, rewarded by tasks.speaker_reward,
-   from base/ (configs/finetune/grpo.py and ppo.py with the section's settings).
-4. reward/: a reward model (configs/finetune/reward.py) trained from base/ on the question
+3. speaker/grpo and speaker/ppo: the conditional verifiable task, rewarded by
+   tasks.speaker_reward, from base/ (configs/finetune/grpo.py and ppo.py with the section's
+   settings).
+4. question/grpo and question/ppo: a verifiable constraint (finish a line as a question),
+   rewarded by its rule, tasks.question_reward.
+5. reward/: a reward model (configs/finetune/reward.py) trained from base/ on the question
    preference pairs; its held-out preference accuracy.
-5. question/grpo and question/ppo: the preference task, rewarded by the reward model during
-   training and evaluated by the rule the pairs were built from (tasks.question_reward:
-   rl.eval_reward); question/dpo: DPO (configs/finetune/dpo.py) from base/ on the same pairs,
-   evaluated like the RL runs' last evaluation.
+6. preference/grpo and preference/ppo: the same prompts rewarded by the reward model instead of
+   the rule, and evaluated by the rule (rl.eval_reward): what learning from a learned proxy
+   keeps of the real target; preference/dpo: DPO (configs/finetune/dpo.py) from base/ on the
+   reward model's pairs, evaluated like the RL runs.
 
 Held-out numbers are over the tasks' evaluation prompts (works that pre-training never reads),
 greedy completions. Writes WORKDIR/results.csv (one row per run), results.md (the table and
@@ -44,7 +47,12 @@ from research.errors import ConfigError, UserError
 FLAGS = flags.FLAGS
 SECTION = 'rl_study'
 ALGORITHMS = ('grpo', 'ppo')
-TASKS = ('speaker', 'question')
+TASKS = ('speaker', 'question', 'preference')
+# What each task's RL runs read: prompts (data/NAME.jsonl and NAME_eval.jsonl), the training
+# reward, and the prompt and completion lengths (the preference task's are the question task's).
+_PROMPTS = {'speaker': 'speaker', 'question': 'question', 'preference': 'question'}
+_REWARDS = {'speaker': 'experiments.rl.tasks:speaker_reward',
+            'question': 'experiments.rl.tasks:question_reward'}
 COLUMNS = ('task', 'method', 'reward', 'iterations', 'start_accuracy', 'accuracy',
            'start_reward', 'eval_reward', 'train_reward', 'kl', 'seconds', 'directory')
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -73,12 +81,19 @@ def default_section() -> ml_collections.ConfigDict:
   s.samples_per_prompt = 8
   s.eval_every = 10
   s.num_eval_prompts = 128
-  s.lr = 2e-4
+  s.lr = 1e-4
   s.kl_coef = 0.04
   s.ppo_epochs = 2  # PPO's passes over a rollout (GRPO stays on-policy: one step per rollout)
   s.ppo_minibatches = 2
   s.speaker_new_tokens = 8  # a tag and its newline
   s.question_new_tokens = 24  # one line of verse
+  s.speaker_prompt_len = 96  # prompt tokens at most (rl.max_prompt_len): the 512-piece BPE
+  s.question_prompt_len = 48  # spells the capitalised speaker tags in many pieces
+  # Subtracted from the reward model's score of a completion that never finished its line
+  # (rl.missing_eos_penalty). The reward model has seen only finished lines and scores a half
+  # line a little above a finished non-question (-5.0 against -5.4 here): GRPO exploited that
+  # by never finishing (BENCHMARKS.md, "RL from feedback"); 0 shows it.
+  s.missing_eos_penalty = 0.0
   # The reward model and DPO, both from the base on the question pairs.
   s.reward_steps = 300
   s.reward_lr = 3e-4
@@ -107,11 +122,14 @@ def section(config) -> ml_collections.ConfigDict:
       raise ConfigError(f'{SECTION}.{field}', values, f'choose from {allowed}')
   for field in ('iterations', 'prompts_per_iteration', 'samples_per_prompt', 'eval_every',
                 'num_eval_prompts', 'ppo_epochs', 'ppo_minibatches', 'speaker_new_tokens',
-                'question_new_tokens', 'reward_steps', 'dpo_steps', 'pair_batch_size',
+                'question_new_tokens', 'speaker_prompt_len', 'question_prompt_len',
+                'reward_steps', 'dpo_steps', 'pair_batch_size',
                 'num_pairs', 'num_prompts'):
     value = s[field]
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
       raise ConfigError(f'{SECTION}.{field}', value, 'must be a positive integer')
+  if s.missing_eos_penalty < 0:
+    raise ConfigError(f'{SECTION}.missing_eos_penalty', s.missing_eos_penalty, 'must be >= 0')
   for field in ('lr', 'reward_lr', 'dpo_lr', 'dpo_beta'):
     if not s[field] > 0:
       raise ConfigError(f'{SECTION}.{field}', s[field], 'must be > 0')
@@ -127,32 +145,18 @@ def section(config) -> ml_collections.ConfigDict:
 def _finetune_config(name: str, overrides: dict, study_name: str):
   """configs/finetune/NAME.py with `overrides` ('a.b' -> value), finalized."""
   c = config_lib.load_config_file(os.path.join(REPO, 'configs', 'finetune', f'{name}.py'))
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[leaf] = value
+  config_lib.set_fields(c, overrides)
   c.name = study_name
   return config_lib.finalize(c)
 
 
+def _describe(done: dict) -> str:
+  return ', '.join(f'{k} {v:.3f}' for k, v in done.items()
+                   if isinstance(v, float) and k != 'seconds')
+
+
 def _cached(directory: str, make: Callable[[], dict], log, label: str) -> dict:
-  path = os.path.join(directory, 'result.json')
-  done = _read_json(path)
-  if done is not None:
-    log(f'  {label}: done before, read {path}')
-    return done
-  start = time.perf_counter()
-  done = make()
-  done['seconds'] = round(time.perf_counter() - start, 1)
-  os.makedirs(directory, exist_ok=True)
-  _save_json(path, done)
-  log(f'  {label}: ' + ', '.join(f'{k} {v:.3f}' for k, v in done.items()
-                                   if isinstance(v, float) and k != 'seconds')
-      + f" ({done['seconds']} s)")
-  return done
+  return compression_run.cached(directory, make, log, label, describe=_describe)
 
 
 def run_data(config, workdir: str, log) -> str:
@@ -170,8 +174,8 @@ def run_base(config, workdir: str, log) -> dict:
   directory = os.path.join(workdir, 'base')
 
   def make():
-    c = sparse_run._run_config(config, {}, f'{config.name}/base',  # pylint: disable=protected-access
-                               study=SECTION)
+    c = sparse_run._run_config(  # pylint: disable=protected-access
+        config, {}, f'{config.name}/base', study=SECTION)
     log(f'[base] {c.model.num_layers} layers x d_model {c.model.d_model}: {c.train.steps} '
         f'steps of {c.train.batch_size} x {c.data.seq_len} tokens')
     from research.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -186,19 +190,22 @@ def _rl_overrides(config, task: str, algorithm: str, base: str, data: str, rewar
   s = section(config)
   o = {'init_from': base, 'seed': config.seed, 'train.lr': s.lr, 'train.warmup_steps': 0,
        'train.checkpoint_every': s.eval_every,
-       'rl.prompts': os.path.join(data, f'{task}.jsonl'),
-       'rl.eval_prompts': os.path.join(data, f'{task}_eval.jsonl'),
+       'rl.prompts': os.path.join(data, f'{_PROMPTS[task]}.jsonl'),
+       'rl.eval_prompts': os.path.join(data, f'{_PROMPTS[task]}_eval.jsonl'),
        'rl.num_eval_prompts': s.num_eval_prompts, 'rl.iterations': s.iterations,
        'rl.eval_every': s.eval_every, 'rl.prompts_per_iteration': s.prompts_per_iteration,
        'rl.samples_per_prompt': s.samples_per_prompt, 'rl.kl_coef': s.kl_coef,
-       'rl.max_prompt_len': 64, 'rl.success_threshold': 1.0,
-       'rl.max_new_tokens': s[f'{task}_new_tokens']}
+       'rl.max_prompt_len': s[f'{_PROMPTS[task]}_prompt_len'], 'rl.success_threshold': 1.0,
+       'rl.max_new_tokens': s[f'{_PROMPTS[task]}_new_tokens']}
   if algorithm == 'ppo':
     o.update({'rl.epochs': s.ppo_epochs, 'rl.minibatches': s.ppo_minibatches})
-  if task == 'speaker':
-    o['rl.reward'] = 'experiments.rl.tasks:speaker_reward'
-  else:
-    o.update({'rl.reward_model': reward, 'rl.eval_reward': 'experiments.rl.tasks:question_reward'})
+  if task != 'speaker':  # one line of verse: the completion ends at its newline
+    o['rl.stop'] = '\n'
+  if task in _REWARDS:
+    o['rl.reward'] = _REWARDS[task]
+  else:  # trained on the reward model's scores, judged by the rule its pairs were built from
+    o.update({'rl.reward_model': reward, 'rl.eval_reward': _REWARDS['question'],
+              'rl.missing_eos_penalty': s.missing_eos_penalty})
   return o
 
 
@@ -232,7 +239,7 @@ def run_rl(config, workdir: str, task: str, algorithm: str, base: str, data: str
     curves = _curves(directory)
     accuracy = curves['eval/accuracy']
     return {'task': task, 'method': algorithm,
-            'reward': 'function' if task == 'speaker' else 'reward model',
+            'reward': 'function' if task in _REWARDS else 'reward model',
             'iterations': c.rl.iterations, 'start_accuracy': accuracy[0][1],
             'accuracy': accuracy[-1][1], 'start_reward': curves['eval/reward_mean'][0][1],
             'eval_reward': curves['eval/reward_mean'][-1][1],
@@ -258,7 +265,7 @@ def run_reward_model(config, workdir: str, base: str, data: str, log) -> dict:
     log(f'[reward] a scalar head on base/: {c.train.steps} steps of {c.train.batch_size} pairs')
     final = trainer.train(c, directory)
     sparse_run.check_finished(final, c.train.steps, directory)
-    return {'task': 'question', 'method': 'reward model', 'iterations': c.train.steps,
+    return {'task': 'preference', 'method': 'reward model', 'iterations': c.train.steps,
             'accuracy': float(final['eval/accuracy']), 'eval_loss': float(final['eval/loss'])}
 
   return _cached(directory, make, log, 'reward model')
@@ -266,7 +273,7 @@ def run_reward_model(config, workdir: str, base: str, data: str, log) -> dict:
 
 def run_dpo(config, workdir: str, base: str, data: str, log) -> dict:
   s = section(config)
-  directory = os.path.join(workdir, 'question', 'dpo')
+  directory = os.path.join(workdir, 'preference', 'dpo')
 
   def make():
     from research.training import trainer  # pylint: disable=g-import-not-at-top
@@ -276,21 +283,21 @@ def run_dpo(config, workdir: str, base: str, data: str, log) -> dict:
         'dpo.eval_data': os.path.join(data, 'prefs_eval.jsonl'),
         'train.steps': s.dpo_steps, 'train.lr': s.dpo_lr, 'train.batch_size': s.pair_batch_size,
         'train.eval_every': s.dpo_steps, 'train.checkpoint_every': s.dpo_steps,
-        'train.log_every': 50}, f'{config.name}/question/dpo')
-    log(f'[question/dpo] {c.train.steps} steps of {c.train.batch_size} pairs, beta '
+        'train.log_every': 50}, f'{config.name}/preference/dpo')
+    log(f'[preference/dpo] {c.train.steps} steps of {c.train.batch_size} pairs, beta '
         f'{c.dpo.beta}')
     final = trainer.train(c, directory)
     sparse_run.check_finished(final, c.train.steps, directory)
     reward_dir = os.path.join(workdir, 'reward')
-    ev = _generation_eval(config, directory, data, 'question', reward_dir)
-    start = _generation_eval(config, base, data, 'question', reward_dir)
-    return {'task': 'question', 'method': 'dpo', 'reward': 'pairs (no rollouts)',
+    ev = _generation_eval(config, directory, data, 'preference', reward_dir)
+    start = _generation_eval(config, base, data, 'preference', reward_dir)
+    return {'task': 'preference', 'method': 'dpo', 'reward': 'pairs (no rollouts)',
             'iterations': c.train.steps, 'start_accuracy': start['eval/accuracy'],
             'accuracy': ev['eval/accuracy'], 'start_reward': start['eval/reward_mean'],
             'eval_reward': ev['eval/reward_mean'],
             'pair_accuracy': float(final['eval/accuracy'])}
 
-  return _cached(directory, make, log, 'question/dpo')
+  return _cached(directory, make, log, 'preference/dpo')
 
 
 def _generation_eval(config, directory: str, data: str, task: str, reward_dir: str) -> dict:
@@ -322,13 +329,13 @@ def run_study(config, workdir: str, *, base: str | None = None,
   csv_path = os.path.join(workdir, 'results.csv')
   reward_dir = os.path.join(workdir, 'reward')
   for task in s.tasks:
-    if task == 'question':
+    if task == 'preference':
       rows.append(run_reward_model(config, workdir, base, data, log))
     for algorithm in s.algorithms:
       rows.append(run_rl(config, workdir, task, algorithm, base, data, reward_dir, log))
       curves[(task, algorithm)] = _curves(os.path.join(workdir, task, algorithm))
       write_csv(csv_path, rows, COLUMNS)
-    if task == 'question':
+    if task == 'preference':
       rows.append(run_dpo(config, workdir, base, data, log))
   for r in rows:
     r.setdefault('directory', os.path.relpath(

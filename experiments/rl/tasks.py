@@ -3,12 +3,13 @@
   python -m experiments.rl.tasks --out=runs/rl_data
 
 1. **Next speaker** (verifiable; the reward is a Python function). The prompt is the end of a
-   dialogue, two speeches with their speaker tags, cut before the next tag:
+   dialogue, two speeches (their last lines) with their speaker tags, cut before the next tag:
 
      "Rey.\\nVery good, my lord.\\n\\nPol.\\nAnd then, sir, does he this,--\\n\\n"
 
    and the completion should be the next speaker's tag ("Rey."). `speaker_reward` pays 1.0
-   when the completion's first line is that tag, else 0. Only turns whose next speaker already
+   when the completion's first line is that tag and 0.5 for the prompt's other speaker (partial
+   credit; the held-out accuracy counts exact answers only). Only turns whose next speaker already
    spoke in the prompt are kept; the answer is then always the prompt's first speaker (one speaker
    never has two speeches in a row), a rule the policy has to find: a pre-trained decoder names
    some speaker, often the wrong one, so the reward starts between 0 and 1 and can rise.
@@ -36,7 +37,7 @@ from absl import app, flags
 
 from research.data import shakespeare
 
-MAX_PROMPT_CHARS = 160  # two short speeches: a few dozen BPE tokens
+MAX_PROMPT_CHARS = 120  # two one-line speeches: at most about 100 tokens of a 512-piece BPE
 MAX_LINE_CHARS = 60
 MIN_LINE_CHARS = 12
 
@@ -48,9 +49,16 @@ def first_line(completion: str) -> tuple[str, bool]:
 
 
 def speaker_reward(prompt: str, completion: str, row: dict) -> float:
-  """1.0 when the completion names the next speaker (its first line is row['answer'])."""
-  del prompt
-  return float(first_line(completion)[0] == row['answer'])
+  """1.0 when the completion names the next speaker (its first line is row['answer']), 0.5 when
+  it names the prompt's other speaker, else 0. The half credit is a step on the way: a
+  pre-trained decoder rarely names the right speaker at first, and copying a name from the
+  prompt comes before choosing the right one. (Credit for any tag-shaped line was tried and is
+  a trap: GRPO settled within 10 iterations on one made-up tag for every prompt.)"""
+  line = first_line(completion)[0]
+  if line == row['answer']:
+    return 1.0
+  tags = [block.split('\n', 1)[0] for block in prompt.split('\n\n') if block]
+  return 0.5 if line in tags else 0.0
 
 
 def question_reward(prompt: str, completion: str, row: dict) -> float:
@@ -85,7 +93,7 @@ def speeches(path: str) -> list[tuple[str, list[str]]]:
   return out
 
 
-def _speech_text(tag: str, lines: list[str], max_lines: int = 2) -> str:
+def _speech_text(tag: str, lines: list[str], max_lines: int = 1) -> str:
   return tag + '\n' + '\n'.join(lines[-max_lines:]) + '\n\n'
 
 

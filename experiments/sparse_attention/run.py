@@ -356,13 +356,7 @@ def _run_config(config, overrides: dict, name: str, study: str = 'sparse_attenti
   """One run's config: the study's config without its `study` section, with `overrides`."""
   c = copy.deepcopy(config)
   del c[study]
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[leaf] = value
+  config_lib.set_fields(c, overrides)
   c.name = name
   return config_lib.finalize(c)
 

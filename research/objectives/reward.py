@@ -39,6 +39,7 @@ import jax.numpy as jnp
 
 from research.errors import ConfigError
 from research.layers import moe as moe_lib
+from research.objectives import dpo
 
 FAMILIES = ('decoder', 'encoder')
 SIDES = ('chosen', 'rejected')
@@ -105,14 +106,9 @@ def pair_scores(model, params, batch, *, rngs=None, model_state=None):
   return scores_B2[:, 0], scores_B2[:, 1], moe
 
 
-def eval_metrics(totals, prefix: str = 'eval/') -> dict[str, float]:
-  """The evaluation summary of summed `loss_fn` aux over held-out pairs (trainer.evaluate)."""
-  pairs = max(float(totals['weight_sum']), 1.0)
-  out = {f'{prefix}loss': float(totals['loss_sum']) / pairs,
-         f'{prefix}accuracy': float(totals['correct']) / pairs,
-         f'{prefix}pairs': float(totals['weight_sum'])}
-  out.update({f'{prefix}{k}': float(v) / pairs for k, v in totals['metrics'].items()})
-  return out
+# The summary over held-out pairs is DPO's: loss, preference accuracy and the objective's own
+# metrics per pair, no perplexity.
+eval_metrics = dpo.eval_metrics
 
 
 def loss_fn(model, params, batch, *, rngs=None, model_state=None, margin: float = 0.0):

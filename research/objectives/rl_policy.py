@@ -71,6 +71,9 @@ def check_config(config) -> None:
   for field in ('samples_per_prompt', 'prompts_per_iteration', 'max_new_tokens',
                 'max_prompt_len', 'epochs', 'minibatches', 'iterations', 'eval_every'):
     _positive(c, field)
+  if not isinstance(rl.stop, str):
+    raise ConfigError('rl.stop', rl.stop, "give one string, e.g. '\\n' for one-line "
+                      "completions, or '' to end them at eos only")
   if rl.num_eval_prompts < 0:
     raise ConfigError('rl.num_eval_prompts', rl.num_eval_prompts, 'must be >= 0 (0: no '
                       'held-out evaluation)')

@@ -173,12 +173,12 @@ def evaluate(run, state, prompts: Sequence[prompts_lib.Prompt], reward, tokenize
       batch_size=min(len(prompts), rl.prompts_per_iteration * rl.samples_per_prompt),
       temperature=rl.eval_temperature, top_k=rl.top_k, top_p=rl.top_p, eos_id=eos_id,
       model_state=rollout_lib.generation_state(state.model_state))
-  cut = [decoding.cut_at_eos(ids, eos_id) for ids in outputs]
+  cut = rollout_lib.cut_completions(tokenizer, np.asarray(outputs), eos_id, rl.stop)
   texts = [tokenizer.decode(ids) for ids, _ in cut]
   scores = reward([p.text for p in prompts], texts, [p.row for p in prompts])
   return {'eval/reward_mean': float(np.mean(scores)),
           'eval/accuracy': float(np.mean(scores >= rl.success_threshold)),
-          'eval/response_length': float(np.mean([len(ids) + ended for ids, ended in cut])),
+          'eval/response_length': float(np.mean([len(ids) + (how == 'eos') for ids, how in cut])),
           'eval/prompts': float(len(prompts))}
 
 

@@ -137,9 +137,27 @@ def generate(run, params, model_state, prompt_ids: Sequence[Sequence[int]], rng,
   return prompt_BP, lengths_B, decoding.to_host(completion_BN)
 
 
-def completion_texts(tokenizer, completion_BN: np.ndarray, eos_id: int) -> list[str]:
-  return [tokenizer.decode(decoding.cut_at_eos(ids, eos_id)[0])
-          for ids in completion_BN.tolist()]
+def cut_completions(tokenizer, completion_BN: np.ndarray, eos_id: int, stop: str = ''):
+  """Per completion (token ids up to its end, how it ended: 'eos', 'stop' or ''): the end is
+  its first eos (left out of the ids) or, with `stop` (rl.stop), the first token whose text
+  completes the stop string (kept, as decoding.cut_ids_at_stop), whichever comes first."""
+  out = []
+  for ids in completion_BN.tolist():
+    kept, ended = decoding.cut_at_eos(ids, eos_id)
+    how = 'eos' if ended else ''
+    if stop:
+      kept, stopped = decoding.cut_ids_at_stop(kept, tokenizer.decode, (stop,))
+      how = 'stop' if stopped else how
+    out.append((kept, how))
+  return out
+
+
+def mask_after_stop(mask_BN: np.ndarray, cut) -> np.ndarray:
+  """`mask_BN` without the tokens sampled after a stop string (`cut_completions`' rows): a
+  completion cut there ends with the token that completed it, and what follows gets no loss."""
+  n = mask_BN.shape[1]
+  end_B1 = np.asarray([len(ids) if how == 'stop' else n for ids, how in cut])[:, None]
+  return mask_BN * (np.arange(n) < end_B1)
 
 
 def sample(run, params, model_state, prompts, rng, *, tokenizer) -> Rollout:
@@ -154,8 +172,10 @@ def sample(run, params, model_state, prompts, rng, *, tokenizer) -> Rollout:
       run, params, model_state, [p.ids for p in repeated], rng, temperature=rl.temperature,
       eos_id=eos_id)
   host = layout(prompt_BP, lengths_B, completion_BN, eos_id)
+  cut = cut_completions(tokenizer, completion_BN, eos_id, rl.stop)
+  host['mask'] = mask_after_stop(host['mask'], cut)
   scored = make_scorer(run)(params, model_state[rl_policy.REFERENCE], to_device(run, host))
   host.update({k: np.asarray(decoding.to_host(v), np.float32) for k, v in scored.items()})
   return Rollout(batch=host, prompts=repeated,
-                 completions=completion_texts(tokenizer, completion_BN, eos_id),
-                 ended=(completion_BN == eos_id).any(axis=1))
+                 completions=[tokenizer.decode(ids) for ids, _ in cut],
+                 ended=np.asarray([how != '' for _, how in cut]))

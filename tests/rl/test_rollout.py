@@ -27,6 +27,21 @@ def test_layout_positions_segments_and_mask():
   np.testing.assert_array_equal(out['mask'], [[1, 1, 0], [1, 1, 1]])
 
 
+def test_stop_string_ends_completions_and_their_mask():
+  class Letters:  # id i -> chr(96 + i); id 10 -> a newline
+    decode = staticmethod(lambda ids: ''.join('\n' if i == 10 else chr(96 + i) for i in ids))
+  eos = 1
+  completion_BN = np.array([[3, 10, 4, 1], [3, 4, 5, 6], [1, 10, 4, 4], [2, 3, 1, 10]])
+  cut = rollout_lib.cut_completions(Letters, completion_BN, eos, stop='\n')
+  assert cut == [([3, 10], 'stop'), ([3, 4, 5, 6], ''), ([], 'eos'), ([2, 3], 'eos')]
+  assert rollout_lib.cut_completions(Letters, completion_BN, eos)[0] == ([3, 10, 4], 'eos')
+  mask_BN = rollout_lib.layout(np.ones((4, 1), np.int32), np.ones(4, np.int32), completion_BN,
+                               eos)['mask']
+  # The stop token is the completion's last action; eos is one when it comes first.
+  np.testing.assert_array_equal(rollout_lib.mask_after_stop(mask_BN, cut),
+                                [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]])
+
+
 def test_prompts_held_out_and_ordered(tmp_path, copy_prompts, decoder_source, tokenizer):
   config = rl_config(decoder_source[0], copy_prompts, **{'rl.num_eval_prompts': 5,
                                                           'rl.max_prompt_len': 8})

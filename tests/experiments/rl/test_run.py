@@ -18,10 +18,12 @@ CONFIG = 'configs/experiments/rl/study.py'
 
 
 def test_rewards_follow_their_rules():
-  row = {'answer': 'Pol.'}
-  assert tasks.speaker_reward('', 'Pol.\nMy lord', row) == 1.0
-  assert tasks.speaker_reward('', ' Pol.', row) == 1.0  # the line, stripped
-  assert tasks.speaker_reward('', 'Rey.\nPol.', row) == 0.0
+  prompt, row = 'Pol.\nAnd then, sir,--\n\nRey.\nVery good, my lord.\n\n', {'answer': 'Pol.'}
+  assert tasks.speaker_reward(prompt, 'Pol.\nMy lord', row) == 1.0
+  assert tasks.speaker_reward(prompt, ' Pol.', row) == 1.0  # the line, stripped
+  assert tasks.speaker_reward(prompt, 'Rey.\nPol.', row) == 0.5  # the prompt's other speaker
+  assert tasks.speaker_reward(prompt, 'HAMLET.\nPol.', row) == 0.0  # a speaker not in the prompt
+  assert tasks.speaker_reward(prompt, '[Exeunt.]', row) == 0.0
   assert tasks.question_reward('', 'What, my lord?\nAy', {}) == 1.0
   assert tasks.question_reward('', 'What, my lord?', {}) == 0.0  # the line never finished
   assert tasks.question_reward('', 'Ay, my lord.\nWhat?', {}) == 0.0
@@ -63,11 +65,11 @@ def _base(tmp_path_factory):
 
 @pytest.mark.slow  # three tiny runs and two evaluations, each compiled
 def test_tiny_study_from_a_base_then_rerun_redoes_nothing(base, tmp_path):
-  config = config_lib.load_config(CONFIG + ':tiny', [('rl_study.tasks', "('question',)"),
+  config = config_lib.load_config(CONFIG + ':tiny', [('rl_study.tasks', "('preference',)"),
                                                      ('rl_study.algorithms', "('grpo',)")])
   rows = run.run_study(config, str(tmp_path), base=base, log=lambda _: None)
   assert [(r['task'], r['method']) for r in rows] == [
-      ('question', 'reward model'), ('question', 'grpo'), ('question', 'dpo')]
+      ('preference', 'reward model'), ('preference', 'grpo'), ('preference', 'dpo')]
   with open(tmp_path / 'results.csv', newline='') as f:
     table = list(csv.DictReader(f))
   assert len(table) == 3
@@ -78,12 +80,13 @@ def test_tiny_study_from_a_base_then_rerun_redoes_nothing(base, tmp_path):
   assert grpo['start_reward'] == dpo['start_reward']
   for r in (grpo, dpo):
     assert 0 <= r['accuracy'] <= 1
-  metrics = [json.loads(line) for line in (tmp_path / 'question' / 'grpo' / 'metrics.jsonl').open()]
+  path = tmp_path / 'preference' / 'grpo' / 'metrics.jsonl'
+  metrics = [json.loads(line) for line in path.open()]
   assert any('rl/reward_mean' in m and 'rl/kl' in m for m in metrics)
   assert sum('eval/accuracy' in m for m in metrics) == 3  # the start, iterations 1 and 2
   md = (tmp_path / 'results.md').read_text()
-  assert '| question | GRPO | reward model |' in md and '## What holds' in md
-  assert os.path.getsize(tmp_path / 'question.png') > 0
+  assert '| preference | GRPO | reward model |' in md and '## What holds' in md
+  assert os.path.getsize(tmp_path / 'preference.png') > 0
   logs = []
   again = run.run_study(config, str(tmp_path), base=base, log=logs.append)
   assert again == rows or [r['accuracy'] for r in again] == [r['accuracy'] for r in rows]
