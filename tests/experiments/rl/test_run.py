@@ -58,9 +58,9 @@ def _base(tmp_path_factory):
   tasks.build(str(root / 'text'), speaker_train=256, prefs_train=256, question_train=256)
   docs = [line for name in os.listdir(root / 'text') for line in (root / 'text' / name).open()]
   tokenizer_file = str(root / 'tokenizer.model')
-  tokenizer = tokenizer_lib.train_tokenizer(docs, 320, tokenizer_file, num_sentinels=0)
+  tokenizer = tokenizer_lib.train_tokenizer(docs, 512, tokenizer_file, num_sentinels=0)
   config = source_config(**{'data.vocab_size': tokenizer.vocab_size, 'model.position': 'rope'})
-  return make_source_workdir(root / 'base', config, tokenizer_file)
+  return str(make_source_workdir(root / 'base', config, tokenizer_file)[0])
 
 
 @pytest.mark.slow  # three tiny runs and two evaluations, each compiled
