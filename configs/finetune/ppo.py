@@ -25,8 +25,11 @@ rl/response_length, rl/value_loss, rl/value_clip_fraction, rl/explained_variance
 rl/value_mean, rl/return_mean, train/loss, train/grad_norm; eval/reward_mean and
 eval/accuracy at the start and every rl.eval_every iterations.
 
-Expected. No study has run this program on a real task yet; tests/rl/test_loop.py's one-token
-bandit (configs/finetune/grpo.py's docstring; here with kl_in_reward, k1, a fresh value head,
+Expected. On the corpus (configs/experiments/rl/study.py, 60 iterations at lr 1e-4 from a
+4 x 128 Shakespeare decoder): the held-out rate of lines finished as questions went 0 -> 1.0
+with the rule as the reward and 0 -> 0.914 with a reward model's scores, at KL 0.9 and 2.6
+nats per token (BENCHMARKS.md, "RL from feedback"). Also measured, tests/rl/test_loop.py's
+one-token bandit (configs/finetune/grpo.py's docstring; here with kl_in_reward, k1, a fresh value head,
 lr 2e-2): the target's probability stays near 0.01 for 10 iterations (the rewards are all 0,
 and whitening turns the random head's values into unit-scale noise advantages), then goes
 0.037, 0.067, 0.14, 0.28, 0.59, 0.87, 0.97 (iteration 17), 0.998 (iteration 20);

@@ -160,13 +160,12 @@ def build(out: str, *, speaker_train: int = 2048, speaker_eval: int = 256,
   return {name: len(rows) for name, rows in files.items()}
 
 
-_OUT = flags.DEFINE_string('out', 'runs/rl_data', 'directory for the JSONL files')
-
-
 def main(argv):
   del argv
-  print(json.dumps(build(_OUT.value)))
+  print(json.dumps(build(flags.FLAGS.out)))
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: experiments.finetune.build_data has an --out flag of its own.
+  flags.DEFINE_string('out', 'runs/rl_data', 'directory for the JSONL files')
   app.run(main)

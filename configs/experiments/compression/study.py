@@ -39,7 +39,7 @@ magnitude 11.834 -> 11.084, 2:4 13.558 -> 11.235, heads 15.719 -> 12.296, channe
 distilled for 400 steps reaches validation loss 2.907 against 2.877 from scratch, so at this
 budget (alpha 0.5, T 2, one seed) distillation did not beat training from scratch.
 
-Variants: `:tiny` (a 2 x 32 base, 2 steps a run, 3 PTQ cases, 2 pruning methods at one
+Variants: `:tiny` (a 2 x 32 base, 2 steps a run, 3 PTQ cases, magnitude pruning at one
 sparsity: a test of the command).
 """
 
@@ -90,7 +90,7 @@ def get_config(arg=None):
     c.train.checkpoint_every = 2
     s = c.compression
     s.ptq.group_sizes = (16,)  # int8 and int4 in groups, and int4 asymmetric: 3 cases
-    s.prune.methods = ('magnitude', 'heads')  # one unstructured, one smaller model
+    s.prune.methods = ('magnitude',)  # structured pruning: tests/compress/test_prune.py
     s.prune.sparsities = (0.5,)
     s.prune.finetune_steps = 2
     s.prune.finetune_warmup_steps = 1

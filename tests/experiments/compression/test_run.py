@@ -40,10 +40,7 @@ def test_tiny_study_runs_every_part_and_resumes(tmp_path):
     assert float(r['perplexity']) > 1
   assert int(ptq['int4-g16-sym']['param_bytes']) < int(ptq['int8-g16-sym']['param_bytes'])
   pruned = {(r['method'], r['finetuned']) for r in table if r['part'] == 'prune'}
-  assert pruned == {(m, f) for m in ('magnitude', 'heads') for f in ('True', 'False')} | {
-      ('none', 'True')}
-  heads = next(r for r in table if r['method'] == 'heads')
-  assert int(heads['params']) < int(base['params'])  # a genuinely smaller model
+  assert pruned == {('magnitude', 'True'), ('magnitude', 'False'), ('none', 'True')}
 
   md = (tmp_path / 'results.md').read_text()
   for title in ('## 1. Post-training quantization', '## 2. Pruning', '## 3. Distillation',
