@@ -194,7 +194,7 @@ def evaluate_workdir(config, workdir: str) -> dict[str, float]:
   run = trainer.build_run(c)
   lm = loading.load(workdir)
   prompt_set = prompts_lib.load(c, lm.tokenizer)
-  reward = rewards_lib.make_eval_reward(c, None) or rewards_lib.make_reward(c)
+  reward = rewards_lib.make_eval_reward(c)
   state = trainer.TrainState(step=0, params=lm.params, opt_state=None,
                              model_state=lm.model_state)
   return evaluate(run, state, prompt_set.eval, reward, lm.tokenizer, iteration=0)

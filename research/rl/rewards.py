@@ -111,11 +111,12 @@ def make_reward(config):
   return ModelReward(config.rl.reward_model)
 
 
-def make_eval_reward(config, train_reward):
-  """The held-out evaluation's reward: rl.eval_reward's function, else `train_reward`."""
-  if config.rl.get('eval_reward', ''):
+def make_eval_reward(config, train_reward=None):
+  """The held-out evaluation's reward: rl.eval_reward's function, else the training reward
+  (`train_reward` when the caller has built it already)."""
+  if config.rl.eval_reward:
     return FunctionReward(config.rl.eval_reward, 'rl.eval_reward')
-  return train_reward
+  return train_reward if train_reward is not None else make_reward(config)
 
 
 # ----------------------------------------------------------------------------- ready-made rewards
