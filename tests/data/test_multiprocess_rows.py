@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import textwrap
 
@@ -59,14 +58,9 @@ def test_two_processes_read_disjoint_rows_that_make_the_global_batch(prepared_co
                'data.cache_dir': str(tmp_path / 'cache'), 'objective.name': objective,
                'model.family': 'encoder'}
   address = f'127.0.0.1:{_free_port()}'
-  env = helpers.subprocess_env(4, JAX_PLATFORMS='cpu')
-  procs = [subprocess.Popen([sys.executable, '-c', _SCRIPT, address, str(i),
-                             json.dumps(overrides), str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, out in zip(procs, outputs):
-    assert p.returncode == 0, out[-3000:]
+  env = helpers.subprocess_env(4, compilation_cache=False, JAX_PLATFORMS='cpu')
+  helpers.run_processes([[sys.executable, '-c', _SCRIPT, address, str(i), json.dumps(overrides),
+                          str(tmp_path)] for i in range(2)], env, timeout=300)
 
   config = helpers.tiny_config(**overrides)
   builder = loader.BatchBuilder(dataset=pipeline.load_dataset(config.data), config=config)

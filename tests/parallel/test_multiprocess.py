@@ -13,7 +13,6 @@ import os
 import shutil
 import json
 import socket
-import subprocess
 import sys
 
 import numpy as np
@@ -42,17 +41,14 @@ MOE = ('--config.model.moe.num_experts=4', '--config.model.moe.every=2',
 def _processes(command, processes: int) -> list[str]:
   """Runs `command` in `processes` processes of 8 / processes CPU devices each (joined by
   jax.distributed on 127.0.0.1 when more than one); waits for all, returns their outputs."""
-  env = helpers.subprocess_env(8 // processes, JAX_PLATFORMS='cpu')
-  if processes > 1:
-    command = command + [f'--coordinator_address=127.0.0.1:{_free_port()}',
-                         f'--num_processes={processes}']
-  procs = [subprocess.Popen(command + ([f'--process_id={i}'] if processes > 1 else []), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(processes)]
-  outputs = [p.communicate(timeout=600)[0] for p in procs]
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f'process {i} of {processes} failed:\n{out[-3000:]}'
-  return outputs
+  env = helpers.subprocess_env(8 // processes, compilation_cache=processes == 1,
+                               JAX_PLATFORMS='cpu')
+  if processes == 1:
+    return helpers.run_processes([command], env, timeout=600)
+  command = command + [f'--coordinator_address=127.0.0.1:{_free_port()}',
+                       f'--num_processes={processes}']
+  return helpers.run_processes([command + [f'--process_id={i}'] for i in range(processes)], env,
+                               timeout=600)
 
 
 def _train(workdir, cache_dir, *, processes: int, steps: int, layout=MOE):
