@@ -15,22 +15,22 @@ control (`recall.hybrid_widths`). Each model trains once on a mixture of the thr
 steps of 64 sequences at lr 1e-3 (a probe found attention learns the task at 2 layers, lr 1e-3,
 batch 64 within ~1,200 steps; lr 1e-2 and 3e-3 left it at about 1/n).
 
-Measured 2026-12-04 on 2 CPU cores shared with other jobs (load 2-6; 62 minutes of training
-summed over the 11 models, over the 45 asked; per-step rates on quiet cores put it at about 49):
-accuracy at 2 / 4 / 8 pairs, d_model 64: attention 0.994 / 0.982 / 0.959; linear attention
-0.730 / 0.471 / 0.302, Mamba-2 0.707 / 0.503 / 0.277, Gated DeltaNet 0.717 / 0.477 / 0.278;
-4-layer attention 0.754 / 0.562 / 0.387; 3:1 hybrid (4 layers) 0.178 / 0.146 / 0.104; 7:1 (8
-layers) 0.076 / 0.077 / 0.047. At d_model 32 no model has learned the task yet (attention 0.461
-/ 0.261 / 0.172; linear attention and Gated DeltaNet 0.69 / 0.41-0.43 / 0.18-0.23).
+Measured 2026-12-05 on 2 quiet CPU cores: 42.5 minutes for the whole command (under the 45
+asked; the 7:1 hybrid alone 11.6). Accuracy at 2 / 4 / 8 pairs, d_model 64: attention 0.994 /
+0.982 / 0.959; linear attention 0.730 / 0.471 / 0.302, Mamba-2 0.684 / 0.480 / 0.272, Gated
+DeltaNet 0.771 / 0.548 / 0.291; 4-layer attention 0.752 / 0.564 / 0.388; 3:1 hybrid (4 layers)
+0.377 / 0.219 / 0.127; 7:1 (8 layers) 0.045 / 0.052 / 0.046. At d_model 32 no model has learned
+the task yet (attention 0.461 / 0.261 / 0.172; linear attention and Gated DeltaNet 0.69 /
+0.41-0.43 / 0.18-0.23).
 What holds: at equal width and depth attention recalls and every recurrent mixer falls with
 the number of pairs (Zoology's result); the hybrids do not restore recall at this budget,
 because deeper models learn MQAR more slowly here (the 4-layer attention control is itself
 still learning), so whether a trained hybrid recovers attention's recall needs longer runs.
-The numbers above were measured at model.mixer.chunk_size 64 (one chunk per sequence); the
-config now uses 16, which trains the recurrent mixers about a third faster on CPU (100 steps at
-d_model 64 on shared cores: Mamba-2 66 -> 44 s, Gated DeltaNet 74 -> 48 s) and computes the
-same function (the chunked form is exact: tests/layers/test_mixers.py), so only float rounding
-differs; the full study has not been rerun at 16 yet.
+A first run at model.mixer.chunk_size 64 (one chunk per sequence; the same function, chunking
+is exact: tests/layers/test_mixers.py) agreed within 0.025 on the 2-layer models but Gated
+DeltaNet at 64 (up to 0.07) and the partly trained 3:1 hybrid (0.18 / 0.15 / 0.10): run-to-run
+spread from float rounding. Chunks of 16 train the recurrent mixers about a third faster on
+CPU.
 Table and figure: BENCHMARKS.md ("Sequence mixers") and benchmarks/results/
 sequence_mixers_recall_cpu/.
 
