@@ -77,8 +77,13 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
+def default_devices() -> list:
+  """The devices a run spans when its caller names none: all of them, every process's."""
+  return jax.devices()
+
+
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  devices = default_devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
   # Auto axes: GSPMD propagates shardings from the logical constraints we place.
   return jax.make_mesh(shape, MESH_AXES, devices=devices,

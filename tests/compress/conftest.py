@@ -1,0 +1,9 @@
+"""Quantization and pruning are tested end to end, on one device (one_device_meshes
+in tests/conftest.py)."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _one_device(one_device_meshes):
+  del one_device_meshes
