@@ -8,6 +8,7 @@ workdirs and files they read and write:
 
   research.train --config=FILE[:VARIANT]  ->  FILE:tiny / FILE:VARIANT,tiny, plus
                                              --config.train.steps=TRAIN_STEPS
+  experiments.STUDY.run --config=FILE      ->  FILE:tiny (every study config has one)
   experiments.scaling_laws.fit            ->  plus --bootstrap=BOOTSTRAP
 
 A command that none of the rules knows (anything but `python -m ...`) fails the test: add a
@@ -47,11 +48,12 @@ def substitute(argv: list[str]) -> list[str]:
   if argv[:2] != ['python', '-m'] or len(argv) < 3:
     raise AssertionError(f'tests/test_readme.py has no rule for {shlex.join(argv)}: add one')
   module, args = argv[2], list(argv[3:])
-  if module == 'research.train':
+  if module == 'research.train' or re.fullmatch(r'experiments\.\w+\.run', module):
     for i, arg in enumerate(args):
       if arg.startswith('--config='):
         path, _, variant = arg[len('--config='):].partition(':')
         args[i] = f'--config={path}:{variant + "," if variant else ""}tiny'
+  if module == 'research.train':
     args.append(f'--config.train.steps={TRAIN_STEPS}')
   elif module == 'experiments.scaling_laws.fit':
     args.append(f'--bootstrap={BOOTSTRAP}')
@@ -67,6 +69,8 @@ def test_parser_reads_blocks_commands_and_continuations():
                                  ['python', '-m', 'b', '--y=two words']]
   assert substitute(['python', '-m', 'research.train', '--config=c.py:lora'])[3:] == [
       '--config=c.py:lora,tiny', f'--config.train.steps={TRAIN_STEPS}']
+  assert substitute(['python', '-m', 'experiments.rl.run', '--config=s.py'])[3:] == [
+      '--config=s.py:tiny']
   with pytest.raises(AssertionError, match='no rule'):
     substitute(['make', 'train'])
 
@@ -99,6 +103,8 @@ def test_readme_blocks_run_in_order_on_a_fresh_directory(tmp_path):
   dpo = next(out for cmd, out in outputs.items()
              if 'research.evaluate' in cmd and 'dpo' in cmd)
   assert '"dpo/reward_margin"' in dpo and 'perplexity' not in dpo, dpo
+  rl = next(out for cmd, out in outputs.items() if 'shakespeare_grpo' in cmd)
+  assert '"rl/reward_mean"' in rl and '"eval/accuracy"' in rl, rl[-2000:]
   rm = next(out for cmd, out in outputs.items()
             if 'research.evaluate' in cmd and 'shakespeare_reward' in cmd)
   assert '"reward/margin"' in rm and '"pairs"' in rm and 'perplexity' not in rm, rm
