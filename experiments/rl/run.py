@@ -58,8 +58,7 @@ COLUMNS = ('task', 'method', 'reward', 'iterations', 'start_accuracy', 'accuracy
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=protected-access
 write_csv, environment = sparse_run.write_csv, sparse_run.environment
-_atomic_write, _read_json = sparse_run._atomic_write, sparse_run._read_json
-_save_json = mixers_run._save_json
+_atomic_write = sparse_run._atomic_write
 # pylint: enable=protected-access
 
 
