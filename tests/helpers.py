@@ -11,30 +11,27 @@ import numpy as np
 from research import config_lib
 
 
-def subprocess_env(devices: int = 1, *, compilation_cache: bool = True,
-                   **extra: str) -> dict[str, str]:
+def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
   """The environment for a command a test runs: `devices` simulated CPU devices, the tests'
-  other XLA flags (fast compilation) kept, and `extra` variables on top.
-
-  `compilation_cache=False` leaves out the session's persistent JAX compilation cache: processes
-  joined by jax.distributed run without it, because JAX writes an entry from process 0 only and
-  not atomically, so a partner process can load an entry while it is being written (a CI run
-  aborted in a cross-process barrier with the cache shared, never without it)."""
+  other XLA flags (fast compilation) kept, and `extra` variables on top."""
   flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
            if not f.startswith('--xla_force_host_platform_device_count')]
   if devices > 1:
     flags.append(f'--xla_force_host_platform_device_count={devices}')
-  env = {**os.environ, 'XLA_FLAGS': ' '.join(flags), **extra}
-  if not compilation_cache:
-    env.pop('JAX_COMPILATION_CACHE_DIR', None)
-  return env
+  return {**os.environ, 'XLA_FLAGS': ' '.join(flags), **extra}
 
 
 def run_processes(commands: list[list[str]], env: dict[str, str], *,
                   timeout: int) -> list[str]:
   """Starts `commands` together (the processes of one jax.distributed job), waits for all and
   returns their outputs; if any failed, the assertion shows every process's last lines, since
-  the first to fail is often not process 0."""
+  the first to fail is often not process 0.
+
+  Several processes run without the session's persistent compilation cache: JAX writes an entry
+  from process 0 only and not atomically, so a partner process can load one while it is being
+  written (a CI run aborted in a cross-process barrier with the cache shared)."""
+  if len(commands) > 1:
+    env = {k: v for k, v in env.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
   procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for command in commands]
   try:

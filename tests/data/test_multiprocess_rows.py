@@ -58,7 +58,7 @@ def test_two_processes_read_disjoint_rows_that_make_the_global_batch(prepared_co
                'data.cache_dir': str(tmp_path / 'cache'), 'objective.name': objective,
                'model.family': 'encoder'}
   address = f'127.0.0.1:{_free_port()}'
-  env = helpers.subprocess_env(4, compilation_cache=False, JAX_PLATFORMS='cpu')
+  env = helpers.subprocess_env(4, JAX_PLATFORMS='cpu')
   helpers.run_processes([[sys.executable, '-c', _SCRIPT, address, str(i), json.dumps(overrides),
                           str(tmp_path)] for i in range(2)], env, timeout=300)
 

@@ -41,8 +41,7 @@ MOE = ('--config.model.moe.num_experts=4', '--config.model.moe.every=2',
 def _processes(command, processes: int) -> list[str]:
   """Runs `command` in `processes` processes of 8 / processes CPU devices each (joined by
   jax.distributed on 127.0.0.1 when more than one); waits for all, returns their outputs."""
-  env = helpers.subprocess_env(8 // processes, compilation_cache=processes == 1,
-                               JAX_PLATFORMS='cpu')
+  env = helpers.subprocess_env(8 // processes, JAX_PLATFORMS='cpu')
   if processes == 1:
     return helpers.run_processes([command], env, timeout=600)
   command = command + [f'--coordinator_address=127.0.0.1:{_free_port()}',
